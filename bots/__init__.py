@@ -1,0 +1,1 @@
+"""Platform adapters. They depend on `kullm_core`; the core never imports them."""

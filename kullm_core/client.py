@@ -1,0 +1,173 @@
+"""What an adapter (Telegram, Slack, terminal) uses: submit, follow, cancel, reset, forget.
+
+Adapters never touch keys or streams directly; everything goes through `CoreClient`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from kullm_core.keys import Keys
+from kullm_core.limits import Limiter
+from kullm_core.queue import EnqueueResult, RedisJobQueue
+from kullm_core.settings import Settings
+from kullm_core.store import RedisConversationStore
+from kullm_core.wire import ConversationRef, ErrorEvent, Event, Job, Turn, UserRef
+
+log = logging.getLogger(__name__)
+
+MAX_USER_TEXT = 16000
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Outcome of `submit`: follow `job_id` with `events` unless `error` is set."""
+
+    job_id: str
+    status: str
+    """queued | duplicate | busy | rejected"""
+    position: int = 0
+    error: ErrorEvent | None = None
+
+
+class CoreClient:
+    """Facade over the queue, reply streams, store and limits for adapters."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.redis.prefix)
+        q = settings.queue
+        retention_s = settings.history.retention_hours * 3600
+        self.queue = RedisJobQueue(
+            redis,
+            self.keys,
+            max_pending=q.max_pending,
+            dedupe_ttl_s=q.dedupe_ttl_s,
+            reply_ttl_s=q.reply_ttl_s,
+            reclaim_idle_s=q.reclaim_idle_s,
+            max_attempts=q.max_attempts,
+            retention_s=retention_s,
+            max_turns=settings.history.max_turns,
+        )
+        self.store = RedisConversationStore(
+            redis, self.keys, retention_s, settings.history.max_turns
+        )
+        self.limiter = Limiter(redis, self.keys, settings.limits)
+
+    async def __aenter__(self) -> CoreClient:
+        await self.queue.ensure_group()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def submit(
+        self,
+        conv: ConversationRef,
+        user: UserRef,
+        text: str,
+        source_id: str,
+        meta: dict[str, str] | None = None,
+        *,
+        replace_last: bool = False,
+        check_limits: bool = True,
+    ) -> Submission:
+        """Queue a message for an answer. Idempotent on `source_id` (the platform message id)."""
+        job_id = Job.id_for(source_id)
+        text = text.strip()
+        if not text:
+            return Submission(job_id, "rejected", error=ErrorEvent(kind="bad_input"))
+        if len(text) > MAX_USER_TEXT:
+            return Submission(
+                job_id,
+                "rejected",
+                error=ErrorEvent(kind="too_long", params={"limit": MAX_USER_TEXT}),
+            )
+        if check_limits:
+            refusal = await self.limiter.check(user)
+            if refusal is not None:
+                log.info("job %s: user %s:%s limited (%s)", job_id, user.platform, user.id,
+                         refusal.kind)
+                return Submission(job_id, "rejected", error=refusal)
+        job = Job(
+            id=job_id,
+            source_id=source_id,
+            conversation=conv,
+            user=user,
+            text=text,
+            replace_last=replace_last,
+            meta=meta or {},
+        )
+        res: EnqueueResult = await self.queue.enqueue(job)
+        if res.status == "busy":
+            log.warning("job %s: queue full (%d waiting)", job_id, res.position)
+            return Submission(
+                job_id, "busy", res.position,
+                ErrorEvent(kind="busy", params={"waiting": res.position}),
+            )
+        log.info("job %s: %s for %s (position %d)", res.job_id, res.status, conv.key, res.position)
+        return Submission(res.job_id, res.status, res.position)
+
+    def events(
+        self, job_id: str, last_id: str = "0-0", block_ms: int = 5000
+    ) -> AsyncIterator[tuple[str, Event]]:
+        """Reply events of a job, resumable from `last_id`, ending with done or error."""
+        return self.queue.events(job_id, last_id, block_ms)
+
+    async def cancel(self, conv: ConversationRef) -> str | None:
+        """Stop the reply being generated in this conversation. Returns its job id."""
+        raw = await self.redis.get(self.keys.active(conv.key))
+        if not raw:
+            return None
+        job_id = raw.decode() if isinstance(raw, bytes) else raw
+        await self.cancel_job(job_id)
+        return job_id
+
+    async def cancel_job(self, job_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.cancel(job_id), "1", ex=3600)
+            pipe.publish(self.keys.cancel_channel, job_id)
+            await pipe.execute()
+        log.info("job %s: cancel requested", job_id)
+
+    async def active_job(self, conv: ConversationRef) -> str | None:
+        raw = await self.redis.get(self.keys.active(conv.key))
+        return (raw.decode() if isinstance(raw, bytes) else raw) or None
+
+    async def retry(
+        self, conv: ConversationRef, user: UserRef, source_id: str, meta: dict[str, str] | None = None
+    ) -> Submission | None:
+        """Regenerate the last answer of a conversation (None when there is none)."""
+        turns = await self.store.history(conv)
+        if not turns:
+            return None
+        return await self.submit(
+            conv, user, turns[-1].user, source_id, meta, replace_last=True
+        )
+
+    async def reset(self, conv: ConversationRef) -> bool:
+        return await self.store.reset(conv)
+
+    async def forget(self, platform: str, user_id: str) -> int:
+        return await self.store.forget_user(platform, user_id)
+
+    async def history(self, conv: ConversationRef) -> list[Turn]:
+        return await self.store.history(conv)
+
+    async def seen(self, platform: str, item_id: str) -> bool:
+        """True if this platform update/event id was already handled (adapter-side dedupe)."""
+        first = await self.redis.set(
+            self.keys.seen(platform, item_id), "1", nx=True, ex=self.settings.queue.dedupe_ttl_s
+        )
+        return not first
+
+    async def workers_alive(self) -> int:
+        n = 0
+        async for _ in self.redis.scan_iter(match=self.keys.worker_pattern(), count=100):
+            n += 1
+        return n

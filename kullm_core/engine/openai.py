@@ -1,0 +1,110 @@
+"""Engine that forwards to an OpenAI-compatible server (vLLM, TGI, SGLang...).
+
+The worker still builds the conversation (system prompt + fitted, sanitized history); this
+engine sends those messages to `/chat/completions` with `stream: true` and yields the deltas.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from kullm_core.engine.base import EngineOutput, GenerationRequest
+from kullm_core.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+_FINISH = {"stop": "stop", "length": "length", "eos": "stop", "eos_token": "stop"}
+
+
+class OpenAIEngine:
+    """`Engine` over a streaming Chat Completions endpoint."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, api_key: str = "", timeout_s: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self._client: httpx.AsyncClient | None = None
+        self._cancelled: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, m: ModelSettings) -> OpenAIEngine:
+        return cls(m.openai_base_url, m.openai_model, m.openai_api_key.get_secret_value(),
+                   m.openai_timeout_s)
+
+    async def start(self) -> None:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers,
+            timeout=httpx.Timeout(self.timeout_s, connect=10.0),
+        )
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def __aenter__(self) -> OpenAIEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def cancel(self, request_id: str) -> None:
+        self._cancelled.add(request_id)
+
+    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        p = request.params
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": request.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": p.max_new_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p if not p.greedy else 1.0,
+        }
+        if p.stop_strings:
+            body["stop"] = list(p.stop_strings)
+        if p.repetition_penalty != 1.0:
+            body["repetition_penalty"] = p.repetition_penalty  # vLLM/SGLang extension
+        if p.seed is not None:
+            body["seed"] = p.seed
+        return body
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineOutput]:
+        if self._client is None:
+            raise RuntimeError("engine not started")
+        finish: str | None = None
+        async with self._client.stream(
+            "POST", "/chat/completions", json=self._body(request)
+        ) as resp:
+            if resp.status_code >= 400:
+                detail = (await resp.aread()).decode("utf-8", "replace")[:300]
+                raise RuntimeError(f"OpenAI-compatible server answered {resp.status_code}: {detail}")
+            async for line in resp.aiter_lines():
+                if request.id in self._cancelled:
+                    self._cancelled.discard(request.id)
+                    yield EngineOutput("", 0, "cancelled")
+                    return
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                for choice in chunk.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content") or ""
+                    if text:
+                        yield EngineOutput(text, 1)
+                    if choice.get("finish_reason"):
+                        finish = _FINISH.get(choice["finish_reason"], "stop")
+        yield EngineOutput("", 0, finish or "stop")  # type: ignore[arg-type]

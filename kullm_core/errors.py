@@ -1,0 +1,28 @@
+"""Error types. `UserFacingError` text is shown in chat; everything else is logged."""
+
+from __future__ import annotations
+
+
+class KullmError(Exception):
+    """Base of this project's errors."""
+
+
+class ConfigError(KullmError):
+    """A bad setting, found at start. The message names the setting."""
+
+
+class UserFacingError(KullmError):
+    """An error whose `kind` maps to a localized message shown to the user."""
+
+    def __init__(self, kind: str, detail: str = "", **params: int | str) -> None:
+        super().__init__(detail or kind)
+        self.kind = kind
+        self.params = params
+
+
+class EmbeddedRedisError(KullmError):
+    """The embedded server could not start (binary missing, newer data format, ...)."""
+
+
+class ModelLoadError(KullmError):
+    """The model could not be found or loaded."""

@@ -1,0 +1,84 @@
+"""Every Redis key this project writes, in one place, with its lifetime.
+
+| key                         | type   | lifetime                                           |
+|-----------------------------|--------|----------------------------------------------------|
+| {p}:jobs                    | stream | permanent; entries are XDEL'd once answered         |
+| {p}:dead                    | list   | permanent, capped (LTRIM) to 1000 dead-letter jobs  |
+| {p}:dedupe:{source_id}      | string | queue.dedupe_ttl_s                                  |
+| {p}:reply:{job_id}          | stream | queue.reply_ttl_s after done; 1 day before          |
+| {p}:done:{job_id}           | string | queue.dedupe_ttl_s (exactly-once commit marker)     |
+| {p}:cancel:{job_id}         | string | 1 hour                                              |
+| {p}:lock:{conversation}     | string | queue.reclaim_idle_s, renewed by the heartbeat      |
+| {p}:active:{conversation}   | string | 1 day; the job now answering this conversation      |
+| {p}:conv:{conversation}     | list   | history.retention_hours, sliding                    |
+| {p}:uidx:{platform}:{user}  | set    | history.retention_hours, sliding (for /forget)      |
+| {p}:worker:{worker_id}      | string | 3 heartbeats (health)                               |
+| {p}:rate:{user}:{minute}    | string | 2 minutes                                           |
+| {p}:quota:{user}:{day}      | string | 2 days                                              |
+| {p}:seen:{platform}:{id}    | string | queue.dedupe_ttl_s (adapter update/event dedupe)    |
+| {p}:chan:cancel             | pubsub | (channel, nothing stored)                           |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "workers"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder bound to one prefix (`redis.prefix`)."""
+
+    prefix: str = "kullm"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def cancel_channel(self) -> str:
+        return f"{self.prefix}:chan:cancel"
+
+    def dedupe(self, source_id: str) -> str:
+        return f"{self.prefix}:dedupe:{source_id}"
+
+    def reply(self, job_id: str) -> str:
+        return f"{self.prefix}:reply:{job_id}"
+
+    def done(self, job_id: str) -> str:
+        return f"{self.prefix}:done:{job_id}"
+
+    def cancel(self, job_id: str) -> str:
+        return f"{self.prefix}:cancel:{job_id}"
+
+    def lock(self, conversation: str) -> str:
+        return f"{self.prefix}:lock:{conversation}"
+
+    def active(self, conversation: str) -> str:
+        return f"{self.prefix}:active:{conversation}"
+
+    def conv(self, conversation: str) -> str:
+        return f"{self.prefix}:conv:{conversation}"
+
+    def user_index(self, platform: str, user_id: str) -> str:
+        return f"{self.prefix}:uidx:{platform}:{user_id}"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def worker_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"
+
+    def rate(self, user: str, minute: int) -> str:
+        return f"{self.prefix}:rate:{user}:{minute}"
+
+    def quota(self, user: str, day: str) -> str:
+        return f"{self.prefix}:quota:{user}:{day}"
+
+    def seen(self, platform: str, item_id: str) -> str:
+        return f"{self.prefix}:seen:{platform}:{item_id}"

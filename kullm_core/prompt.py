@@ -1,0 +1,121 @@
+"""KULLM3 prompts: the model's own chat template, the fixed system prompt, history fitting.
+
+Everything the model sees is built here, so the engines only generate.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from kullm_core.errors import UserFacingError
+from kullm_core.wire import Turn
+
+log = logging.getLogger(__name__)
+
+WORD_JOINER = "\u2060"
+# Plain text to the tokenizer, but structure to the model: break them visibly-invisibly.
+TEMPLATE_MARKERS = ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>")
+
+
+def _break(marker: str) -> str:
+    cut = 2 if marker.startswith("<<") else 1
+    return marker[:cut] + WORD_JOINER + marker[cut:]
+
+
+def sanitize(text: str, special_tokens: tuple[str, ...] = ("<s>", "</s>", "<unk>")) -> str:
+    """Make user or history text unable to act as template markers or control tokens.
+
+    Control tokens are escaped as text too (not only by the tokenizer's own sanitizing), so the
+    same protection holds when a remote server tokenizes (the `openai` engine).
+    """
+    for token in sorted({*special_tokens, *TEMPLATE_MARKERS}, key=len, reverse=True):
+        if token and token in text:
+            text = text.replace(token, _break(token))
+    return text
+
+
+@dataclass(frozen=True)
+class BuiltPrompt:
+    ids: list[int]
+    messages: list[dict[str, str]]
+    dropped_turns: int
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+
+class PromptBuilder:
+    """Renders system prompt + history + the new message with the tokenizer's chat template,
+    dropping the oldest whole turns until it fits `context_window - max_new_tokens`."""
+
+    def __init__(
+        self, tokenizer: Any, system_prompt: str, context_window: int, max_new_tokens: int
+    ) -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the tokenizer has no chat template")
+        self.tok = tokenizer
+        self.system_prompt = system_prompt
+        self.context_window = context_window
+        self.max_new_tokens = max_new_tokens
+        specials = tuple(str(s) for s in getattr(tokenizer, "all_special_tokens", []) or [])
+        self.special_tokens = specials or ("<s>", "</s>", "<unk>")
+        params = inspect.signature(tokenizer.apply_chat_template).parameters
+        self._sanitize_kw = "sanitize_control_tokens" in params or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+        )
+
+    @property
+    def budget(self) -> int:
+        return self.context_window - self.max_new_tokens
+
+    def messages(self, history: list[Turn], text: str) -> list[dict[str, str]]:
+        msgs = [{"role": "system", "content": self.system_prompt}]
+        for turn in history:
+            msgs.append({"role": "user", "content": sanitize(turn.user, self.special_tokens)})
+            msgs.append(
+                {"role": "assistant", "content": sanitize(turn.assistant, self.special_tokens)}
+            )
+        msgs.append({"role": "user", "content": sanitize(text, self.special_tokens)})
+        return msgs
+
+    def render_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": True,
+                                  "return_dict": False}
+        if self._sanitize_kw:
+            kwargs["sanitize_control_tokens"] = True
+        ids = self.tok.apply_chat_template(messages, **kwargs)
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        if ids and isinstance(ids[0], list):
+            ids = ids[0]
+        return [int(i) for i in ids]
+
+    def build(self, history: list[Turn], text: str) -> BuiltPrompt:
+        """Fit and render. Raises `UserFacingError('too_long')` if the new message alone
+        (with the system prompt) cannot fit."""
+        alone = self.render_ids(self.messages([], text))
+        if len(alone) > self.budget:
+            raise UserFacingError(
+                "too_long", f"prompt needs {len(alone)} tokens, budget {self.budget}",
+                tokens=len(alone), limit=self.budget,
+            )
+        # Fewest dropped turns that fit: token count only shrinks as turns are dropped.
+        lo, hi = 0, len(history)
+        best: list[int] | None = alone if not history else None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            ids = self.render_ids(self.messages(history[mid:], text))
+            if len(ids) <= self.budget:
+                hi, best = mid, ids
+            else:
+                lo = mid + 1
+        if best is None:  # no turn of history fits beside the new message
+            best = alone
+        kept = history[lo:]
+        if lo:
+            log.debug("dropped %d oldest turns to fit %d tokens", lo, self.budget)
+        return BuiltPrompt(best, self.messages(kept, text), lo)

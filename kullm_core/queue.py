@@ -1,0 +1,343 @@
+"""Job queue (a Redis Stream with one consumer group) and per-job reply streams.
+
+Exactly-once answers rest on three pieces: enqueue dedupes on the platform message id; a
+worker keeps its jobs' idle time low by re-claiming them on every heartbeat, so only jobs of a
+dead worker become idle enough for `XAUTOCLAIM`; and the commit script writes history, the
+`done` event and the ack in one atomic step guarded by a per-job marker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from kullm_core.keys import GROUP, Keys
+from kullm_core.wire import (
+    TERMINAL,
+    ErrorEvent,
+    Event,
+    Job,
+    Turn,
+    parse_event,
+    parse_job,
+)
+
+log = logging.getLogger(__name__)
+
+_ENQUEUE_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) == false then
+  return {0, redis.call('GET', KEYS[1]) or '', 0}
+end
+local n = redis.call('XLEN', KEYS[2])
+local inflight = redis.call('XPENDING', KEYS[2], ARGV[5])[1]
+if n >= tonumber(ARGV[4]) then
+  redis.call('DEL', KEYS[1])
+  return {-1, '', n - inflight}
+end
+local id = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
+return {1, id, n - inflight + 1}
+"""
+
+_COMMIT_LUA = """
+local jobs, entry = KEYS[5], ARGV[7]
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[8]) == false then
+  redis.call('XACK', jobs, ARGV[11], entry)
+  redis.call('XDEL', jobs, entry)
+  return 0
+end
+if ARGV[2] ~= '' then
+  if ARGV[9] == '1' then redis.call('RPOP', KEYS[2]) end
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[5]), -1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  redis.call('SADD', KEYS[3], ARGV[10])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+if tonumber(ARGV[12]) > 0 then
+  redis.call('INCRBY', KEYS[8], ARGV[12])
+  redis.call('EXPIRE', KEYS[8], 172800)
+end
+redis.call('XADD', KEYS[4], '*', 'e', ARGV[3])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
+redis.call('XACK', jobs, ARGV[11], entry)
+redis.call('XDEL', jobs, entry)
+if redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
+if redis.call('GET', KEYS[7]) == ARGV[1] then redis.call('DEL', KEYS[7]) end
+return 1
+"""
+
+# Take the conversation lock, or keep it when this job already holds it (a reclaimed job).
+_LOCK_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_REPLY_TTL_BEFORE_DONE_S = 86400
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    status: Literal["queued", "duplicate", "busy"]
+    job_id: str
+    position: int
+    """Queued: jobs waiting ahead of this one plus one. Busy: jobs waiting."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A job handed to a worker."""
+
+    entry_id: str
+    job: Job
+    attempt: int
+
+
+class JobQueue(Protocol):
+    async def enqueue(self, job: Job) -> EnqueueResult: ...
+
+    async def read(self, consumer: str, count: int, block_ms: int) -> list[Delivery]: ...
+
+    async def emit(self, job_id: str, event: Event) -> str: ...
+
+    def events(
+        self, job_id: str, last_id: str = "0-0", block_ms: int = 5000
+    ) -> AsyncIterator[tuple[str, Event]]: ...
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisJobQueue:
+    """`JobQueue` on Redis Streams."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        max_pending: int,
+        dedupe_ttl_s: int,
+        reply_ttl_s: int,
+        reclaim_idle_s: float,
+        max_attempts: int,
+        retention_s: float = 30 * 86400,
+        max_turns: int = 50,
+    ) -> None:
+        self.r = redis
+        self.keys = keys
+        self.max_pending = max_pending
+        self.dedupe_ttl_s = dedupe_ttl_s
+        self.reply_ttl_s = reply_ttl_s
+        self.reclaim_idle_ms = int(reclaim_idle_s * 1000)
+        self.max_attempts = max_attempts
+        self.retention_ms = int(retention_s * 1000)
+        self.max_turns = max_turns
+        self._enqueue = redis.register_script(_ENQUEUE_LUA)
+        self._commit = redis.register_script(_COMMIT_LUA)
+        self._lock = redis.register_script(_LOCK_LUA)
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.r.xgroup_create(self.keys.jobs, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def __aenter__(self) -> RedisJobQueue:
+        await self.ensure_group()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    # -- producer side ---------------------------------------------------------------------
+
+    async def enqueue(self, job: Job) -> EnqueueResult:
+        """Add a job unless its source message was already enqueued or the queue is full."""
+        await self.ensure_group()
+        status, ident, position = await self._enqueue(
+            keys=[self.keys.dedupe(job.source_id), self.keys.jobs],
+            args=[job.id, job.dumps(), self.dedupe_ttl_s, self.max_pending, GROUP],
+        )
+        code = int(status)
+        if code == 0:
+            return EnqueueResult("duplicate", _s(ident) or job.id, 0)
+        if code < 0:
+            return EnqueueResult("busy", job.id, int(position))
+        return EnqueueResult("queued", job.id, int(position))
+
+    async def waiting(self) -> int:
+        """Jobs no worker has taken yet."""
+        info = await self.r.xinfo_groups(self.keys.jobs)
+        for group in info:
+            if _s(group["name"]) == GROUP:
+                return int(group.get("lag") or 0)
+        return 0
+
+    async def emit(self, job_id: str, event: Event) -> str:
+        key = self.keys.reply(job_id)
+        if event.type in ("started", "queued"):
+            async with self.r.pipeline(transaction=True) as pipe:
+                pipe.xadd(key, {"e": event.dumps()})
+                pipe.expire(key, _REPLY_TTL_BEFORE_DONE_S)
+                entry, _ = await pipe.execute()
+            return _s(entry)
+        return _s(await self.r.xadd(key, {"e": event.dumps()}))
+
+    async def events(
+        self, job_id: str, last_id: str = "0-0", block_ms: int = 5000
+    ) -> AsyncIterator[tuple[str, Event]]:
+        """Yield a job's reply events from after `last_id` until `done` or `error`.
+
+        Resumable: pass the last id a previous reader handled.
+        """
+        key = self.keys.reply(job_id)
+        while True:
+            resp = await self.r.xread({key: last_id}, count=256, block=block_ms)
+            for _stream, entries in resp or []:
+                for entry_id, fields in entries:
+                    last_id = _s(entry_id)
+                    raw = fields.get(b"e") or fields.get("e")
+                    try:
+                        event = parse_event(raw)
+                    except ValueError:
+                        log.warning("job %s: unreadable reply event %s", job_id, last_id)
+                        continue
+                    yield last_id, event
+                    if event.type in TERMINAL:
+                        return
+
+    # -- worker side -----------------------------------------------------------------------
+
+    async def read(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
+        resp = await self.r.xreadgroup(
+            GROUP, consumer, {self.keys.jobs: ">"}, count=count, block=block_ms
+        )
+        out: list[Delivery] = []
+        for _stream, entries in resp or []:
+            for entry_id, fields in entries:
+                delivery = await self._decode(_s(entry_id), fields, attempt=1)
+                if delivery:
+                    out.append(delivery)
+        return out
+
+    async def _decode(self, entry_id: str, fields: dict, attempt: int) -> Delivery | None:
+        raw = fields.get(b"job") or fields.get("job") or b""
+        try:
+            return Delivery(entry_id, parse_job(raw), attempt)
+        except ValueError:
+            log.error("job entry %s is not a valid v1 job; moved to dead letters", entry_id)
+            await self.dead_letter(entry_id, _s(raw), "unreadable")
+            return None
+
+    async def touch(self, consumer: str, entry_ids: list[str]) -> None:
+        """Reset the idle time of jobs this worker is still working on (its heartbeat)."""
+        if entry_ids:
+            await self.r.xclaim(self.keys.jobs, GROUP, consumer, 0, entry_ids, justid=True)
+
+    async def reclaim(self, consumer: str, count: int) -> list[Delivery]:
+        """Take over jobs whose worker stopped heartbeating."""
+        resp = await self.r.xautoclaim(
+            self.keys.jobs, GROUP, consumer, self.reclaim_idle_ms, "0-0", count=count
+        )
+        claimed = resp[1] if len(resp) > 1 else []
+        out: list[Delivery] = []
+        for entry_id, fields in claimed:
+            eid = _s(entry_id)
+            info = await self.r.xpending_range(self.keys.jobs, GROUP, eid, eid, 1)
+            attempt = int(info[0]["times_delivered"]) if info else 2
+            delivery = await self._decode(eid, fields or {}, attempt)
+            if delivery is None:
+                continue
+            if attempt > self.max_attempts:
+                log.error(
+                    "job %s failed %d times; moved to dead letters", delivery.job.id, attempt - 1
+                )
+                await self.fail(delivery, ErrorEvent(kind="failed"))
+                await self.dead_letter(eid, delivery.job.dumps(), "max_attempts")
+                continue
+            log.warning("job %s: taken over (attempt %d)", delivery.job.id, attempt)
+            out.append(delivery)
+        return out
+
+    async def lock(self, conv_key: str, job_id: str) -> bool:
+        """Serialize a conversation: one job at a time, in order, across workers."""
+        return bool(
+            await self._lock(keys=[self.keys.lock(conv_key)], args=[job_id, self.reclaim_idle_ms])
+        )
+
+    async def renew_locks(self, locks: dict[str, str]) -> None:
+        for conv_key, job_id in locks.items():
+            await self._lock(keys=[self.keys.lock(conv_key)], args=[job_id, self.reclaim_idle_ms])
+
+    async def mark_active(self, job: Job) -> None:
+        await self.r.set(self.keys.active(job.conversation.key), job.id, ex=86400)
+
+    async def commit(self, d: Delivery, turn: Turn | None, done: Event, tokens: int) -> bool:
+        """Atomically: history turn, quota, `done` event, ack. False if already committed."""
+        job = d.job
+        conv_key = job.conversation.key
+        day = time.strftime("%Y%m%d", time.gmtime())
+        user_key = f"{job.user.platform}:{job.user.id}"
+        res = await self._commit(
+            keys=[
+                self.keys.done(job.id),
+                self.keys.conv(conv_key),
+                self.keys.user_index(job.user.platform, job.user.id),
+                self.keys.reply(job.id),
+                self.keys.jobs,
+                self.keys.lock(conv_key),
+                self.keys.active(conv_key),
+                self.keys.quota(user_key, day),
+            ],
+            args=[
+                job.id,
+                turn.dumps() if turn else "",
+                done.dumps(),
+                self.retention_ms,
+                self.max_turns,
+                self.reply_ttl_s,
+                d.entry_id,
+                self.dedupe_ttl_s,
+                "1" if job.replace_last else "0",
+                conv_key,
+                GROUP,
+                tokens,
+            ],
+        )
+        return bool(int(res))
+
+    async def fail(self, d: Delivery, event: ErrorEvent) -> bool:
+        """Answer a job with an error (no history), exactly once."""
+        return await self.commit(d, None, event, 0)
+
+    async def release(self, d: Delivery) -> None:
+        """Hand a job back (shutdown): another worker takes it after `reclaim_idle_s`."""
+        conv_key = d.job.conversation.key
+        lock_key = self.keys.lock(conv_key)
+        if _s(await self.r.get(lock_key) or b"") == d.job.id:
+            await self.r.delete(lock_key)
+
+    async def dead_letter(self, entry_id: str, raw: str, reason: str) -> None:
+        async with self.r.pipeline(transaction=True) as pipe:
+            record = {"v": 1, "entry": entry_id, "reason": reason, "job": raw, "at": time.time()}
+            pipe.lpush(self.keys.dead, json.dumps(record, ensure_ascii=False))
+            pipe.ltrim(self.keys.dead, 0, 999)
+            pipe.xack(self.keys.jobs, GROUP, entry_id)
+            pipe.xdel(self.keys.jobs, entry_id)
+            await pipe.execute()
+
+    async def is_cancelled(self, job_id: str) -> bool:
+        return bool(await self.r.exists(self.keys.cancel(job_id)))

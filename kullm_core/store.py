@@ -1,0 +1,93 @@
+"""Conversation store: one Redis list per conversation, one element per exchange."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+from kullm_core.keys import Keys
+from kullm_core.wire import ConversationRef, Turn, parse_turn
+
+log = logging.getLogger(__name__)
+
+# Remove every turn of one user from a conversation; delete the list when nothing is left.
+_FORGET_LUA = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local kept = {}
+local removed = 0
+for _, raw in ipairs(items) do
+  local ok, obj = pcall(cjson.decode, raw)
+  if ok and obj['user_id'] == ARGV[1] then removed = removed + 1 else table.insert(kept, raw) end
+end
+if removed > 0 then
+  redis.call('DEL', KEYS[1])
+  if #kept > 0 then
+    redis.call('RPUSH', KEYS[1], unpack(kept))
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  end
+end
+return removed
+"""
+
+
+class ConversationStore(Protocol):
+    """History of conversations. Writes of finished turns happen in the queue's commit script
+    (atomically with the reply's `done` event); this seam reads, resets and forgets."""
+
+    async def history(self, conv: ConversationRef) -> list[Turn]: ...
+
+    async def reset(self, conv: ConversationRef) -> bool: ...
+
+    async def forget_user(self, platform: str, user_id: str) -> int: ...
+
+    async def conversations_of(self, platform: str, user_id: str) -> list[str]: ...
+
+
+class RedisConversationStore:
+    """`ConversationStore` on Redis lists (see `kullm_core.keys` for lifetimes)."""
+
+    def __init__(self, redis: Redis, keys: Keys, retention_s: float, max_turns: int) -> None:
+        self._r = redis
+        self._k = keys
+        self.retention_ms = int(retention_s * 1000)
+        self.max_turns = max_turns
+        self._forget = redis.register_script(_FORGET_LUA)
+
+    async def __aenter__(self) -> RedisConversationStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def history(self, conv: ConversationRef) -> list[Turn]:
+        return await self.history_by_key(conv.key)
+
+    async def history_by_key(self, conv_key: str) -> list[Turn]:
+        raw = await self._r.lrange(self._k.conv(conv_key), 0, -1)
+        turns = []
+        for item in raw:
+            try:
+                turns.append(parse_turn(item))
+            except ValueError:
+                log.warning("conversation %s: skipping an unreadable turn", conv_key)
+        return turns
+
+    async def reset(self, conv: ConversationRef) -> bool:
+        return bool(await self._r.delete(self._k.conv(conv.key)))
+
+    async def conversations_of(self, platform: str, user_id: str) -> list[str]:
+        members = await self._r.smembers(self._k.user_index(platform, user_id))
+        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+
+    async def forget_user(self, platform: str, user_id: str) -> int:
+        """Delete every turn this user wrote, in every conversation. Returns turns removed."""
+        removed = 0
+        for conv_key in await self.conversations_of(platform, user_id):
+            removed += int(
+                await self._forget(keys=[self._k.conv(conv_key)], args=[user_id, self.retention_ms])
+            )
+        await self._r.delete(self._k.user_index(platform, user_id))
+        log.info("forgot user %s:%s (%d turns)", platform, user_id, removed)
+        return removed

@@ -1,0 +1,165 @@
+"""Every object stored in Redis: typed, versioned JSON (never pickle).
+
+Jobs travel on the jobs stream (field ``job``), reply events on one stream per job (field
+``e``), history turns are list elements. Each carries ``v`` so readers can refuse or migrate
+formats they do not know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+WIRE_VERSION = 1
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def dumps(self) -> str:
+        return self.model_dump_json()
+
+
+class ConversationRef(_Wire):
+    """Where a conversation lives. `key` is its stable identity in the store.
+
+    Scope rules are the adapter's: e.g. a Telegram group per user sets `user`, a Slack thread
+    sets `thread` and leaves `user` empty so everyone in the thread shares it.
+    """
+
+    platform: str = Field(pattern=r"^[a-z0-9_-]{1,16}$")
+    workspace: str = ""
+    chat: str
+    thread: str = ""
+    user: str = ""
+
+    @property
+    def key(self) -> str:
+        return ":".join(
+            part.replace(":", "_")
+            for part in (self.platform, self.workspace, self.chat, self.thread, self.user)
+        )
+
+
+class UserRef(_Wire):
+    platform: str
+    id: str
+    name: str = ""
+    lang: str = "ko"
+
+
+class Job(_Wire):
+    """One user message to answer."""
+
+    v: Literal[1] = WIRE_VERSION
+    id: str
+    source_id: str
+    """The platform's message id, the dedupe key (e.g. ``tg:<chat>:<message_id>``)."""
+    conversation: ConversationRef
+    user: UserRef
+    text: str
+    created_at: float = Field(default_factory=time.time)
+    replace_last: bool = False
+    """Regenerate: the answer replaces the conversation's last turn (`/retry`)."""
+    meta: dict[str, str] = Field(default_factory=dict)
+    """Opaque routing data for the adapter that delivers the reply (chat ids, thread ts...)."""
+
+    @staticmethod
+    def id_for(source_id: str) -> str:
+        return hashlib.sha256(source_id.encode("utf-8")).hexdigest()[:24]
+
+
+class Turn(_Wire):
+    """One exchange in a conversation's history: written once, user and assistant together."""
+
+    v: Literal[1] = WIRE_VERSION
+    job_id: str
+    user_id: str
+    user_name: str = ""
+    user: str
+    assistant: str
+    finish_reason: str = "stop"
+    at: float = Field(default_factory=time.time)
+
+
+class Timings(_Wire):
+    queue_ms: float = 0.0
+    first_token_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class QueuedEvent(_Wire):
+    v: Literal[1] = WIRE_VERSION
+    type: Literal["queued"] = "queued"
+    position: int
+    """Jobs ahead of this one that no worker has taken yet, plus one."""
+
+
+class StartedEvent(_Wire):
+    v: Literal[1] = WIRE_VERSION
+    type: Literal["started"] = "started"
+    attempt: int = 1
+    """A job taken over after a worker died starts again with a higher attempt: readers drop
+    the text they collected for earlier attempts."""
+    worker: str = ""
+    prompt_tokens: int = 0
+    dropped_turns: int = 0
+
+
+class DeltaEvent(_Wire):
+    v: Literal[1] = WIRE_VERSION
+    type: Literal["delta"] = "delta"
+    text: str
+    attempt: int = 1
+
+
+FinishReason = Literal["stop", "length", "cancelled", "timeout", "stop_string"]
+
+
+class DoneEvent(_Wire):
+    v: Literal[1] = WIRE_VERSION
+    type: Literal["done"] = "done"
+    text: str
+    """The whole reply, as stored in history. Authoritative over the deltas."""
+    finish_reason: FinishReason = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    timings: Timings = Timings()
+    attempt: int = 1
+
+
+ErrorKind = Literal[
+    "busy", "too_long", "failed", "timeout", "internal", "bad_input", "rate_limited", "quota",
+    "forbidden",
+]
+
+
+class ErrorEvent(_Wire):
+    v: Literal[1] = WIRE_VERSION
+    type: Literal["error"] = "error"
+    kind: ErrorKind
+    params: dict[str, int | str] = Field(default_factory=dict)
+    """Values for the localized message (e.g. ``position``, ``limit``)."""
+
+
+Event = Annotated[
+    QueuedEvent | StartedEvent | DeltaEvent | DoneEvent | ErrorEvent,
+    Field(discriminator="type"),
+]
+_EVENT = TypeAdapter(Event)
+TERMINAL = ("done", "error")
+
+
+def parse_event(raw: str | bytes) -> Event:
+    return _EVENT.validate_json(raw)
+
+
+def parse_job(raw: str | bytes) -> Job:
+    return Job.model_validate_json(raw)
+
+
+def parse_turn(raw: str | bytes) -> Turn:
+    return Turn.model_validate_json(raw)
