@@ -77,11 +77,11 @@ class SlidingWindow:
         """Earliest time a call could start (now if a slot is free; inf if all are in flight)."""
         now = self.now()
         self._expire(now)
-        if len(self._stamps) + self._inflight < self.limit:
+        # The call may start once enough stamps left the window: the k-th oldest must expire.
+        k = len(self._stamps) + self._inflight - self.limit
+        if k < 0:
             return now
-        if len(self._stamps) > self._inflight or self._stamps and self._inflight == 0:
-            return self._stamps[len(self._stamps) + self._inflight - self.limit] + self.period
-        return float("inf")
+        return self._stamps[k] + self.period if k < len(self._stamps) else float("inf")
 
     async def acquire(self) -> None:
         async with self._turn:

@@ -1,0 +1,64 @@
+"""Slack-only UI texts (Korean default, English); the shared ones come from `kullm_core.texts`."""
+
+from __future__ import annotations
+
+from kullm_core.texts import lang_of
+from kullm_core.texts import t as core_t
+
+_TEXTS: dict[str, dict[str, str]] = {
+    "ko": {
+        "help": "*KULLM3(구름) 사용법*\n"
+        "• 채널에서 `@KULLM 질문` 으로 부르면 그 메시지의 스레드에 답합니다. 스레드 안에서는 "
+        "멘션 없이 이어서 물어볼 수 있고, 스레드의 모든 사람이 같은 대화를 공유합니다.\n"
+        "• DM으로 바로 물어볼 수도 있습니다.\n"
+        "• `/kullm reset` 새 대화 시작 · `/kullm stop` 답변 중단 · "
+        "`/kullm forget` 내 대화 기록 삭제 · `/kullm help` 도움말",
+        "empty_reply": "(빈 답변입니다. 질문을 바꾸어 다시 물어봐 주세요.)",
+        "lost_reply": "(답변을 전달하지 못했습니다. 다시 물어봐 주세요.)",
+        "reset_none": "초기화할 대화가 없습니다. 먼저 질문해 주세요.",
+        "prompt1.title": "자기소개",
+        "prompt1.message": "너는 누구야? 무엇을 할 수 있어?",
+        "prompt2.title": "요약하기",
+        "prompt2.message": "다음 글을 세 문장으로 요약해 줘:",
+        "prompt3.title": "번역하기",
+        "prompt3.message": "다음 문장을 자연스러운 영어로 번역해 줘:",
+        "prompts_title": "이렇게 물어보세요",
+    },
+    "en": {
+        "help": "*How to use KULLM3 (구름)*\n"
+        "• In a channel, write `@KULLM question`: I answer in that message's thread. In the "
+        "thread you can go on without mentioning me; everyone in it shares the conversation.\n"
+        "• You can also ask me in a DM.\n"
+        "• `/kullm reset` new conversation · `/kullm stop` stop the answer · "
+        "`/kullm forget` delete my stored conversations · `/kullm help` this help",
+        "empty_reply": "(The answer was empty. Please rephrase and ask again.)",
+        "lost_reply": "(The answer could not be delivered. Please ask again.)",
+        "reset_none": "There is no conversation to reset yet. Ask me something first.",
+        "prompt1.title": "Who are you?",
+        "prompt1.message": "Who are you and what can you do?",
+        "prompt2.title": "Summarize",
+        "prompt2.message": "Summarize the following text in three sentences:",
+        "prompt3.title": "Translate",
+        "prompt3.message": "Translate the following sentence into natural Korean:",
+        "prompts_title": "Try asking",
+    },
+}
+
+
+def st(key: str, lang: str | None = "ko", **params: object) -> str:
+    """A Slack text, falling back to the shared core texts for keys defined there."""
+    table = _TEXTS[lang_of(lang)]
+    text = table.get(key) or _TEXTS["ko"].get(key)
+    if text is None:
+        return core_t(key, lang, **params)
+    try:
+        return text.format(**params)
+    except (KeyError, IndexError):
+        return text
+
+
+def suggested_prompts(lang: str) -> list[dict[str, str]]:
+    return [
+        {"title": st(f"prompt{i}.title", lang), "message": st(f"prompt{i}.message", lang)}
+        for i in (1, 2, 3)
+    ]

@@ -1,0 +1,100 @@
+"""`kullm chat`: a terminal adapter through the real pipeline (queue, worker, store)."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import sys
+import threading
+import uuid
+from typing import TextIO
+
+from kullm_core.client import CoreClient
+from kullm_core.texts import error_text, finish_note, t
+from kullm_core.wire import ConversationRef, UserRef
+
+log = logging.getLogger(__name__)
+
+HELP = "/reset  new conversation\n/stop   stop the reply being written\n/help   this help\n/quit   leave"
+
+
+class TerminalChat:
+    """Reads lines, prints streamed replies. `/stop` works while a reply streams."""
+
+    def __init__(self, client: CoreClient, lang: str = "ko", out: TextIO = sys.stdout) -> None:
+        self.client = client
+        self.lang = lang
+        self.out = out
+        name = getpass.getuser()
+        self.user = UserRef(platform="cli", id=name, name=name, lang=lang)
+        self.conv = ConversationRef(platform="cli", chat=name, user=name)
+
+    def _print(self, text: str, end: str = "") -> None:
+        self.out.write(text + end)
+        self.out.flush()
+
+    async def ask(self, text: str) -> int:
+        """Send one message and print its streamed reply. Returns an exit status."""
+        sub = await self.client.submit(self.conv, self.user, text, f"cli:{uuid.uuid4().hex}")
+        if sub.error is not None:
+            self._print(error_text(sub.error, self.lang), "\n")
+            return 1
+        if sub.position > 1:
+            self._print(t("queued", self.lang, position=sub.position), "\n")
+        shown, attempt = "", 0
+        async for _, event in self.client.events(sub.job_id):
+            if event.type == "started" and event.attempt != attempt:
+                if shown:
+                    self._print("\n")
+                shown, attempt = "", event.attempt
+            elif event.type == "delta" and event.attempt == attempt:
+                shown += event.text
+                self._print(event.text)
+            elif event.type == "done":
+                if event.text.startswith(shown):
+                    self._print(event.text[len(shown):])
+                else:  # the reply was restarted or cut: show the final text whole
+                    self._print("\n" + event.text)
+                note = finish_note(event.finish_reason, self.lang)
+                self._print(("\n" + note if note else ""), "\n")
+                return 0
+            elif event.type == "error":
+                self._print(error_text(event, self.lang), "\n")
+                return 1
+        return 1
+
+    async def repl(self) -> int:
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def _read() -> None:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
+            loop.call_soon_threadsafe(lines.put_nowait, None)
+
+        threading.Thread(target=_read, daemon=True).start()
+        self._print("KULLM3 — /help for commands", "\n")
+        current: asyncio.Task[int] | None = None
+        while True:
+            self._print("" if current else "> ")
+            line = await lines.get()
+            if line is None or line.strip() in ("/quit", "/exit"):
+                break
+            cmd = line.strip()
+            if cmd == "/help":
+                self._print(HELP, "\n")
+            elif cmd == "/reset":
+                await self.client.reset(self.conv)
+                self._print(t("reset", self.lang), "\n")
+            elif cmd == "/stop":
+                job = await self.client.cancel(self.conv)
+                self._print(t("stop_requested" if job else "nothing_to_stop", self.lang), "\n")
+            elif cmd:
+                if current and not current.done():
+                    await current
+                current = asyncio.create_task(self.ask(cmd))
+                current.add_done_callback(lambda _t: self._print("> "))
+        if current and not current.done():
+            await current
+        return 0

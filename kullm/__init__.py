@@ -1,0 +1,1 @@
+"""The `kullm` command: wires settings, Redis, the worker and the adapters together."""

@@ -1,0 +1,51 @@
+"""Assembling the running parts: Redis (given or embedded), worker, adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from kullm_core.embedded import EmbeddedRedis, running_url
+from kullm_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def open_redis(settings: Settings, *, reuse_running: bool = False) -> AsyncIterator[Redis]:
+    """Connect to `redis.url`, or to an embedded server (reused or started here)."""
+    embedded: EmbeddedRedis | None = None
+    url = settings.redis.url
+    if not url and reuse_running:
+        url = running_url(Path(settings.data_dir))
+        if url:
+            log.info("using the embedded Valkey of a running `kullm serve` (%s)", url)
+    if not url:
+        embedded = EmbeddedRedis(
+            Path(settings.data_dir), settings.redis.server_binary,
+            settings.redis.prefer_system_server,
+        )
+        url = await embedded.start()
+    redis = Redis.from_url(url, health_check_interval=30)
+    try:
+        await redis.ping()
+        yield redis
+    finally:
+        await redis.aclose()
+        if embedded is not None:
+            await embedded.stop()
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
