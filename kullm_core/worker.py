@@ -173,7 +173,7 @@ class Worker:
             await self.queue.release(d)
             await self.r.xclaim(
                 self.keys.jobs, GROUP, self.id, 0, [d.entry_id],
-                idle=self.queue.reclaim_idle_ms + 1, retrycount=max(0, d.attempt - 1), justid=True,
+                idle=self.queue.reclaim_idle_ms + 1, retrycount=d.attempt, justid=True,
             )
             log.info("job %s: handed back for another worker", d.job.id)
         self.deferred = []

@@ -40,9 +40,12 @@ def fence_at(text: str, pos: int) -> str | None:
     return open_fence
 
 
-def _best_cut(text: str, lo: int, hi: int) -> int:
-    """A cut in (lo, hi]: after a paragraph break outside code, a line break, a space."""
-    floor = lo + (hi - lo) // 3
+def _best_cut(text: str, lo: int, hi: int, min_cut: int = 0) -> int:
+    """A cut in (max(lo, min_cut), hi]: after a paragraph break outside code, a line break,
+    a space; else at `hi`."""
+    floor = max(lo + (hi - lo) // 3, min_cut)
+    if floor >= hi:
+        return hi
     para = [m.end() for m in re.finditer(r"\n[ \t]*\n\s*", text[lo:hi])]
     for off in reversed(para):
         cut = lo + off
@@ -57,11 +60,14 @@ def _best_cut(text: str, lo: int, hi: int) -> int:
     return hi
 
 
-def split(text: str, limit: int, forced: tuple[int, ...] = ()) -> list[Segment]:
+def split(
+    text: str, limit: int, forced: tuple[int, ...] = (), min_first: int = 0
+) -> list[Segment]:
     """Cut `text` into segments of at most `limit` characters (plus fence markers).
 
     `forced` are cuts already made (messages whose content is fixed); later segments are cut
-    greedily, which keeps every earlier cut in place while `text` grows.
+    greedily, which keeps every earlier cut in place while `text` grows. The first greedy cut
+    is never before `min_first` (text already streamed into that message).
     """
     segments: list[Segment] = []
     start = 0
@@ -70,7 +76,8 @@ def split(text: str, limit: int, forced: tuple[int, ...] = ()) -> list[Segment]:
             segments.append(Segment(start, cut, True))
             start = cut
     while len(text) - start > limit:
-        cut = _best_cut(text, start, start + limit)
+        cut = _best_cut(text, start, start + limit, min_first)
+        min_first = 0
         segments.append(Segment(start, cut, True))
         start = cut
     segments.append(Segment(start, len(text), False))
@@ -102,9 +109,9 @@ def piece(text: str, seg: Segment, *, close_open_fence: bool) -> Piece:
     prefix = f"```{lang}\n" if lang is not None else ""
     body = neutralize(text[seg.start:seg.end])
     suffix = ""
-    if seg.closed or close_open_fence:
-        if fence_at(text, seg.end) is not None and not body.endswith("```"):
-            suffix = "\n```" if not body.endswith("\n") else "```"
+    closing = seg.closed or close_open_fence
+    if closing and fence_at(text, seg.end) is not None and not body.endswith("```"):
+        suffix = "\n```" if not body.endswith("\n") else "```"
     return Piece(prefix, body, suffix)
 
 

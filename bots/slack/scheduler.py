@@ -17,6 +17,7 @@ refused, so nothing is posted twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -291,10 +292,8 @@ class Scheduler:
             if delay is None:
                 await self._wake.wait()
             else:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.005))
-                except TimeoutError:
-                    pass
 
     async def _execute(self, key: int, item: Outbound, op: Op) -> None:
         token = _BUCKETS.set(op.buckets)

@@ -11,6 +11,7 @@ so the server can never see more than `limit` calls inside one `period`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,10 +94,8 @@ class SlidingWindow:
                     return
                 self._changed.clear()
                 timeout = None if at == float("inf") else at - now
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout)
-                except TimeoutError:
-                    pass
 
     def release(self, at: float | None = None) -> None:
         self._inflight -= 1

@@ -14,6 +14,7 @@ Users act through `send_text`, `send_sticker`, `press_button`...; updates go out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -315,9 +316,10 @@ class FakeTelegram:
             and (chat_id is None or int(c.params.get("chat_id", 0)) == chat_id)
         ]
 
-    async def wait_for(self, predicate: Any, timeout: float = 30.0) -> None:
+    async def wait_for(self, predicate: Any, within: float = 30.0) -> None:
+        """Wait until `predicate()` holds (checked after every call and every user action)."""
         async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+            await asyncio.wait_for(self._changed.wait_for(predicate), within)
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -492,10 +494,8 @@ class FakeTelegram:
             return (self._again + fresh)[:limit]
 
         if not pending() and timeout > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await self.wait_for(lambda: bool(pending()), timeout)
-            except TimeoutError:
-                pass
         batch = pending()
         self._again = [u for u in self._again if u not in batch]
         return batch

@@ -1,0 +1,209 @@
+"""Incoming Slack events -> questions for the core (Bolt listeners).
+
+Who gets an answer: a mention in a channel (answered in that message's thread, the thread
+being the conversation everyone in it shares), a later message in a thread the bot is part of
+(unless mentions are required there), a DM (top level = one conversation; a DM thread = its own),
+and an AI-app (assistant) thread. Never: the bot's own or other bots' messages, edits,
+deletions and other subtypes. Each Slack message is answered once, however often and under
+however many event types Slack delivers it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bots.slack.delivery import Deliveries
+from bots.slack.render import inbound_text
+from bots.slack.scheduler import Scheduler
+from bots.slack.store import SlackStore
+from bots.slack.target import Target, conversation, source_id
+from bots.slack.texts import st, suggested_prompts
+from kullm_core.client import CoreClient
+from kullm_core.settings import Settings
+from kullm_core.texts import error_text, lang_of
+from kullm_core.texts import t as core_t
+from kullm_core.wire import ErrorEvent, UserRef
+
+log = logging.getLogger(__name__)
+
+_USER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
+
+
+def is_from_person(event: dict[str, Any], bot_user_id: str | None) -> bool:
+    """A new message written by a person (not a bot, not an edit/deletion/join...)."""
+    if event.get("bot_id") or event.get("bot_profile") or event.get("hidden"):
+        return False
+    if event.get("subtype") not in _USER_SUBTYPES:
+        return False
+    user = event.get("user")
+    return bool(user) and user != bot_user_id
+
+
+class Inbound:
+    """Bolt listeners for messages, mentions and the assistant surface."""
+
+    def __init__(self, settings: Settings, client: CoreClient, web: AsyncWebClient,
+                 scheduler: Scheduler, store: SlackStore, deliveries: Deliveries) -> None:
+        self.settings = settings
+        self.client = client
+        self.web = web
+        self.scheduler = scheduler
+        self.store = store
+        self.deliveries = deliveries
+        self.locale_ttl_s = store.tuning.locale_ttl_s
+
+    # -- Bolt listeners --------------------------------------------------------------------
+
+    async def on_mention(self, body: dict[str, Any], event: dict[str, Any],
+                         context: Any) -> None:
+        if not is_from_person(event, context.bot_user_id):
+            return
+        if not await self._fresh(body, event, context):
+            return
+        thread = event.get("thread_ts") or event["ts"]
+        await self._question(event, context, thread=thread, reply_thread=thread)
+
+    async def on_message(self, body: dict[str, Any], event: dict[str, Any],
+                         context: Any) -> None:
+        if not is_from_person(event, context.bot_user_id):
+            return
+        bot = context.bot_user_id
+        if event.get("channel_type") == "im":
+            if not await self._fresh(body, event, context):
+                return
+            thread = event.get("thread_ts") or ""
+            await self._question(event, context, thread=thread, reply_thread=thread)
+            return
+        thread = event.get("thread_ts")
+        if not thread or thread == event.get("ts"):
+            return  # a top-level channel message without a mention is not for the bot
+        if bot and f"<@{bot}>" in (event.get("text") or ""):
+            return  # the app_mention event answers it
+        if self.settings.slack.require_mention_in_threads:
+            return
+        team = self._team(body, context)
+        if not await self.store.in_thread(team, event["channel"], thread):
+            return
+        if not await self._fresh(body, event, context):
+            return
+        await self._question(event, context, thread=thread, reply_thread=thread)
+
+    async def on_assistant_message(self, body: dict[str, Any], event: dict[str, Any],
+                                   context: Any) -> None:
+        if not is_from_person(event, context.bot_user_id):
+            return
+        if not await self._fresh(body, event, context):
+            return
+        thread = event.get("thread_ts") or ""
+        await self._question(event, context, thread=thread, reply_thread=thread, assistant=True)
+
+    async def on_assistant_started(self, body: dict[str, Any], event: dict[str, Any],
+                                   context: Any) -> None:
+        if not await self._fresh(body, event, context):
+            return
+        thread = event.get("assistant_thread") or {}
+        channel, ts, user = thread.get("channel_id"), thread.get("thread_ts"), thread.get("user_id")
+        if not channel or not ts:
+            return
+        team = self._team(body, context)
+        lang, _ = await self.profile(team, user or "")
+        await self.say(team, channel, ts, core_t("start", lang))
+        if self.store.tuning.suggested_prompts:
+            prompts, title = suggested_prompts(lang), st("prompts_title", lang)
+            await self._side_call(
+                team, "t4", lambda: self.web.assistant_threads_setSuggestedPrompts(
+                    channel_id=channel, thread_ts=ts, prompts=prompts, title=title))
+
+    async def on_context_changed(self) -> None:
+        """The user switched channels in the split view: nothing to store (no API calls)."""
+
+    # -- the common path -------------------------------------------------------------------
+
+    def _team(self, body: dict[str, Any], context: Any) -> str:
+        return str(context.team_id or body.get("team_id") or "")
+
+    async def _fresh(self, body: dict[str, Any], event: dict[str, Any], context: Any) -> bool:
+        """False for an event (or a message) this adapter has already taken."""
+        event_id = body.get("event_id")
+        if event_id and await self.client.seen("slack", f"ev:{event_id}"):
+            log.info("slack event %s: duplicate delivery ignored", event_id)
+            return False
+        ts, channel = event.get("ts"), event.get("channel")
+        if ts and channel:
+            team = self._team(body, context)
+            if await self.client.seen("slack", f"msg:{team}:{channel}:{ts}"):
+                log.info("slack message %s in %s: already taken", ts, channel)
+                return False
+        return True
+
+    async def _question(self, event: dict[str, Any], context: Any, *, thread: str,
+                        reply_thread: str, assistant: bool = False) -> None:
+        team = self._team({}, context)
+        channel, ts, user = event["channel"], event["ts"], event["user"]
+        lang, name = await self.profile(team, user)
+        who = UserRef(platform="slack", id=user, name=name, lang=lang)
+        if not self.client.limiter.allowed(who, chat=channel, workspace=team):
+            log.info("slack %s/%s: user %s not allowed", team, channel, user)
+            await self.ephemeral(team, channel, user, reply_thread,
+                                 error_text(ErrorEvent(kind="forbidden"), lang))
+            return
+        text = inbound_text(event.get("text") or "", context.bot_user_id)
+        if not text:
+            key = "text_only" if event.get("files") else "empty_mention"
+            await self.say(team, channel, reply_thread, st(key, lang))
+            return
+        target = Target(team, channel, reply_thread, user, ts, lang, assistant)
+        status = st("thinking", lang) if assistant else None
+        sub = await self.deliveries.submit(conversation(team, channel, thread), who, text,
+                                           source_id(team, channel, ts), target, status=status)
+        if sub is None:
+            return
+        if sub.error is not None:
+            await self.ephemeral(team, channel, user, reply_thread, error_text(sub.error, lang))
+            return
+        if not target.is_dm:
+            await self.store.join_thread(team, channel, thread)
+        await self.store.set_last(team, channel, user, thread)
+
+    # -- outbound helpers (through the scheduler) ------------------------------------------
+
+    async def _side_call(self, team: str, tier: str, fn: Any) -> Any:
+        try:
+            return await self.scheduler.call(tier, (f"{tier}:{team}",), fn)
+        except Exception as exc:
+            log.warning("slack %s call failed in %s: %s", tier, team, exc)
+            return None
+
+    async def say(self, team: str, channel: str, thread: str, text: str) -> None:
+        """A short visible answer (empty mention, greeting)."""
+        try:
+            await self.scheduler.call("post", (f"post:{team}:{channel}",),
+                                      lambda: self.web.chat_postMessage(
+                                          channel=channel, thread_ts=thread or None, text=text))
+        except Exception as exc:
+            log.warning("slack post failed in %s/%s: %s", team, channel, exc)
+
+    async def ephemeral(self, team: str, channel: str, user: str, thread: str,
+                        text: str) -> None:
+        """A message only `user` sees (refusals, limits)."""
+        await self._side_call(team, "t4", lambda: self.web.chat_postEphemeral(
+            channel=channel, user=user, text=text, thread_ts=thread or None))
+
+    async def profile(self, team: str, user: str) -> tuple[str, str]:
+        """(UI language, user name) from users.info, cached in Redis."""
+        if not user:
+            return "ko", ""
+        cached = await self.store.locale(team, user)
+        if cached is not None:
+            locale, _, name = cached.partition("|")
+            return lang_of(locale or None), name
+        resp = await self._side_call(team, "t4", lambda: self.web.users_info(
+            user=user, include_locale=True))
+        info = (resp.get("user") if resp is not None else None) or {}
+        locale, name = str(info.get("locale") or ""), str(info.get("name") or "")
+        ttl = self.locale_ttl_s if resp is not None else min(3600, self.locale_ttl_s)
+        await self.store.set_locale(team, user, f"{locale}|{name}", ttl)
+        return lang_of(locale or None), name

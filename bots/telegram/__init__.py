@@ -1,0 +1,23 @@
+"""Telegram adapter: KULLM3 in private chats and groups, streamed under Telegram's limits.
+
+`kullm serve` calls `run_telegram`; tests and the benchmark use `TelegramBot` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from bots.telegram.app import TelegramBot
+from bots.telegram.ratelimit import Limits
+from bots.telegram.tuning import Tuning
+from kullm_core.client import CoreClient
+from kullm_core.settings import Settings
+
+__all__ = ["Limits", "TelegramBot", "Tuning", "run_telegram"]
+
+
+async def run_telegram(settings: Settings, client: CoreClient, stop: asyncio.Event) -> None:
+    """Serve Telegram (polling or webhook, per `telegram.mode`) until `stop` is set, then
+    let replies in progress finish within `queue.shutdown_grace_s` and shut down."""
+    async with TelegramBot(settings, client):
+        await stop.wait()

@@ -1,0 +1,175 @@
+"""The Telegram bot process: PTB application, outbox, deliveries; polling or webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from telegram import BotCommand, Update
+from telegram.error import TelegramError
+from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor
+
+from bots.telegram.deliveries import Deliveries
+from bots.telegram.delivery import Env
+from bots.telegram.handlers import Handlers
+from bots.telegram.outbox import Outbox
+from bots.telegram.ratelimit import Limits
+from bots.telegram.state import DeliveryRegistry
+from bots.telegram.texts import COMMANDS, t
+from bots.telegram.tuning import Tuning
+from kullm_core.client import CoreClient
+from kullm_core.errors import ConfigError
+from kullm_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ALLOWED_UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
+
+
+class ChatOrderedProcessor(BaseUpdateProcessor):
+    """Updates of different chats run concurrently; those of one chat run in order."""
+
+    def __init__(self, max_concurrent_updates: int) -> None:
+        super().__init__(max_concurrent_updates)
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+
+    async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+        chat = update.effective_chat if isinstance(update, Update) else None
+        if chat is None:
+            await coroutine
+            return
+        lock, users = self._locks.get(chat.id, (asyncio.Lock(), 0))
+        self._locks[chat.id] = (lock, users + 1)
+        try:
+            async with lock:
+                await coroutine
+        finally:
+            lock, users = self._locks[chat.id]
+            if users <= 1:
+                del self._locks[chat.id]
+            else:
+                self._locks[chat.id] = (lock, users - 1)
+
+    async def initialize(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+
+def _token(settings: Settings) -> str:
+    token = settings.telegram.token.get_secret_value()
+    if not token:
+        raise ConfigError(
+            "setting `telegram.token` is empty: set TELEGRAM_BOT_TOKEN or telegram.token"
+        )
+    return token
+
+
+class TelegramBot:
+    """Runs the adapter: `async with TelegramBot(settings, client): ...`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: CoreClient,
+        *,
+        limits: Limits | None = None,
+        tuning: Tuning | None = None,
+    ) -> None:
+        s = settings.telegram
+        if s.mode == "webhook" and not s.webhook_url:
+            raise ConfigError("setting `telegram.webhook_url` is required in webhook mode")
+        if s.mode == "webhook" and not s.webhook_secret.get_secret_value():
+            raise ConfigError("setting `telegram.webhook_secret` is required in webhook mode")
+        self.settings = settings
+        self.client = client
+        self.limits = limits or Limits.from_settings(s)
+        self.tuning = tuning or Tuning.from_settings(settings)
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.app: Application = (  # type: ignore[type-arg]
+            ApplicationBuilder()
+            .token(_token(settings))
+            .base_url(s.base_url)
+            .base_file_url(s.base_file_url)
+            .concurrent_updates(ChatOrderedProcessor(256))
+            .connection_pool_size(128)
+            .pool_timeout(30.0)
+            .get_updates_read_timeout(self.tuning.poll_timeout_s + 10)
+            .build()
+        )
+        bot = self.app.bot
+        self.outbox = Outbox(bot, self.limits)
+        registry = DeliveryRegistry(client.redis, settings.redis.prefix, self.owner,
+                                    self.tuning.lease_s)
+        self.env = Env(client, self.outbox, registry, self.tuning)
+        self.deliveries = Deliveries(self.env)
+        self.handlers = Handlers(settings, self.env, self.deliveries, bot)
+        self.handlers.install(self.app)
+
+    async def __aenter__(self) -> TelegramBot:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        await self.app.initialize()  # getMe: fails fast on a wrong token or base URL
+        log.info("telegram: bot @%s (%s), %s mode", self.app.bot.username, self.app.bot.id,
+                 self.settings.telegram.mode)
+        await self._set_commands()
+        await self.deliveries.start()
+        await self.app.start()
+        updater = self.app.updater
+        if updater is None:  # ApplicationBuilder always builds one
+            raise RuntimeError("the PTB application has no updater")
+        s = self.settings.telegram
+        if s.mode == "polling":
+            await updater.start_polling(
+                timeout=timedelta(seconds=self.tuning.poll_timeout_s),
+                allowed_updates=ALLOWED_UPDATES, drop_pending_updates=False,
+                error_callback=self._poll_error,
+            )
+        else:
+            await updater.start_webhook(
+                listen=s.webhook_listen, port=s.webhook_port,
+                url_path=urlsplit(s.webhook_url).path.lstrip("/"), webhook_url=s.webhook_url,
+                allowed_updates=ALLOWED_UPDATES, drop_pending_updates=False,
+                secret_token=s.webhook_secret.get_secret_value(),
+            )
+
+    @staticmethod
+    def _poll_error(exc: TelegramError) -> None:
+        log.warning("telegram: getUpdates failed (%s); retrying", exc)
+
+    async def _set_commands(self) -> None:
+        """Register the command menu in Korean (default) and English."""
+        for lang in ("ko", "en"):
+            commands = [BotCommand(c, t(f"cmd.{c}", lang)) for c in COMMANDS]
+            try:
+                await self.app.bot.set_my_commands(
+                    commands, language_code=None if lang == "ko" else lang
+                )
+            except TelegramError as exc:
+                log.warning("telegram: setMyCommands (%s) failed: %s", lang, exc)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking updates, let replies finish (grace), hand the rest back, close."""
+        grace = self.tuning.shutdown_grace_s if grace_s is None else grace_s
+        updater = self.app.updater
+        if updater is not None and updater.running:
+            await updater.stop()
+        if self.app.running:
+            await self.app.stop()
+        await self.deliveries.stop(grace)
+        await self.outbox.stop(drain_s=min(grace, 5.0))
+        await self.app.shutdown()
+        log.info("telegram: stopped")

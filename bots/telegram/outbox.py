@@ -1,0 +1,269 @@
+"""The one outbound scheduler: every message, edit and draft the bot shows goes through here.
+
+One lane per chat sends in order, one call at a time, at most once per `chat_interval_s`
+(groups: evenly paced so 20 a minute is never exceeded, whatever number of replies share the
+group). A shared window caps all chats together. While an op waits for its turn, a newer
+version of the same text (same `key`) replaces it in place: the merged text goes out once,
+and an edit whose text is already shown is skipped. On 429 the lane pauses for `retry_after`
+and the op stays at the head of the lane, so the final text is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from telegram import Bot
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
+
+from bots.telegram.ratelimit import Limits, SlidingWindow
+
+log = logging.getLogger(__name__)
+
+_MAX_NETWORK_TRIES = 5
+_REMEMBERED_TEXTS = 256
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    value: Any = None
+    error: BaseException | None = None
+    skipped: bool = False
+    """Nothing was sent: the text was already shown, or a newer version replaced it."""
+
+    def refused(self, *needles: str) -> bool:
+        """True when Telegram refused the call with a message containing one of `needles`."""
+        if not isinstance(self.error, BadRequest):
+            return False
+        text = self.error.message.lower()
+        return any(n in text for n in needles)
+
+
+@dataclass(eq=False)
+class Op:
+    """One Bot API call into one chat."""
+
+    chat_id: int
+    call: Callable[[Bot], Awaitable[Any]]
+    label: str
+    key: str | None = None
+    """Ops with the same key replace each other while waiting (an edit of one message)."""
+    fingerprint: Hashable | None = None
+    """What the call shows; skipped when the lane last showed exactly this under `key`."""
+    must: bool = False
+    """Final text: retried on network errors instead of being dropped."""
+    future: asyncio.Future[Outcome] | None = None
+    tries: int = 0
+
+
+@dataclass(eq=False)
+class _Lane:
+    chat_id: int
+    interval: float
+    window: SlidingWindow | None
+    ops: list[Op] = field(default_factory=list)
+    next_at: float = 0.0
+    shown: OrderedDict[str, Hashable] = field(default_factory=OrderedDict)
+    task: asyncio.Task[None] | None = None
+    inflight: Op | None = None
+
+
+def _resolve(op: Op, outcome: Outcome) -> None:
+    if op.future is not None and not op.future.done():
+        op.future.set_result(outcome)
+
+
+def _seconds(value: int | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class Outbox:
+    """Schedules outbound calls per chat under Telegram's limits. `async with` or start/stop."""
+
+    def __init__(self, bot: Bot, limits: Limits) -> None:
+        self.bot = bot
+        self.limits = limits
+        self._global = SlidingWindow(limits.global_limit, limits.global_period_s)
+        self._lanes: dict[int, _Lane] = {}
+        self._submits = 0
+        self.stats: dict[str, int] = {"sent": 0, "skipped": 0, "merged": 0, "retry_after": 0}
+
+    async def __aenter__(self) -> Outbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(0)
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def submit(self, op: Op) -> asyncio.Future[Outcome]:
+        """Queue `op`; the future resolves once it was sent, skipped, merged or failed."""
+        loop = asyncio.get_running_loop()
+        op.future = loop.create_future()
+        lane = self._lane(op.chat_id)
+        for i, old in enumerate(lane.ops):
+            if op.key is not None and old.key == op.key:
+                op.must = op.must or old.must
+                lane.ops[i] = op
+                self.stats["merged"] += 1
+                _resolve(old, Outcome(True, skipped=True))
+                break
+        else:
+            lane.ops.append(op)
+        if lane.task is None:
+            lane.task = asyncio.create_task(self._run(lane), name=f"tg-lane-{op.chat_id}")
+        return op.future
+
+    async def run(self, op: Op) -> Outcome:
+        return await self.submit(op)
+
+    def pending(self, chat_id: int) -> int:
+        lane = self._lanes.get(chat_id)
+        return len(lane.ops) + (lane.inflight is not None) if lane else 0
+
+    async def chat_action(
+        self, chat_id: int, thread_id: int | None, action: str = "typing"
+    ) -> None:
+        """Best effort, outside the lanes: an action is not a message and must not wait."""
+        try:
+            await self.bot.send_chat_action(chat_id, action, message_thread_id=thread_id)
+        except TelegramError as exc:
+            log.debug("chat %s: chat action failed: %s", chat_id, exc)
+
+    def _lane(self, chat_id: int) -> _Lane:
+        lane = self._lanes.get(chat_id)
+        if lane is None:
+            self._sweep()
+            if chat_id < 0:  # groups, supergroups (and channels) have negative ids
+                lim = self.limits
+                lane = _Lane(chat_id, lim.group_interval_s,
+                             SlidingWindow(lim.group_limit, lim.group_period_s))
+            else:
+                lane = _Lane(chat_id, self.limits.chat_interval_s, None)
+            self._lanes[chat_id] = lane
+        return lane
+
+    def _sweep(self) -> None:
+        """Forget idle lanes whose spacing and window no longer matter."""
+        self._submits += 1
+        if self._submits % 256:
+            return
+        now = asyncio.get_running_loop().time()
+        horizon = max(self.limits.group_period_s, self.limits.chat_interval_s)
+        for chat_id, lane in list(self._lanes.items()):
+            if lane.task is None and not lane.ops and lane.next_at + horizon < now:
+                del self._lanes[chat_id]
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def _run(self, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while lane.ops:
+                delay = lane.next_at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    continue
+                if lane.window is not None:
+                    await lane.window.acquire()
+                try:
+                    await self._global.acquire()
+                except BaseException:
+                    if lane.window is not None:
+                        lane.window.cancel()
+                    raise
+                await self._send_head(lane, loop)
+        finally:
+            lane.task = None
+            if lane.inflight is not None:
+                _resolve(lane.inflight, Outcome(False, error=asyncio.CancelledError()))
+                lane.inflight = None
+
+    async def _send_head(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
+        """Send the lane's first op; its window slots are already reserved."""
+        op = lane.ops.pop(0)
+        if op.key is not None and op.fingerprint is not None and lane.shown.get(op.key) == (
+            op.fingerprint
+        ):
+            self._give_back(lane)
+            self.stats["skipped"] += 1
+            _resolve(op, Outcome(True, skipped=True))
+            return
+        lane.inflight = op
+        try:
+            outcome, wait = await self._call(op)
+        finally:
+            lane.inflight = None
+            now = loop.time()
+            if lane.window is not None:
+                lane.window.release(now)
+            self._global.release(now)
+            lane.next_at = now + lane.interval
+        if outcome is None:  # flood control or a network error on final text: try again
+            lane.next_at = max(lane.next_at, loop.time() + wait)
+            if not any(o.key == op.key for o in lane.ops if op.key is not None):
+                lane.ops.insert(0, op)
+            else:
+                _resolve(op, Outcome(True, skipped=True))
+            return
+        if outcome.ok and op.key is not None:
+            lane.shown[op.key] = op.fingerprint
+            lane.shown.move_to_end(op.key)
+            if len(lane.shown) > _REMEMBERED_TEXTS:
+                lane.shown.popitem(last=False)
+        _resolve(op, outcome)
+
+    def _give_back(self, lane: _Lane) -> None:
+        if lane.window is not None:
+            lane.window.cancel()
+        self._global.cancel()
+
+    async def _call(self, op: Op) -> tuple[Outcome | None, float]:
+        """(outcome, 0) when done; (None, seconds to wait) when the op must be tried again."""
+        try:
+            value = await op.call(self.bot)
+        except RetryAfter as exc:
+            wait = _seconds(exc.retry_after)
+            self.stats["retry_after"] += 1
+            log.warning("chat %s: %s hit flood control; pausing %.1f s", op.chat_id, op.label, wait)
+            return None, wait
+        except BadRequest as exc:
+            if "message is not modified" in exc.message.lower():
+                return Outcome(True, skipped=True), 0.0
+            log.info("chat %s: %s refused: %s", op.chat_id, op.label, exc.message)
+            return Outcome(False, error=exc), 0.0
+        except (TimedOut, NetworkError) as exc:
+            if op.must and op.tries < _MAX_NETWORK_TRIES:
+                op.tries += 1
+                log.warning("chat %s: %s failed (%s); retry %d", op.chat_id, op.label, exc,
+                            op.tries)
+                return None, min(0.5 * 2**op.tries, 10.0)
+            log.warning("chat %s: %s failed: %s", op.chat_id, op.label, exc)
+            return Outcome(False, error=exc), 0.0
+        except TelegramError as exc:
+            log.warning("chat %s: %s failed: %s", op.chat_id, op.label, exc)
+            return Outcome(False, error=exc), 0.0
+        self.stats["sent"] += 1
+        return Outcome(True, value), 0.0
+
+    # -- stopping --------------------------------------------------------------------------
+
+    async def stop(self, drain_s: float) -> None:
+        """Give queued ops `drain_s` seconds to go out, then drop the rest."""
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        if tasks and drain_s > 0:
+            await asyncio.wait(tasks, timeout=drain_s)
+        for lane in self._lanes.values():
+            if lane.task is not None:
+                lane.task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for lane in self._lanes.values():
+            for op in lane.ops:
+                _resolve(op, Outcome(False, error=asyncio.CancelledError()))
+            lane.ops.clear()

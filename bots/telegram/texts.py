@@ -1,0 +1,56 @@
+"""Telegram-only texts (Korean default, English), on top of the shared `kullm_core.texts`."""
+
+from __future__ import annotations
+
+from kullm_core.texts import lang_of
+from kullm_core.texts import t as core_t
+
+COMMANDS = ("start", "help", "ask", "reset", "stop", "retry", "forget")
+
+_TEXTS: dict[str, dict[str, str]] = {
+    "ko": {
+        "cmd.start": "시작 인사와 안내",
+        "cmd.help": "도움말",
+        "cmd.ask": "질문하기 (그룹에서: /ask 질문)",
+        "cmd.reset": "새 대화 시작",
+        "cmd.stop": "생성 중인 답변 중단",
+        "cmd.retry": "마지막 답변 다시 생성",
+        "cmd.forget": "저장된 내 대화 기록 모두 삭제",
+        "help_group": "그룹에서는 @{bot} 멘션, 제 메시지에 답장, 또는 /ask 질문 으로 물어보세요.",
+        "busy_waiting": "⏳ 지금 요청이 많아 대기열이 가득 찼습니다 (대기 {waiting}건). "
+        "자리가 나면 자동으로 답하겠습니다.",
+        "retry_busy": "지금 답변을 만드는 중입니다. 답변이 끝난 뒤에 /retry 를 보내 주세요.",
+        "empty_reply": "(빈 답변)",
+        "ask_usage": "/ask 뒤에 질문을 적어 주세요. 예: /ask 서울의 명소를 알려줘",
+        "forget_not_yours": "/forget 을 보낸 사람만 누를 수 있습니다.",
+    },
+    "en": {
+        "cmd.start": "Greeting and how to use the bot",
+        "cmd.help": "Help",
+        "cmd.ask": "Ask a question (in groups: /ask question)",
+        "cmd.reset": "Start a new conversation",
+        "cmd.stop": "Stop the answer being written",
+        "cmd.retry": "Regenerate the last answer",
+        "cmd.forget": "Delete everything stored about you",
+        "help_group": "In groups, mention @{bot}, reply to one of my messages, or use "
+        "/ask question.",
+        "busy_waiting": "⏳ Too many requests right now: the queue is full ({waiting} waiting). "
+        "I will answer as soon as there is room.",
+        "retry_busy": "I am still writing an answer. Send /retry once it is finished.",
+        "empty_reply": "(empty answer)",
+        "ask_usage": "Write your question after /ask, e.g. /ask What should I see in Seoul?",
+        "forget_not_yours": "Only the person who sent /forget can press this.",
+    },
+}
+
+
+def t(key: str, lang: str | None = "ko", **params: object) -> str:
+    """A Telegram text, or the shared one of the same key."""
+    table = _TEXTS[lang_of(lang)]
+    text = table.get(key) or _TEXTS["ko"].get(key)
+    if text is None:
+        return core_t(key, lang, **params)
+    try:
+        return text.format(**params)
+    except (KeyError, IndexError):
+        return text

@@ -1,0 +1,203 @@
+"""The Telegram messages that show one reply, kept in step with its text.
+
+Draft mode (private chats): the growing text is a native draft (`sendMessageDraft`) and the
+finished reply is sent as real messages. Edit mode (groups, or where drafts are refused): a
+first message is sent as soon as there is text and then edited as the text grows. Replies
+longer than one message continue in further messages, each replying to the one before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+
+from telegram import Bot, LinkPreviewOptions, ReplyParameters
+from telegram.error import BadRequest, EndPointNotFound
+
+from bots.telegram.outbox import Op, Outbox, Outcome
+from bots.telegram.render import plain_pieces, to_telegram
+from bots.telegram.split import Piece
+from bots.telegram.state import DeliveryRecord
+
+log = logging.getLogger(__name__)
+
+_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+_FORMAT_REFUSED = ("can't parse entities", "message is too long")
+_GONE = ("message to edit not found", "message can't be edited")
+
+
+class ReplyView:
+    """Shows one reply. Methods are serialized; `visible` is set once any text is on screen."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        rec: DeliveryRecord,
+        save: Callable[[], Awaitable[None]],
+        drafts_refused: set[int],
+    ) -> None:
+        self.outbox = outbox
+        self.rec = rec
+        self._save = save
+        self._drafts_refused = drafts_refused
+        self._shown: dict[str, Hashable] = {}
+        self._lock = asyncio.Lock()
+        self.visible = asyncio.Event()
+        if rec.message_ids:
+            self.visible.set()
+
+    @property
+    def drafting(self) -> bool:
+        return self.rec.mode == "draft" and self.rec.chat_id not in self._drafts_refused
+
+    # -- what the delivery calls -----------------------------------------------------------
+
+    async def status(self, text: str) -> None:
+        """A placeholder (waiting in line, queue full) that the reply will replace."""
+        async with self._lock:
+            if self.rec.mode == "draft":
+                self.rec.mode = "edit"  # the placeholder message becomes the reply
+            await self._show([Piece(text)], must=False)
+
+    async def interim(self, markdown: str) -> None:
+        """The reply so far, as plain text: frozen parts as messages, the tail as a draft
+        (draft mode) or as an edited message."""
+        pieces = plain_pieces(markdown)
+        if not pieces:
+            return
+        async with self._lock:
+            if self.drafting:
+                await self._show(pieces[:-1], must=False, trim=False)
+                self._draft(pieces[-1])
+            else:
+                await self._show(pieces, must=False, trim=False)
+
+    async def final(self, pieces: list[Piece], plain: list[Piece]) -> bool:
+        """Show the finished reply; `plain` when Telegram refuses the formatting.
+        Returns False when it could not be shown at all."""
+        async with self._lock:
+            result = await self._show(pieces, must=True)
+            if result is None:
+                log.info("job %s: formatting refused; sending plain text", self.rec.job_id)
+                result = await self._show(plain, must=True)
+            return bool(result)
+
+    # -- reconciling messages with pieces --------------------------------------------------
+
+    async def _show(self, pieces: list[Piece], must: bool, trim: bool = True) -> bool | None:
+        """Make message i show piece i; extra messages are deleted when `trim`.
+        None: Telegram refused the formatting. False: a piece could not be shown."""
+        ok = True
+        for i, piece in enumerate(pieces):
+            if i < len(self.rec.message_ids):
+                outcome = await self._edit(i, piece, must)
+            else:
+                outcome = await self._send(piece, must)
+            if piece.entities and outcome.refused(*_FORMAT_REFUSED):
+                return None
+            ok = ok and outcome.ok
+        if trim and len(self.rec.message_ids) > len(pieces):
+            extra = self.rec.message_ids[len(pieces):]
+            del self.rec.message_ids[len(pieces):]
+            await self._save()
+            for mid in extra:
+                await self.outbox.run(self._delete_op(mid))
+        return ok
+
+    async def _edit(self, i: int, piece: Piece, must: bool) -> Outcome:
+        mid = self.rec.message_ids[i]
+        key, fp = f"m{mid}", (piece.text, piece.entities)
+        if self._shown.get(key) == fp:
+            return Outcome(True, skipped=True)
+        self._shown[key] = fp
+        future = self.outbox.submit(self._edit_op(mid, piece, key, fp, must))
+        if not must:  # streaming: fire and forget, the outbox merges what piles up
+            future.add_done_callback(lambda f: self._forget_failed(key, fp, f))
+            return Outcome(True)
+        outcome = await future
+        if not outcome.ok:
+            self._shown.pop(key, None)
+        if outcome.refused(*_GONE):  # deleted by someone: show the piece in a new message
+            self.rec.message_ids.pop(i)
+            return await self._send(piece, must, at=i)
+        return outcome
+
+    def _forget_failed(self, key: str, fp: Hashable, future: asyncio.Future[Outcome]) -> None:
+        if not future.result().ok and self._shown.get(key) == fp:
+            self._shown.pop(key, None)
+
+    async def _send(self, piece: Piece, must: bool, at: int | None = None) -> Outcome:
+        ids = self.rec.message_ids
+        at = len(ids) if at is None else at
+        reply_to = ids[at - 1] if at > 0 else self.rec.reply_to
+        outcome = await self.outbox.run(self._send_op(piece, reply_to, must))
+        if outcome.ok and outcome.value is not None:
+            mid = int(outcome.value.message_id)
+            ids.insert(at, mid)
+            self._shown[f"m{mid}"] = (piece.text, piece.entities)
+            await self._save()
+            self.visible.set()
+        return outcome
+
+    def _draft(self, piece: Piece) -> None:
+        key, fp = f"d{self.rec.draft_id}", (piece.text,)
+        if self._shown.get(key) == fp:
+            return
+        self._shown[key] = fp
+        future = self.outbox.submit(self._draft_op(piece, key, fp))
+        future.add_done_callback(self._draft_done)
+
+    def _draft_done(self, future: asyncio.Future[Outcome]) -> None:
+        outcome = future.result()
+        if outcome.ok:
+            self.visible.set()
+        elif isinstance(outcome.error, BadRequest | EndPointNotFound):
+            log.info("chat %s: drafts refused (%s); editing messages instead",
+                     self.rec.chat_id, outcome.error)
+            self._drafts_refused.add(self.rec.chat_id)
+            self.rec.mode = "edit"
+
+    # -- the Bot API calls -----------------------------------------------------------------
+
+    def _send_op(self, piece: Piece, reply_to: int | None, must: bool) -> Op:
+        rec = self.rec
+        reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
+
+        async def call(bot: Bot) -> object:
+            return await bot.send_message(
+                rec.chat_id, piece.text, entities=to_telegram(piece.entities),
+                message_thread_id=rec.thread_id, reply_parameters=reply,
+                link_preview_options=_NO_PREVIEW,
+            )
+
+        return Op(rec.chat_id, call, "sendMessage", must=must)
+
+    def _edit_op(self, mid: int, piece: Piece, key: str, fp: Hashable, must: bool) -> Op:
+        chat_id = self.rec.chat_id
+
+        async def call(bot: Bot) -> object:
+            return await bot.edit_message_text(
+                piece.text, chat_id=chat_id, message_id=mid,
+                entities=to_telegram(piece.entities), link_preview_options=_NO_PREVIEW,
+            )
+
+        return Op(chat_id, call, "editMessageText", key=key, fingerprint=fp, must=must)
+
+    def _draft_op(self, piece: Piece, key: str, fp: Hashable) -> Op:
+        rec = self.rec
+
+        async def call(bot: Bot) -> object:
+            return await bot.send_message_draft(
+                rec.chat_id, rec.draft_id, piece.text, message_thread_id=rec.thread_id
+            )
+
+        return Op(rec.chat_id, call, "sendMessageDraft", key=key, fingerprint=fp)
+
+    def _delete_op(self, mid: int) -> Op:
+        chat_id = self.rec.chat_id
+
+        async def call(bot: Bot) -> object:
+            return await bot.delete_message(chat_id, mid)
+
+        return Op(chat_id, call, "deleteMessage", must=True)
