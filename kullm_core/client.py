@@ -119,6 +119,10 @@ class CoreClient:
         """Reply events of a job, resumable from `last_id`, ending with done or error."""
         return self.queue.events(job_id, last_id, block_ms)
 
+    async def position(self, job_id: str) -> int:
+        """Current place in line (1 = next to be taken); 0 once a worker has taken it."""
+        return await self.queue.position(job_id)
+
     async def cancel(self, conv: ConversationRef) -> str | None:
         """Stop the reply being generated in this conversation. Returns its job id."""
         raw = await self.redis.get(self.keys.active(conv.key))

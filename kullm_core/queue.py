@@ -41,8 +41,11 @@ if n >= tonumber(ARGV[4]) then
   redis.call('DEL', KEYS[1])
   return {-1, '', n - inflight}
 end
-local id = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
-return {1, id, n - inflight + 1}
+local id = redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'job', ARGV[2])
+local position = n - inflight + 1
+redis.call('XADD', KEYS[3], '*', 'e', '{"v":1,"type":"queued","position":' .. position .. '}')
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+return {1, id, position}
 """
 
 _COMMIT_LUA = """
@@ -92,6 +95,7 @@ class EnqueueResult:
     job_id: str
     position: int
     """Queued: jobs waiting ahead of this one plus one. Busy: jobs waiting."""
+    entry_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,19 @@ class JobQueue(Protocol):
     async def enqueue(self, job: Job) -> EnqueueResult: ...
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Delivery]: ...
+
+    async def position(self, job_id: str) -> int:
+        """Place in line of a job no worker has taken yet (1 = next); 0 once taken or gone."""
+        last = "0-0"
+        for group in await self.r.xinfo_groups(self.keys.jobs):
+            if _s(group["name"]) == GROUP:
+                last = _s(group["last-delivered-id"])
+        ahead = 0
+        for _entry, fields in await self.r.xrange(self.keys.jobs, f"({last}", "+"):
+            ahead += 1
+            if _s(fields.get(b"id") or fields.get("id") or b"") == job_id:
+                return ahead
+        return 0
 
     async def emit(self, job_id: str, event: Event) -> str: ...
 
@@ -168,15 +185,16 @@ class RedisJobQueue:
         """Add a job unless its source message was already enqueued or the queue is full."""
         await self.ensure_group()
         status, ident, position = await self._enqueue(
-            keys=[self.keys.dedupe(job.source_id), self.keys.jobs],
-            args=[job.id, job.dumps(), self.dedupe_ttl_s, self.max_pending, GROUP],
+            keys=[self.keys.dedupe(job.source_id), self.keys.jobs, self.keys.reply(job.id)],
+            args=[job.id, job.dumps(), self.dedupe_ttl_s, self.max_pending, GROUP,
+                  _REPLY_TTL_BEFORE_DONE_S],
         )
         code = int(status)
         if code == 0:
             return EnqueueResult("duplicate", _s(ident) or job.id, 0)
         if code < 0:
             return EnqueueResult("busy", job.id, int(position))
-        return EnqueueResult("queued", job.id, int(position))
+        return EnqueueResult("queued", job.id, int(position), _s(ident))
 
     async def waiting(self) -> int:
         """Jobs no worker has taken yet."""
@@ -184,6 +202,19 @@ class RedisJobQueue:
         for group in info:
             if _s(group["name"]) == GROUP:
                 return int(group.get("lag") or 0)
+        return 0
+
+    async def position(self, job_id: str) -> int:
+        """Place in line of a job no worker has taken yet (1 = next); 0 once taken or gone."""
+        last = "0-0"
+        for group in await self.r.xinfo_groups(self.keys.jobs):
+            if _s(group["name"]) == GROUP:
+                last = _s(group["last-delivered-id"])
+        ahead = 0
+        for _entry, fields in await self.r.xrange(self.keys.jobs, f"({last}", "+"):
+            ahead += 1
+            if _s(fields.get(b"id") or fields.get("id") or b"") == job_id:
+                return ahead
         return 0
 
     async def emit(self, job_id: str, event: Event) -> str:

@@ -19,7 +19,7 @@ from slack_sdk.errors import SlackApiError
 
 from bots.slack.render import message_payload
 from bots.slack.reply import METADATA_EVENT, Msg, Reply
-from bots.slack.scheduler import Op
+from bots.slack.scheduler import Op, api_error
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ async def _stop(reply: Reply, op: Op) -> None:
         await reply.env.web.chat_stopStream(channel=t.channel, ts=m.ts,
                                             markdown_text=d["text"] or None)
     except SlackApiError as exc:
-        if exc.response.get("error") not in STREAM_GONE:
+        if api_error(exc)[1] not in STREAM_GONE:
             raise
         log.info("job %s: stream %s already closed; rewriting it", reply.job_id, m.ts)
         m.sent = None
@@ -178,8 +178,7 @@ def handle_error(reply: Reply, op: Op, exc: BaseException) -> None:
 
 
 def _api_error(reply: Reply, op: Op, exc: SlackApiError) -> None:
-    error = str(exc.response.get("error") or "")
-    status = getattr(exc.response, "status_code", 200)
+    status, error = api_error(exc)
     team = reply.target.team
     if op.kind == "start" and error in STREAM_UNAVAILABLE:
         log.warning("job %s: native streaming refused in %s (%s); using post + update",
@@ -208,7 +207,7 @@ def _api_error(reply: Reply, op: Op, exc: SlackApiError) -> None:
 
 def _shrink(reply: Reply, op: Op) -> None:
     floor = reply.env.tuning.min_message_chars
-    if reply.mode == "stream" and op.kind == "append":
+    if reply.mode == "stream" and op.kind in ("append", "stop") and op.data.get("n"):
         m = reply.msgs[op.index]
         start = reply.forced[-1] if reply.forced else 0
         reply.forced.append(start + m.appended)

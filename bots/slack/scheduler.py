@@ -150,11 +150,20 @@ class _OneShot:
             self.future.set_exception(exc)
 
 
+def api_error(exc: BaseException) -> tuple[int, str]:
+    """(HTTP status, Slack error code) of a failed Web API call; (0, '') for other errors."""
+    if not isinstance(exc, SlackApiError):
+        return 0, ""
+    resp = exc.response
+    status = int(getattr(resp, "status_code", 0) or 0)
+    data = getattr(resp, "data", None)
+    error = str(data.get("error") or "") if isinstance(data, dict) else ""
+    return status, error
+
+
 def is_rate_limited(exc: BaseException) -> bool:
-    return isinstance(exc, SlackApiError) and (
-        getattr(exc.response, "status_code", 0) == 429
-        or exc.response.get("error") in ("ratelimited", "rate_limited")
-    )
+    status, error = api_error(exc)
+    return status == 429 or error in ("ratelimited", "rate_limited")
 
 
 class Scheduler:
@@ -308,7 +317,10 @@ class Scheduler:
                 resp = exc.response  # type: ignore[attr-defined]
                 self.pause(op.buckets, retry_after_of(getattr(resp, "headers", None)) + 1.0)
             else:
-                item.on_error(op, exc)
+                try:
+                    item.on_error(op, exc)
+                except Exception:
+                    log.exception("slack: error handler of %s failed", item.name)
         finally:
             _BUCKETS.reset(token)
             self._busy.discard(key)

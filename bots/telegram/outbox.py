@@ -249,6 +249,9 @@ class Outbox:
         except TelegramError as exc:
             log.warning("chat %s: %s failed: %s", op.chat_id, op.label, exc)
             return Outcome(False, error=exc), 0.0
+        except Exception as exc:  # a bug must fail this op, not the chat's whole lane
+            log.exception("chat %s: %s failed unexpectedly", op.chat_id, op.label)
+            return Outcome(False, error=exc), 0.0
         self.stats["sent"] += 1
         return Outcome(True, value), 0.0
 

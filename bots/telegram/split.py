@@ -98,6 +98,7 @@ class _Cutter:
         self.text = text
         self.limit = limit
         self.off = _offsets(text)
+        self.code = protected
         # A block that fits one message is never cut; a longer one may be cut between lines.
         self.protected = [
             (a, b) for a, b in protected if self.off[b] - self.off[a] <= limit
@@ -137,13 +138,12 @@ class _Cutter:
         return _safe_cut(self.text, hard, start)
 
     def next_start(self, end: int) -> int:
-        skip = "\n\r" if self._in_any(end) else " \t\n\r"
+        # Inside code, leading spaces are indentation: keep them.
+        in_code = any(a <= end < b for a, b in self.code)
+        skip = "\n\r" if in_code else " \t\n\r"
         while end < len(self.text) and self.text[end] in skip:
             end += 1
         return end
-
-    def _in_any(self, pos: int) -> bool:
-        return any(a <= pos < b for a, b in self.protected)
 
 
 def _clip(entities: tuple[Entity, ...], lo: int, hi: int) -> tuple[Entity, ...]:

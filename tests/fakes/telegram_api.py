@@ -172,10 +172,13 @@ class FakeTelegram:
         # Fault injection.
         self.reject_entities = False
         self.drafts_supported = True
+        self.gateway_errors = 0
+        """Answer this many counted calls with 502 Bad Gateway (a proxy hiccup)."""
         self.forced_429: dict[int, deque[int]] = defaultdict(deque)
         # Flood accounting: receive times of counted calls.
         self._per_chat: dict[int, deque[float]] = defaultdict(deque)
         self._global: deque[float] = deque()
+        self._blocked_until: dict[int, float] = {}
         self.webhook: dict[str, Any] | None = None
         self._webhook_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
@@ -338,6 +341,9 @@ class FakeTelegram:
             handler = getattr(self, f"api_{method}", None)
             if handler is None:
                 raise ApiError(404, "Not Found")
+            if method in COUNTED and self.gateway_errors > 0:
+                self.gateway_errors -= 1
+                raise ApiError(502, "Bad Gateway")
             if method in COUNTED:
                 self._flood_check(method, int(params["chat_id"]), call)
             result = await handler(params)
@@ -367,10 +373,15 @@ class FakeTelegram:
         return out
 
     def _flood_check(self, method: str, chat_id: int, call: Call) -> None:
+        now = call.at
+        blocked = self._blocked_until.get(chat_id, 0.0)
+        if now < blocked:  # called again before the retry_after we asked for
+            self.violations.append(call)
+            raise self._too_many(chat_id, now, max(1, math.ceil(blocked - now)))
         forced = self.forced_429.get(chat_id)
         if forced:
-            raise ApiError(429, f"Too Many Requests: retry after {forced[0]}", forced.popleft())
-        lim, now = self.limits, call.at
+            raise self._too_many(chat_id, now, forced.popleft())
+        lim = self.limits
         chat = self._per_chat[chat_id]
         windows = [(chat, 1, lim.chat_interval_s), (self._global, lim.global_limit,
                                                     lim.global_period_s)]
@@ -381,8 +392,7 @@ class FakeTelegram:
             if len(inside) >= limit:
                 wait = inside[-limit] + period - now
                 self.violations.append(call)
-                retry = max(1, math.ceil(wait))
-                raise ApiError(429, f"Too Many Requests: retry after {retry}", retry)
+                raise self._too_many(chat_id, now, max(1, math.ceil(wait)))
         chat.append(now)
         self._global.append(now)
         horizon = now - max(lim.group_period_s, lim.chat_interval_s, lim.global_period_s)
@@ -390,6 +400,17 @@ class FakeTelegram:
             chat.popleft()
         while self._global and self._global[0] <= horizon:
             self._global.popleft()
+
+    def _too_many(self, chat_id: int, now: float, retry_after: int) -> ApiError:
+        self._blocked_until[chat_id] = max(self._blocked_until.get(chat_id, 0.0), now + retry_after)
+        return ApiError(429, f"Too Many Requests: retry after {retry_after}", retry_after)
+
+    def _check_thread(self, chat: Chat, thread: Any) -> int | None:
+        if not thread:
+            return None
+        if not chat.is_forum and chat.type != "private":
+            raise ApiError(400, "Bad Request: message thread not found")
+        return int(thread)
 
     def _check_text(self, text: str, entities: list[dict[str, Any]], parse_mode: str) -> None:
         if not text.strip():
@@ -421,9 +442,9 @@ class FakeTelegram:
         text, entities = str(params.get("text", "")), list(params.get("entities") or [])
         self._check_text(text, entities, str(params.get("parse_mode", "")))
         reply = params.get("reply_parameters") or {}
-        thread = params.get("message_thread_id")
+        thread = self._check_thread(chat, params.get("message_thread_id"))
         msg = self._new_msg(
-            chat, BOT, text=text, entities=entities, thread_id=int(thread) if thread else None,
+            chat, BOT, text=text, entities=entities, thread_id=thread,
             reply_to=reply.get("message_id"), reply_markup=params.get("reply_markup"),
             versions=[text],
         )
