@@ -33,19 +33,18 @@ from kullm_core.tinymodel import build_tiny_model
 from kullm_core.wire import ConversationRef, UserRef
 from kullm_core.worker import Worker
 
-PROMPTS = [
-    json.loads(line)["text"]
-    for line in (Path(__file__).parents[1] / "kullm_core/data/prompts_ko.jsonl").read_text().splitlines()
-]
+DATA = Path(__file__).parents[1] / "kullm_core/data/prompts_ko.jsonl"
+PROMPTS = [json.loads(line)["text"] for line in DATA.read_text("utf-8").splitlines()]
 USER = UserRef(platform="bench", id="u")
 
 
 async def engine_alone(engine: LocalEngine, tok: Any, n: int) -> tuple[float, float]:
-    ids = tok.apply_chat_template([{"role": "user", "content": PROMPTS[0]}],
-                                  add_generation_prompt=True, return_dict=False)
+    msgs = [{"role": "user", "content": PROMPTS[0]}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False)
     t0 = time.perf_counter()
     first, count = 0.0, 0
-    async for out in engine.generate(GenerationRequest("e", ids, params=SamplingParams(max_new_tokens=n))):
+    request = GenerationRequest("e", ids, params=SamplingParams(max_new_tokens=n))
+    async for out in engine.generate(request):
         if out.text and not first:
             first = time.perf_counter() - t0
         count += out.tokens
@@ -133,7 +132,7 @@ async def main(model_dir: str | None, n: int) -> None:
             rows.append(("peak RSS (worker + engine + consumer)", f"{rss:.0f} MiB"))
             await redis.aclose()
     width = max(len(k) for k, _ in rows)
-    print(f"model: {'tiny random' if not model_dir else model_dir}, {n} new tokens per reply")
+    print(f"model: {model_dir or 'tiny random'}, {n} new tokens per reply")
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
 

@@ -16,7 +16,10 @@ from kullm_core.wire import ConversationRef, UserRef
 
 log = logging.getLogger(__name__)
 
-HELP = "/reset  new conversation\n/stop   stop the reply being written\n/help   this help\n/quit   leave"
+HELP = (
+    "/reset  new conversation\n/stop   stop the reply being written\n"
+    "/help   this help\n/quit   leave"
+)
 
 
 class TerminalChat:

@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +80,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _check(settings: Settings) -> int:
-    async with open_redis(settings, reuse_running=True) as redis:
-        async with CoreClient(redis, settings) as client:
-            alive = await client.workers_alive()
+    async with open_redis(settings, reuse_running=True) as redis, CoreClient(
+        redis, settings
+    ) as client:
+        alive = await client.workers_alive()
     print(f"{alive} healthy worker(s)")
     return 0 if alive else 1
 
@@ -114,8 +115,8 @@ async def _worker(settings: Settings, redis: Redis) -> AsyncIterator[Worker]:
         await engine.stop()
 
 
-def _adapters(settings: Settings) -> list[tuple[str, Callable[..., Awaitable[None]]]]:
-    found: list[tuple[str, Callable[..., Awaitable[None]]]] = []
+def _adapters(settings: Settings) -> list[tuple[str, Callable[..., Coroutine[Any, Any, None]]]]:
+    found: list[tuple[str, Callable[..., Coroutine[Any, Any, None]]]] = []
     if settings.telegram.token.get_secret_value():
         from bots.telegram import run_telegram
 
@@ -148,7 +149,7 @@ async def _serve(settings: Settings, adapters: bool) -> int:
         if adapters and len(names) == 1:
             log.info("no chat platform configured (set TELEGRAM_BOT_TOKEN or SLACK_BOT_TOKEN + "
                      "SLACK_APP_TOKEN); talk to it with `kullm chat` in another terminal")
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
@@ -160,20 +161,21 @@ async def _serve(settings: Settings, adapters: bool) -> int:
 async def _chat(settings: Settings, once: str | None, lang: str) -> int:
     from bots.terminal import TerminalChat
 
-    async with open_redis(settings, reuse_running=True) as redis:
-        async with CoreClient(redis, settings) as client:
-            own_worker = await client.workers_alive() == 0
-            stop = asyncio.Event()
-            ctx = _worker(settings, redis) if own_worker else contextlib.nullcontext(None)
-            async with ctx as worker:
-                task = asyncio.create_task(worker.run(stop)) if worker else None
-                try:
-                    chat = TerminalChat(client, lang)
-                    return await (chat.ask(once) if once is not None else chat.repl())
-                finally:
-                    stop.set()
-                    if task:
-                        await task
+    async with open_redis(settings, reuse_running=True) as redis, CoreClient(
+        redis, settings
+    ) as client:
+        own_worker = await client.workers_alive() == 0
+        stop = asyncio.Event()
+        ctx = _worker(settings, redis) if own_worker else contextlib.nullcontext(None)
+        async with ctx as worker:
+            task = asyncio.create_task(worker.run(stop)) if worker else None
+            try:
+                chat = TerminalChat(client, lang)
+                return await (chat.ask(once) if once is not None else chat.repl())
+            finally:
+                stop.set()
+                if task:
+                    await task
 
 
 if __name__ == "__main__":

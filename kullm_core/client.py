@@ -144,7 +144,8 @@ class CoreClient:
         return (raw.decode() if isinstance(raw, bytes) else raw) or None
 
     async def retry(
-        self, conv: ConversationRef, user: UserRef, source_id: str, meta: dict[str, str] | None = None
+        self, conv: ConversationRef, user: UserRef, source_id: str,
+        meta: dict[str, str] | None = None,
     ) -> Submission | None:
         """Regenerate the last answer of a conversation (None when there is none)."""
         turns = await self.store.history(conv)

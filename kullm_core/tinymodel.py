@@ -28,7 +28,8 @@ CHAT_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}"
     "{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}"
     "{% elif not '<<SYS>>' in messages[0]['content'] %}"
-    "{% set loop_messages = messages %}{% set system_message = \"" + DEFAULT_SYSTEM_ONE_LINE + "\" %}"
+    "{% set loop_messages = messages %}"
+    "{% set system_message = \"" + DEFAULT_SYSTEM_ONE_LINE + "\" %}"
     "{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
     "{% for message in loop_messages %}"
     "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
@@ -91,8 +92,12 @@ def _train_tokenizer(vocab_size: int):  # type: ignore[no-untyped-def]
 def build_tiny_model(out_dir: Path | str, *, vocab_size: int = 3000, seed: int = 0) -> Path:
     """Write a tiny KULLM3-shaped model folder (tokenizer + random Llama) to `out_dir`."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-    from transformers import PreTrainedTokenizerFast
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

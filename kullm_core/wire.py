@@ -54,7 +54,7 @@ class UserRef(_Wire):
 class Job(_Wire):
     """One user message to answer."""
 
-    v: Literal[1] = WIRE_VERSION
+    v: Literal[1] = 1
     id: str
     source_id: str
     """The platform's message id, the dedupe key (e.g. ``tg:<chat>:<message_id>``)."""
@@ -75,7 +75,7 @@ class Job(_Wire):
 class Turn(_Wire):
     """One exchange in a conversation's history: written once, user and assistant together."""
 
-    v: Literal[1] = WIRE_VERSION
+    v: Literal[1] = 1
     job_id: str
     user_id: str
     user_name: str = ""
@@ -92,14 +92,14 @@ class Timings(_Wire):
 
 
 class QueuedEvent(_Wire):
-    v: Literal[1] = WIRE_VERSION
+    v: Literal[1] = 1
     type: Literal["queued"] = "queued"
     position: int
     """Jobs ahead of this one that no worker has taken yet, plus one."""
 
 
 class StartedEvent(_Wire):
-    v: Literal[1] = WIRE_VERSION
+    v: Literal[1] = 1
     type: Literal["started"] = "started"
     attempt: int = 1
     """A job taken over after a worker died starts again with a higher attempt: readers drop
@@ -110,7 +110,7 @@ class StartedEvent(_Wire):
 
 
 class DeltaEvent(_Wire):
-    v: Literal[1] = WIRE_VERSION
+    v: Literal[1] = 1
     type: Literal["delta"] = "delta"
     text: str
     attempt: int = 1
@@ -120,7 +120,7 @@ FinishReason = Literal["stop", "length", "cancelled", "timeout", "stop_string"]
 
 
 class DoneEvent(_Wire):
-    v: Literal[1] = WIRE_VERSION
+    v: Literal[1] = 1
     type: Literal["done"] = "done"
     text: str
     """The whole reply, as stored in history. Authoritative over the deltas."""
@@ -138,7 +138,7 @@ ErrorKind = Literal[
 
 
 class ErrorEvent(_Wire):
-    v: Literal[1] = WIRE_VERSION
+    v: Literal[1] = 1
     type: Literal["error"] = "error"
     kind: ErrorKind
     params: dict[str, int | str] = Field(default_factory=dict)

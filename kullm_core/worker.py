@@ -194,7 +194,8 @@ class Worker:
         health = {"id": self.id, "pid": os.getpid(), "engine": self.engine.name,
                   "inflight": len(self.sessions), "deferred": len(self.deferred), "at": time.time()}
         await self.r.set(self.keys.worker(self.id), json.dumps(health), px=int(interval * 3000))
-        ids = [s.d.entry_id for s, _ in self.sessions.values()] + [d.entry_id for d in self.deferred]
+        ids = [s.d.entry_id for s, _ in self.sessions.values()]
+        ids += [d.entry_id for d in self.deferred]
         await self.queue.touch(self.id, ids)
         await self.queue.renew_locks(
             {s.job.conversation.key: s.job.id for s, _ in self.sessions.values()}

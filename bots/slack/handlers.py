@@ -114,7 +114,7 @@ class Inbound:
         if self.store.tuning.suggested_prompts:
             prompts, title = suggested_prompts(lang), st("prompts_title", lang)
             await self._side_call(
-                team, "t4", lambda: self.web.assistant_threads_setSuggestedPrompts(
+                team, "t4:prompts", lambda: self.web.assistant_threads_setSuggestedPrompts(
                     channel_id=channel, thread_ts=ts, prompts=prompts, title=title))
 
     async def on_context_changed(self) -> None:
@@ -170,11 +170,13 @@ class Inbound:
 
     # -- outbound helpers (through the scheduler) ------------------------------------------
 
-    async def _side_call(self, team: str, tier: str, fn: Any) -> Any:
+    async def _side_call(self, team: str, kind: str, fn: Any) -> Any:
+        """A Web API call in its own limit bucket (`t4:users` -> `t4:{team}:users`)."""
+        tier, _, method = kind.partition(":")
         try:
-            return await self.scheduler.call(tier, (f"{tier}:{team}",), fn)
+            return await self.scheduler.call(kind, (f"{tier}:{team}:{method}",), fn)
         except Exception as exc:
-            log.warning("slack %s call failed in %s: %s", tier, team, exc)
+            log.warning("slack %s call failed in %s: %s", kind, team, exc)
             return None
 
     async def say(self, team: str, channel: str, thread: str, text: str) -> None:
@@ -189,7 +191,7 @@ class Inbound:
     async def ephemeral(self, team: str, channel: str, user: str, thread: str,
                         text: str) -> None:
         """A message only `user` sees (refusals, limits)."""
-        await self._side_call(team, "t4", lambda: self.web.chat_postEphemeral(
+        await self._side_call(team, "t4:ephemeral", lambda: self.web.chat_postEphemeral(
             channel=channel, user=user, text=text, thread_ts=thread or None))
 
     async def profile(self, team: str, user: str) -> tuple[str, str]:
@@ -200,7 +202,7 @@ class Inbound:
         if cached is not None:
             locale, _, name = cached.partition("|")
             return lang_of(locale or None), name
-        resp = await self._side_call(team, "t4", lambda: self.web.users_info(
+        resp = await self._side_call(team, "t4:users", lambda: self.web.users_info(
             user=user, include_locale=True))
         info = (resp.get("user") if resp is not None else None) or {}
         locale, name = str(info.get("locale") or ""), str(info.get("name") or "")

@@ -177,12 +177,12 @@ class Reply:
     def _op(self) -> Op | None:
         t, src = self.target, self.source()
         if self.reconcile is not None:
-            return Op("reconcile", (f"t3:{t.team}",), urgent=True, index=self.reconcile)
+            return Op("reconcile", (f"t3:{t.team}:replies",), urgent=True, index=self.reconcile)
         if not self.msgs and not src.strip():
             if self.status:
-                return Op("status", (f"t4:{t.team}",), data={"text": self.status})
+                return Op("status", (f"t4:{t.team}:status",), data={"text": self.status})
             if self.reaction:
-                return Op("react", (f"t3:{t.team}",), data={"name": self.reaction})
+                return Op("react", (f"t3:{t.team}:reactions",), data={"name": self.reaction})
             return None
         if self.mode == "stream":
             return self._stream_op(src)
@@ -213,7 +213,7 @@ class Reply:
         if dirty is not None:
             return dirty
         if self.final and len(self.msgs) > len(segs):
-            return Op("delete", (f"t3:{t.team}",), urgent=True, index=len(self.msgs) - 1)
+            return Op("delete", (f"t3:{t.team}:delete",), urgent=True, index=len(self.msgs) - 1)
         return None
 
     # -- stream mode ---------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Each Slack limit is a `Bucket` (a minimum spacing between calls): `post:{team}:{channel}`
 (chat.postMessage / chat.startStream, ~1 per second per channel), `update:{team}` (chat.update,
 Tier 3, shared by every reply in the workspace), `stream:{team}` (appendStream / stopStream,
-Tier 4), `t3:{team}` and `t4:{team}` for the rest. Replies do not call Slack themselves: they
+Tier 4), `t3:{team}:{method}` and `t4:{team}:{method}` for the rest (Slack counts those per
+method). Replies do not call Slack themselves: they
 describe their next call (`Op`) and the scheduler runs the most urgent one whose buckets are
 free, least recently served first. So N replies streaming in one workspace each get an update
 every N x 1.2 s and the workspace never exceeds its budget, whatever N is. A reply merges all

@@ -20,7 +20,9 @@ class SamplingParams:
     seed: int | None = None
 
     @classmethod
-    def from_settings(cls, g: GenerationSettings, max_new_tokens: int | None = None) -> SamplingParams:
+    def from_settings(
+        cls, g: GenerationSettings, max_new_tokens: int | None = None
+    ) -> SamplingParams:
         return cls(
             max_new_tokens=max_new_tokens or g.max_new_tokens,
             temperature=g.temperature,

@@ -72,7 +72,9 @@ class _Batch:
         assert self.mask is not None and self.pos is not None and self.next_ids is not None
         cur = self.mask.shape[1]
         width = max(cur, length)
-        for old, new in zip(self.cache.layers, cache.layers, strict=True):
+        olds: list[Any] = list(self.cache.layers)
+        news: list[Any] = list(cache.layers)
+        for old, new in zip(olds, news, strict=True):
             k_old, v_old = _left_pad(old.keys, width), _left_pad(old.values, width)
             k_new, v_new = _left_pad(new.keys, width), _left_pad(new.values, width)
             old.keys = torch.cat([k_old, k_new], dim=0)
@@ -101,6 +103,7 @@ class _Batch:
         self.mask = mask[:, start:]
         self.pos = self.pos.index_select(0, idx)
         self.next_ids = self.next_ids.index_select(0, idx)
+        layer: Any
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
             layer.values = layer.values.index_select(0, idx)[:, :, start:]

@@ -89,7 +89,9 @@ class OpenAIEngine:
         ) as resp:
             if resp.status_code >= 400:
                 detail = (await resp.aread()).decode("utf-8", "replace")[:300]
-                raise RuntimeError(f"OpenAI-compatible server answered {resp.status_code}: {detail}")
+                raise RuntimeError(
+                    f"OpenAI-compatible server answered {resp.status_code}: {detail}"
+                )
             async for line in resp.aiter_lines():
                 if request.id in self._cancelled:
                     self._cancelled.discard(request.id)

@@ -44,7 +44,8 @@ async def test_stop_strings_cut_the_reply_and_never_leak(
     client: CoreClient, make_worker: Any, settings: Settings, tmp_path: Path
 ) -> None:
     s = _long(settings, tmp_path, generation={"stop_strings": ["###"], "max_new_tokens": 200})
-    engine = ScriptedEngine(lambda _r: "첫 줄입니다 #은 괜찮고 ## 도 괜찮지만 ### 여기서 끝", chunk_chars=1)
+    script = "첫 줄입니다 #은 괜찮고 ## 도 괜찮지만 ### 여기서 끝"
+    engine = ScriptedEngine(lambda _r: script, chunk_chars=1)
     async with make_worker(engine=engine, settings=s):
         sub = await client.submit(CONV, USER, "hi", "s1")
         events = await collect(client, sub.job_id)
@@ -123,8 +124,7 @@ async def test_queued_jobs_see_their_place_in_line_move(
         convs = [CONV.model_copy(update={"chat": f"p{i}"}) for i in range(3)]
         subs = [await client.submit(c, USER, "hi", f"pos{i}") for i, c in enumerate(convs)]
         assert [await client.position(s.job_id) for s in subs] == [1, 2, 3]
-        async for _, first in client.events(subs[2].job_id):
-            break
+        _, first = await anext(aiter(client.events(subs[2].job_id)))
         # the reply stream starts with the place in line, before any worker looks at it
         assert first.type == "queued" and first.position == 3
         async with make_worker():

@@ -48,7 +48,8 @@ async def test_chat_once_prints_the_reply_through_a_real_server(
     settings: Settings, client: CoreClient
 ) -> None:
     proc = await asyncio.create_subprocess_exec(
-        *_kullm("chat", "--once", "안녕하세요"), env=_env(settings, KULLM_GENERATION__MAX_NEW_TOKENS="16"),
+        *_kullm("chat", "--once", "안녕하세요"),
+        env=_env(settings, KULLM_GENERATION__MAX_NEW_TOKENS="16"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
@@ -107,7 +108,8 @@ async def test_sigterm_hands_back_or_finishes_in_flight_jobs(
 ) -> None:
     proc = subprocess.Popen(
         _kullm("worker"),
-        env=_env(settings, KULLM_GENERATION__MAX_NEW_TOKENS="3000", KULLM_QUEUE__SHUTDOWN_GRACE_S="0"),
+        env=_env(settings, KULLM_GENERATION__MAX_NEW_TOKENS="3000",
+                 KULLM_QUEUE__SHUTDOWN_GRACE_S="0"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     sub = await client.submit(CONV, USER, "긴 답", "term-1")

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_defaults_carry_kullm3_exact_system_prompt() -> None:
     s = load_settings()
     assert s.generation.system_prompt == kullm3_system_prompt()
-    assert s.generation.system_prompt.startswith("당신은 고려대학교 NLP&AI 연구실에서 만든 AI 챗봇입니다.\n")
+    first_line = "당신은 고려대학교 NLP&AI 연구실에서 만든 AI 챗봇입니다.\n"
+    assert s.generation.system_prompt.startswith(first_line)
     assert not s.generation.system_prompt.endswith("\n")
     assert s.model.path == "nlpai-lab/KULLM3" and s.redis.url == ""
 
@@ -63,5 +64,6 @@ def test_cli_fails_at_start_with_one_clear_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "kullm: error: setting `batching.max_batch_size`: Input should be greater than or equal to 1"
+        "kullm: error: setting `batching.max_batch_size`: "
+        "Input should be greater than or equal to 1"
     ]

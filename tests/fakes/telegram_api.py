@@ -108,6 +108,7 @@ class Msg:
     extra: dict[str, Any] = field(default_factory=dict)
     versions: list[str] = field(default_factory=list)
     deleted: bool = False
+    update_id: int = 0
     date: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -239,7 +240,7 @@ class FakeTelegram:
         chat = self.chat(chat_id, title=user.first_name if chat_id > 0 else "")
         msg = self._new_msg(chat, user, text=text, entities=list(entities or []),
                             thread_id=thread_id, reply_to=reply_to, extra=dict(extra or {}))
-        await self.push_update({kind: msg.json(self.msgs)})
+        msg.update_id = await self.push_update({kind: msg.json(self.msgs)})
         return msg
 
     async def send_text(self, chat_id: int, user: User, text: str, **kw: Any) -> Msg:
