@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from bots.slack.target import conversation
 from kullm_core.engine.base import GenerationRequest
 from kullm_core.engine.scripted import ScriptedEngine
 from kullm_core.settings import Settings
 from tests.fakes.slack_api import BOT_USER, TEAM, FakeSlack
 from tests.slack.helpers import answered, done_of, job_of, shows, visible
-
-from bots.slack.target import conversation
 
 
 def echo(request: GenerationRequest) -> str:
