@@ -99,3 +99,20 @@ async def test_reset_starts_a_new_conversation(client: CoreClient, worker: Any) 
 async def test_empty_message_is_rejected_with_a_clear_error(client: CoreClient) -> None:
     sub = await client.submit(CONV, USER, "   \n ", "e1")
     assert sub.status == "rejected" and sub.error is not None and sub.error.kind == "bad_input"
+
+
+async def test_a_reader_resumes_from_its_last_id_without_gaps_or_repeats(
+    client: CoreClient, worker: Any
+) -> None:
+    sub = await client.submit(CONV, USER, "이어 읽기 테스트", "resume-1")
+    seen: list[tuple[str, Any]] = []
+    async for entry, event in client.events(sub.job_id):
+        seen.append((entry, event))
+        if len(seen) == 3:
+            break  # the adapter "restarts" here
+    async for entry, event in client.events(sub.job_id, last_id=seen[-1][0]):
+        seen.append((entry, event))
+    entries = [e for e, _ in seen]
+    assert entries == sorted(set(entries))
+    events = [ev for _, ev in seen]
+    assert deltas_text(events) == done(events).text

@@ -6,9 +6,16 @@ import asyncio
 
 from bots.slack.target import source_id
 from kullm_core.client import CoreClient
+from kullm_core.settings import Settings
 from kullm_core.texts import finish_note
 from kullm_core.wire import DoneEvent, ErrorEvent, Event, Job
 from tests.fakes.slack_api import TEAM, FakeSlack, Message
+
+
+def long_settings(settings: Settings) -> Settings:
+    """Room for long scripted replies (the scripted engine yields one piece per token)."""
+    gen = settings.generation.model_copy(update={"max_new_tokens": 2000})
+    return settings.model_copy(update={"generation": gen})
 
 
 def job_of(msg: Message) -> str:

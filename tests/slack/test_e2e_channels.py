@@ -9,17 +9,12 @@ from kullm_core.engine.base import GenerationRequest
 from kullm_core.engine.scripted import ScriptedEngine
 from kullm_core.settings import Settings
 from tests.fakes.slack_api import BOT_USER, TEAM, FakeSlack
-from tests.slack.helpers import answered, done_of, job_of, shows, visible
+from tests.slack.helpers import answered, done_of, job_of, long_settings, shows, visible
 
 
 def echo(request: GenerationRequest) -> str:
     """Shows what the model was given: how many messages, and the last question."""
     return f"[{len(request.messages)}] {request.messages[-1]['content']}에 답합니다."
-
-
-def long_settings(settings: Settings) -> Settings:
-    gen = settings.generation.model_copy(update={"max_new_tokens": 2000})
-    return settings.model_copy(update={"generation": gen})
 
 
 async def test_a_mention_is_answered_in_its_thread_by_streaming(

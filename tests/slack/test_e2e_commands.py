@@ -9,7 +9,7 @@ from bots.slack.target import conversation
 from kullm_core.engine.scripted import ScriptedEngine
 from kullm_core.texts import t
 from tests.fakes.slack_api import TEAM, FakeSlack
-from tests.slack.helpers import answered, done_of, shows, visible
+from tests.slack.helpers import answered, done_of, long_settings, shows, visible
 
 
 def responses(fake: FakeSlack) -> list[str]:
@@ -55,11 +55,11 @@ async def test_reset_in_a_dm(fake: FakeSlack, run_bot: Any, client: Any, worker:
 
 
 async def test_stop_ends_the_reply_being_written(
-    fake: FakeSlack, run_bot: Any, client: Any, make_worker: Any
+    fake: FakeSlack, run_bot: Any, client: Any, make_worker: Any, settings: Any
 ) -> None:
     engine = ScriptedEngine(lambda _: "천천히 쓰는 긴 답변입니다. " * 40, chunk_chars=2,
                             delay_s=0.05)
-    async with make_worker(engine=engine), run_bot(fake):
+    async with make_worker(engine=engine, settings=long_settings(settings)), run_bot(fake):
         msg = await fake.user_message("길게 설명해 주세요")
         await fake.wait_for(lambda: len(fake.reply_text(msg.channel, msg.ts)) > 10,
                             what="the reply to start")

@@ -6,7 +6,7 @@ import asyncio
 
 from bots.telegram.render import final_pieces, plain_pieces
 from kullm_core.client import CoreClient
-from kullm_core.texts import finish_note
+from kullm_core.texts import finish_note, lang_of
 from kullm_core.wire import DoneEvent, Event, Job
 from tests.fakes.telegram_api import FakeTelegram, Msg, User
 
@@ -48,12 +48,11 @@ def reply_texts(tg: FakeTelegram, msg: Msg) -> list[str]:
 
 
 async def wait_reply(
-    tg: FakeTelegram, client: CoreClient, msg: Msg, lang: str = "ko", plain: bool = False,
-    within: float = 60,
+    tg: FakeTelegram, client: CoreClient, msg: Msg, plain: bool = False, within: float = 60,
 ) -> tuple[DoneEvent, list[Msg]]:
-    """Wait until the user sees the whole reply to `msg`; return the worker's done event and
-    the bot's messages that show it."""
+    """Wait until the user sees the whole reply to `msg` (in the asker's language); return
+    the worker's done event and the bot's messages that show it."""
     done = await done_of(client, msg, within)
-    want = expected_texts(done, lang, plain)
+    want = expected_texts(done, lang_of(msg.sender.language_code), plain)
     await tg.wait_for(lambda: reply_texts(tg, msg) == want, within)
     return done, tg.replies_to(msg.chat.id, msg.message_id)
