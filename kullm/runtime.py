@@ -13,6 +13,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from kullm_core.embedded import EmbeddedRedis, running_url
+from kullm_core.errors import ConfigError
 from kullm_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ async def open_redis(settings: Settings, *, reuse_running: bool = False) -> Asyn
             settings.redis.prefer_system_server,
         )
         url = await embedded.start()
-    redis = Redis.from_url(url, health_check_interval=30)
+    redis = connect(url)
     try:
         await redis.ping()
         yield redis
@@ -41,6 +42,26 @@ async def open_redis(settings: Settings, *, reuse_running: bool = False) -> Asyn
         await redis.aclose()
         if embedded is not None:
             await embedded.stop()
+
+
+def connect(url: str) -> Redis:
+    """A client for `url`. `redis+sentinel://h1:26379,h2:26379/<master>[/<db>]` asks the
+    Sentinels for the current master and follows failovers."""
+    if not url.startswith("redis+sentinel://"):
+        return Redis.from_url(url, health_check_interval=30)
+    from redis.asyncio.sentinel import Sentinel
+
+    hosts_part, _, rest = url[len("redis+sentinel://"):].partition("/")
+    master, _, db = rest.partition("/")
+    if not hosts_part or not master:
+        raise ConfigError("setting `redis.url`: sentinel URL needs hosts and a master name, "
+                          "e.g. redis+sentinel://h1:26379,h2:26379/mymaster/0")
+    hosts = []
+    for item in hosts_part.split(","):
+        host, _, port = item.rpartition(":")
+        hosts.append((host or item, int(port or 26379)))
+    sentinel = Sentinel(hosts, socket_timeout=5)
+    return sentinel.master_for(master, db=int(db or 0), health_check_interval=30)
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

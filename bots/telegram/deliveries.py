@@ -29,7 +29,10 @@ class Deliveries:
         self._maintainer = asyncio.create_task(self._maintain(), name="tg-deliveries")
 
     def for_conversation(self, conv_key: str) -> list[ReplyTask]:
-        return [t for t in self.tasks.values() if t.rec.conv_key == conv_key]
+        """Replies of a conversation whose job is not over yet."""
+        return [
+            t for t in self.tasks.values() if t.rec.conv_key == conv_key and not t.answered
+        ]
 
     async def begin(self, rec: DeliveryRecord) -> ReplyTask | None:
         """Register a new delivery; None when some process already delivers this job."""

@@ -89,6 +89,8 @@ class ReplyTask:
         self.view = ReplyView(env.outbox, rec, self.save, env.drafts_refused)
         self._started = asyncio.Event()
         self._typing: asyncio.Task[None] | None = None
+        self.answered = False
+        """The job is over (done or error): the conversation is free for the next question."""
         self.finished = False
 
     @property
@@ -194,6 +196,7 @@ class ReplyTask:
                     text += ev.text
                     pump.update(text)
                 elif ev.type in ("done", "error"):
+                    self.answered = True
                     self._started.set()
                     await placeholder
                     await pump.close()
