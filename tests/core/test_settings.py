@@ -67,3 +67,17 @@ def test_cli_fails_at_start_with_one_clear_line(tmp_path: Path) -> None:
         "kullm: error: setting `batching.max_batch_size`: "
         "Input should be greater than or equal to 1"
     ]
+
+
+def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
+           "KULLM_MODEL__PATH": "no-such-org/no-such-model", "KULLM_MODEL__TINY_FALLBACK": "never",
+           "KULLM_DATA_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kullm.cli", "worker"], env=env,
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("kullm: error: model `no-such-org/no-such-model` not found locally")
+    assert "Traceback" not in proc.stderr
