@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_FENCE = re.compile(r"^ {0,3}(```+|~~~+)\s*([\w+#.-]*)", re.MULTILINE)
+_FENCE = re.compile(r"^ {0,3}(```+|~~~+)[ \t]*([\w+#.-]*)", re.MULTILINE)
 # Slack turns <!channel>, <!here>, <!everyone>, <!subteam^...> into notifications; a model
 # must never ping a whole channel.
 _BROADCAST = re.compile(r"<!")
@@ -137,11 +137,11 @@ def _mrkdwn_prose(text: str) -> str:
 
     text = _LINK.sub(keep_link, text)
     text = _escape(text)
-    text = _HEADING.sub(lambda m: f"*{m.group(1)}*", text)
-    text = _BULLET.sub(lambda m: f"{m.group(1)}• ", text)
     text = _ITALIC.sub(lambda m: f"_{m.group(1)}_", text)
     text = _BOLD.sub(lambda m: f"*{m.group(1) or m.group(2)}*", text)
     text = _STRIKE.sub(lambda m: f"~{m.group(1)}~", text)
+    text = _HEADING.sub(lambda m: f"*{m.group(1)}*", text)
+    text = _BULLET.sub(lambda m: f"{m.group(1)}• ", text)
     return re.sub("\x00(\\d+)\x00", lambda m: links[int(m.group(1))], text)
 
 

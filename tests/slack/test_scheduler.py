@@ -1,0 +1,117 @@
+"""The outbound scheduler's order of service and its handling of 429s; the registry leases."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+from redis.asyncio import Redis
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+from bots.slack.config import SlackTuning
+from bots.slack.scheduler import Op, Scheduler
+from bots.slack.store import Entry, SlackStore
+from bots.slack.target import Target
+
+
+@dataclass
+class Item:
+    """An outbound item that wants `todo` calls on one bucket and logs when it gets them."""
+
+    name: str
+    todo: int
+    urgent: bool = False
+    log: list[str] = field(default_factory=list)
+    fail_first: BaseException | None = None
+    errors: list[BaseException] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.todo == 0
+
+    def next_op(self, now: float) -> Op | None:
+        return Op("call", ("update:T1",), urgent=self.urgent) if self.todo else None
+
+    async def run(self, op: Op) -> None:
+        if self.fail_first is not None:
+            exc, self.fail_first = self.fail_first, None
+            raise exc
+        self.log.append(self.name)
+        self.todo -= 1
+
+    def on_error(self, op: Op, exc: BaseException) -> None:
+        self.errors.append(exc)
+        self.todo = 0
+
+
+def _rate_limited() -> SlackApiError:
+    resp = AsyncSlackResponse(client=None, http_verb="POST", api_url="chat.update", req_args={},
+                              data={"ok": False, "error": "ratelimited"},
+                              headers={"Retry-After": "0"}, status_code=429)
+    return SlackApiError("ratelimited", resp)
+
+
+async def _drain(scheduler: Scheduler, *items: Item) -> None:
+    async def _done() -> None:
+        while not all(i.finished for i in items):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(_done(), 20)
+
+
+async def test_replies_take_turns_and_final_text_goes_first() -> None:
+    log: list[str] = []
+    async with Scheduler(lambda _: 0.02) as scheduler:
+        a, b = Item("a", 3, log=log), Item("b", 3, log=log)
+        final = Item("final", 1, urgent=True, log=log)
+        scheduler.add(a)
+        scheduler.add(b)
+        scheduler.add(final)
+        await _drain(scheduler, a, b, final)
+    assert log[0] == "final"
+    assert log[1:] in (["a", "b"] * 3, ["b", "a"] * 3), "round robin, least recently served"
+
+
+async def test_a_429_pauses_and_repeats_the_same_call() -> None:
+    async with Scheduler(lambda _: 0.01) as scheduler:
+        item = Item("x", 2, fail_first=_rate_limited())
+        scheduler.add(item)
+        await _drain(scheduler, item)
+        assert item.log == ["x", "x"]
+        assert item.errors == []
+        assert scheduler.rate_limited == 1
+
+
+async def test_one_off_calls_return_their_result_or_raise() -> None:
+    async with Scheduler(lambda _: 0.01) as scheduler:
+        async def ok() -> str:
+            return "done"
+
+        async def boom() -> str:
+            raise ValueError("no")
+
+        assert await scheduler.call("t4", ("t4:T1:users",), ok) == "done"
+        with pytest.raises(ValueError):
+            await scheduler.call("t4", ("t4:T1:users",), boom)
+
+
+async def test_registry_leases_let_one_adapter_deliver_each_reply(redis: Redis) -> None:
+    tuning = SlackTuning(lease_s=5)
+    one = SlackStore(redis, "kullm", tuning, "one", 3600)
+    two = SlackStore(redis, "kullm", tuning, "two", 3600)
+    entry = Entry("job1", "slack:T:C:1", Target("T", "C", "1.0", "U", "1.0"))
+    assert await one.create(entry)
+    assert not await two.create(entry), "a redelivered message is not registered twice"
+    assert await one.claim("job1")
+    assert not await two.claim("job1")
+    assert await two.renew(["job1"]) == 0
+    assert await one.renew(["job1"]) == 1
+    await one.release(["job1"])
+    assert await two.claim("job1"), "a released reply is taken over"
+    assert await two.pending() == ["job1"]
+    loaded = await two.load("job1")
+    assert loaded is not None and loaded.target == entry.target
+    await two.remove("job1")
+    assert await two.pending() == []
