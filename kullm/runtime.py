@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -44,11 +45,18 @@ async def open_redis(settings: Settings, *, reuse_running: bool = False) -> Asyn
             await embedded.stop()
 
 
+# Blocking reads use at most 2 s (XREAD/XREADGROUP BLOCK), well inside the socket timeout.
+# Retried commands are safe: enqueue dedupes, the commit script is guarded by a marker.
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "health_check_interval": 30, "socket_timeout": 15, "retry_on_timeout": True,
+}
+
+
 def connect(url: str) -> Redis:
     """A client for `url`. `redis+sentinel://h1:26379,h2:26379/<master>[/<db>]` asks the
     Sentinels for the current master and follows failovers."""
     if not url.startswith("redis+sentinel://"):
-        return Redis.from_url(url, health_check_interval=30)
+        return Redis.from_url(url, **_CLIENT_OPTIONS)
     from redis.asyncio.sentinel import Sentinel
 
     hosts_part, _, rest = url[len("redis+sentinel://"):].partition("/")
@@ -61,7 +69,7 @@ def connect(url: str) -> Redis:
         host, _, port = item.rpartition(":")
         hosts.append((host or item, int(port or 26379)))
     sentinel = Sentinel(hosts, socket_timeout=5)
-    return sentinel.master_for(master, db=int(db or 0), health_check_interval=30)
+    return sentinel.master_for(master, db=int(db or 0), **_CLIENT_OPTIONS)
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

@@ -114,7 +114,7 @@ class CoreClient:
         return Submission(res.job_id, res.status, res.position)
 
     def events(
-        self, job_id: str, last_id: str = "0-0", block_ms: int = 5000
+        self, job_id: str, last_id: str = "0-0", block_ms: int = 2000
     ) -> AsyncIterator[tuple[str, Event]]:
         """Reply events of a job, resumable from `last_id`, ending with done or error."""
         return self.queue.events(job_id, last_id, block_ms)

@@ -117,7 +117,7 @@ class JobQueue(Protocol):
     async def emit(self, job_id: str, event: Event) -> str: ...
 
     def events(
-        self, job_id: str, last_id: str = "0-0", block_ms: int = 5000
+        self, job_id: str, last_id: str = "0-0", block_ms: int = 2000
     ) -> AsyncIterator[tuple[str, Event]]: ...
 
 
@@ -216,7 +216,7 @@ class RedisJobQueue:
         return _s(await self.r.xadd(key, {"e": event.dumps()}))
 
     async def events(
-        self, job_id: str, last_id: str = "0-0", block_ms: int = 5000
+        self, job_id: str, last_id: str = "0-0", block_ms: int = 2000
     ) -> AsyncIterator[tuple[str, Event]]:
         """Yield a job's reply events from after `last_id` until `done` or `error`.
 

@@ -66,9 +66,15 @@ class JobSession:
         self.prompt = prompt
         self.worker_id = worker_id
         self.request_id = f"{d.job.id}:{d.attempt}"
+        self.abandoned = False
 
     def cancel(self) -> None:
         self.engine.cancel(self.request_id)
+
+    def abandon(self) -> None:
+        """Shutdown: stop without answering; the job is handed back to another worker."""
+        self.abandoned = True
+        self.cancel()
 
     async def run(self) -> None:
         job, started = self.job, time.time()
@@ -143,6 +149,9 @@ class JobSession:
         self, o: Outcome, prompt_tokens: int, queue_ms: float, started: float
     ) -> None:
         job = self.job
+        if self.abandoned:
+            log.info("job %s: abandoned at shutdown, not answered here", job.id)
+            return
         total_ms = (time.time() - started) * 1000
         done = DoneEvent(
             text=o.text, finish_reason=o.finish, prompt_tokens=prompt_tokens,  # type: ignore[arg-type]

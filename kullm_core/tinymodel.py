@@ -89,8 +89,23 @@ def _train_tokenizer(vocab_size: int):  # type: ignore[no-untyped-def]
     return tok
 
 
-def build_tiny_model(out_dir: Path | str, *, vocab_size: int = 3000, seed: int = 0) -> Path:
-    """Write a tiny KULLM3-shaped model folder (tokenizer + random Llama) to `out_dir`."""
+def _packaged_tokenizer():  # type: ignore[no-untyped-def]
+    """The tokenizer trained once by `_train_tokenizer` and shipped (BPE training is not
+    deterministic across runs; tests need the same vocabulary every time)."""
+    from tokenizers import Tokenizer
+
+    raw = resources.files("kullm_core").joinpath("data/tiny_tokenizer.json").read_text("utf-8")
+    return Tokenizer.from_str(raw)
+
+
+def build_tiny_model(
+    out_dir: Path | str, *, vocab_size: int = 3000, seed: int = 0, retrain: bool = False
+) -> Path:
+    """Write a tiny KULLM3-shaped model folder (tokenizer + random Llama) to `out_dir`.
+
+    `retrain` trains a fresh tokenizer instead of the packaged one (to regenerate
+    `data/tiny_tokenizer.json`).
+    """
     import torch
     from transformers import (
         GenerationConfig,
@@ -101,7 +116,7 @@ def build_tiny_model(out_dir: Path | str, *, vocab_size: int = 3000, seed: int =
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    raw = _train_tokenizer(vocab_size)
+    raw = _train_tokenizer(vocab_size) if retrain else _packaged_tokenizer()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
         chat_template=CHAT_TEMPLATE, model_max_length=4096, clean_up_tokenization_spaces=False,

@@ -166,7 +166,7 @@ class Worker:
             await asyncio.wait(tasks, timeout=grace)
         handback = [s.d for s, _ in self.sessions.values()] + self.deferred
         for session, task in list(self.sessions.values()):
-            session.cancel()
+            session.abandon()
             task.cancel()
         await asyncio.gather(*(t for _, t in self.sessions.values()), return_exceptions=True)
         for d in handback:

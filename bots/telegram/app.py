@@ -20,7 +20,7 @@ from bots.telegram.deliveries import Deliveries
 from bots.telegram.delivery import Env
 from bots.telegram.handlers import Handlers
 from bots.telegram.outbox import Outbox
-from bots.telegram.ratelimit import Limits
+from bots.telegram.ratelimit import Limits, RedisRateLimiter
 from bots.telegram.state import DeliveryRegistry
 from bots.telegram.texts import COMMANDS, t
 from bots.telegram.tuning import Tuning
@@ -106,7 +106,11 @@ class TelegramBot:
             .build()
         )
         bot = self.app.bot
-        self.outbox = Outbox(bot, self.limits)
+        bot_id = _token(settings).split(":", 1)[0]  # a token starts with the bot's id
+        self.limiter = RedisRateLimiter(
+            client.redis, f"{settings.redis.prefix}:tg:rate:{bot_id}", self.limits
+        )
+        self.outbox = Outbox(bot, self.limiter)
         registry = DeliveryRegistry(client.redis, settings.redis.prefix, self.owner,
                                     self.tuning.lease_s)
         self.env = Env(client, self.outbox, registry, self.tuning)

@@ -130,7 +130,7 @@ class Handlers:
             await self.reply(msg, t(usage, uref.lang))
             return
         conv = conversation(msg, user.id, self.s.group_scope)
-        src = source_id(msg)
+        src = source_id(msg, self.bot.id)
         thread = thread_of(msg)
         meta = {"chat_id": str(msg.chat.id), "reply_to": str(msg.message_id),
                 "thread_id": str(thread or "")}

@@ -1,10 +1,11 @@
 """The one outbound scheduler: every message, edit and draft the bot shows goes through here.
 
-One lane per chat sends in order, one call at a time, at most once per `chat_interval_s`
-(groups: evenly paced so 20 a minute is never exceeded, whatever number of replies share the
-group). A shared window caps all chats together. While an op waits for its turn, a newer
-version of the same text (same `key`) replaces it in place: the merged text goes out once,
-and an edit whose text is already shown is skipped. On 429 the lane pauses for `retry_after`
+One lane per chat sends in order, one call at a time. Each call first takes a slot from the
+shared `RedisRateLimiter`: at most one per chat interval (groups: evenly paced, so 20 a minute
+is never exceeded however many replies share the group, or however many adapter processes),
+and `global_limit` per second overall. While an op waits for its turn, a newer version of the
+same text (same `key`) replaces it in place: the merged text goes out once, and an edit whose
+text is already shown is skipped. On 429 the chat pauses for `retry_after` (in every process)
 and the op stays at the head of the lane, so the final text is never lost.
 """
 
@@ -18,15 +19,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from redis.exceptions import RedisError
 from telegram import Bot
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 
-from bots.telegram.ratelimit import Limits, SlidingWindow
+from bots.telegram.ratelimit import RedisRateLimiter
 
 log = logging.getLogger(__name__)
 
 _MAX_NETWORK_TRIES = 5
-_REMEMBERED_TEXTS = 256
+_REMEMBERED_TEXTS = 4096
+_REDIS_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,8 @@ class Op:
 @dataclass(eq=False)
 class _Lane:
     chat_id: int
-    interval: float
-    window: SlidingWindow | None
     ops: list[Op] = field(default_factory=list)
     next_at: float = 0.0
-    shown: OrderedDict[str, Hashable] = field(default_factory=OrderedDict)
     task: asyncio.Task[None] | None = None
     inflight: Op | None = None
 
@@ -86,12 +86,12 @@ def _seconds(value: int | timedelta) -> float:
 class Outbox:
     """Schedules outbound calls per chat under Telegram's limits. `async with` or start/stop."""
 
-    def __init__(self, bot: Bot, limits: Limits) -> None:
+    def __init__(self, bot: Bot, limiter: RedisRateLimiter) -> None:
         self.bot = bot
-        self.limits = limits
-        self._global = SlidingWindow(limits.global_limit, limits.global_period_s)
+        self.limiter = limiter
         self._lanes: dict[int, _Lane] = {}
-        self._submits = 0
+        self._shown: OrderedDict[tuple[int, str], Hashable] = OrderedDict()
+        """What the last successful call under each (chat, key) showed (bounded)."""
         self.stats: dict[str, int] = {"sent": 0, "skipped": 0, "merged": 0, "retry_after": 0}
 
     async def __aenter__(self) -> Outbox:
@@ -139,26 +139,8 @@ class Outbox:
     def _lane(self, chat_id: int) -> _Lane:
         lane = self._lanes.get(chat_id)
         if lane is None:
-            self._sweep()
-            if chat_id < 0:  # groups, supergroups (and channels) have negative ids
-                lim = self.limits
-                lane = _Lane(chat_id, lim.group_interval_s,
-                             SlidingWindow(lim.group_limit, lim.group_period_s))
-            else:
-                lane = _Lane(chat_id, self.limits.chat_interval_s, None)
-            self._lanes[chat_id] = lane
+            lane = self._lanes[chat_id] = _Lane(chat_id)
         return lane
-
-    def _sweep(self) -> None:
-        """Forget idle lanes whose spacing and window no longer matter."""
-        self._submits += 1
-        if self._submits % 256:
-            return
-        now = asyncio.get_running_loop().time()
-        horizon = max(self.limits.group_period_s, self.limits.chat_interval_s)
-        for chat_id, lane in list(self._lanes.items()):
-            if lane.task is None and not lane.ops and lane.next_at + horizon < now:
-                del self._lanes[chat_id]
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -170,28 +152,31 @@ class Outbox:
                 if delay > 0:
                     await asyncio.sleep(delay)
                     continue
-                if lane.window is not None:
-                    await lane.window.acquire()
                 try:
-                    await self._global.acquire()
-                except BaseException:
-                    if lane.window is not None:
-                        lane.window.cancel()
-                    raise
-                await self._send_head(lane, loop)
+                    token = await self.limiter.acquire(lane.chat_id)
+                except RedisError as exc:
+                    log.warning("chat %s: rate limiter unavailable (%s)", lane.chat_id, exc)
+                    lane.next_at = loop.time() + _REDIS_RETRY_S
+                    continue
+                await self._send_head(lane, token, loop)
         finally:
             lane.task = None
             if lane.inflight is not None:
                 _resolve(lane.inflight, Outcome(False, error=asyncio.CancelledError()))
                 lane.inflight = None
+            if not lane.ops and self._lanes.get(lane.chat_id) is lane:
+                del self._lanes[lane.chat_id]
 
-    async def _send_head(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
-        """Send the lane's first op; its window slots are already reserved."""
+    async def _send_head(
+        self, lane: _Lane, token: str, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Send the lane's first op; its rate slot (`token`) is already reserved."""
         op = lane.ops.pop(0)
-        if op.key is not None and op.fingerprint is not None and lane.shown.get(op.key) == (
+        shown_key = (lane.chat_id, op.key or "")
+        if op.key is not None and op.fingerprint is not None and self._shown.get(shown_key) == (
             op.fingerprint
         ):
-            self._give_back(lane)
+            await self._limiter_call(self.limiter.cancel, lane.chat_id, token)
             self.stats["skipped"] += 1
             _resolve(op, Outcome(True, skipped=True))
             return
@@ -200,29 +185,28 @@ class Outbox:
             outcome, wait = await self._call(op)
         finally:
             lane.inflight = None
-            now = loop.time()
-            if lane.window is not None:
-                lane.window.release(now)
-            self._global.release(now)
-            lane.next_at = now + lane.interval
+            await self._limiter_call(self.limiter.release, lane.chat_id, token)
         if outcome is None:  # flood control or a network error on final text: try again
-            lane.next_at = max(lane.next_at, loop.time() + wait)
+            lane.next_at = loop.time() + wait
             if not any(o.key == op.key for o in lane.ops if op.key is not None):
                 lane.ops.insert(0, op)
             else:
                 _resolve(op, Outcome(True, skipped=True))
             return
         if outcome.ok and op.key is not None:
-            lane.shown[op.key] = op.fingerprint
-            lane.shown.move_to_end(op.key)
-            if len(lane.shown) > _REMEMBERED_TEXTS:
-                lane.shown.popitem(last=False)
+            self._shown[shown_key] = op.fingerprint
+            self._shown.move_to_end(shown_key)
+            if len(self._shown) > _REMEMBERED_TEXTS:
+                self._shown.popitem(last=False)
         _resolve(op, outcome)
 
-    def _give_back(self, lane: _Lane) -> None:
-        if lane.window is not None:
-            lane.window.cancel()
-        self._global.cancel()
+    @staticmethod
+    async def _limiter_call(fn: Callable[[int, str], Awaitable[None]], chat: int, token: str
+                            ) -> None:
+        try:
+            await fn(chat, token)
+        except RedisError as exc:  # the reservation expires on its own
+            log.warning("chat %s: rate limiter unavailable (%s)", chat, exc)
 
     async def _call(self, op: Op) -> tuple[Outcome | None, float]:
         """(outcome, 0) when done; (None, seconds to wait) when the op must be tried again."""
@@ -232,6 +216,10 @@ class Outbox:
             wait = _seconds(exc.retry_after)
             self.stats["retry_after"] += 1
             log.warning("chat %s: %s hit flood control; pausing %.1f s", op.chat_id, op.label, wait)
+            try:
+                await self.limiter.pause(op.chat_id, wait)
+            except RedisError:
+                log.warning("chat %s: could not share the pause (Redis unavailable)", op.chat_id)
             return None, wait
         except BadRequest as exc:
             if "message is not modified" in exc.message.lower():

@@ -1,22 +1,78 @@
-"""Telegram's published send limits, and a strict sliding-window counter to keep them.
+"""Telegram's published send limits, kept in Redis so that every adapter process (webhook
+replicas, a restarted process) shares one budget per chat and one overall.
 
-Why not `aiolimiter` / PTB's `AIORateLimiter`: both are leaky buckets, which let a full burst
-through and then refill, so a window of the limit's length can hold close to twice the limit
-(20 group messages at 0:00 and 19 more by 0:57). Telegram counts per window, so this module
-counts per window. `asyncio-throttle`'s `Throttler` is the same algorithm but stamps a call
-when it starts; we stamp it when its response arrives, which is after Telegram received it,
-so the server can never see more than `limit` calls inside one `period`.
+Why not `aiolimiter` / PTB's `AIORateLimiter` / `asyncio-throttle`: they count in one process
+only, so two replicas (or a process and its successor after a restart) would each spend a
+group's whole budget. `aiolimiter` is also a leaky bucket, which lets a burst through and
+then refills, so a window of the limit's length can hold close to twice the limit. This is a
+sliding window in a Redis sorted set, checked and reserved atomically in Lua against Redis's
+own clock. A call holds a reservation while in flight and is stamped when its response
+arrived, after Telegram received it, so Telegram can never see more than the limit inside
+one window.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import deque
-from collections.abc import Callable
+import uuid
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
+
 from kullm_core.settings import TelegramSettings
+
+# Scores are microseconds of Redis TIME. A reservation in flight is scored in the future
+# (now + inflight) so that a process that dies mid-call frees it on its own.
+_ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i])
+  local period = tonumber(ARGV[2 * i + 1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
+  local n = redis.call('ZCARD', key)
+  if n >= limit then
+    local kth = redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')
+    local score = tonumber(kth[2])
+    local w = score + period - now
+    if score > now and string.sub(kth[1], 1, 6) ~= 'pause:' then
+      w = tonumber(ARGV[1])  -- held by a call in flight: look again soon
+    end
+    if w > wait then wait = w end
+  end
+end
+if wait > 0 then return wait end
+local inflight = tonumber(ARGV[#ARGV])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + inflight, ARGV[#ARGV - 1])
+  local ttl = math.floor((tonumber(ARGV[2 * i + 1]) + inflight) / 500)
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+return 0
+"""
+
+# Stamp a finished call with the time its response arrived.
+_RELEASE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i, key in ipairs(KEYS) do redis.call('ZADD', key, 'XX', now, ARGV[1]) end
+return 1
+"""
+
+# Flood control: nothing goes into the chat before `now + seconds`.
+_PAUSE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local score = now + tonumber(ARGV[1]) - tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], score, 'pause:' .. ARGV[3])
+local ttl = math.floor((tonumber(ARGV[1]) + tonumber(ARGV[2])) / 1000) + 1000
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+_US = 1_000_000
+_POLL_S = 0.02  # how soon to look again when the slot is held by a call in flight
 
 
 @dataclass(frozen=True)
@@ -42,71 +98,66 @@ class Limits:
 
     @property
     def group_interval_s(self) -> float:
-        """Even pacing inside a group: a burst would spend the minute's budget in seconds
-        and then leave a final answer waiting for the window to slide."""
+        """Even pacing inside a group. A burst would spend the minute's budget in seconds and
+        leave a final answer waiting for the window to slide; paced, `group_limit` per
+        `group_period_s` is never exceeded."""
         return max(self.chat_interval_s, self.group_period_s / self.group_limit)
 
+    def interval(self, chat_id: int) -> float:
+        # Groups, supergroups (and channels) have negative ids; private chats positive ones.
+        return self.group_interval_s if chat_id < 0 else self.chat_interval_s
 
-class SlidingWindow:
-    """At most `limit` calls whose completion stamps fall inside any `period` seconds.
 
-    `acquire()` reserves a slot (a call in flight holds it), `release()` stamps it with the
-    completion time, `cancel()` gives an unused reservation back. Waiters are served in order.
-    """
+class RedisRateLimiter:
+    """Slots for sends into a chat: one per chat interval, `global_limit` per period overall."""
 
-    def __init__(
-        self, limit: int, period: float, clock: Callable[[], float] | None = None
-    ) -> None:
-        if limit < 1 or period <= 0:
-            raise ValueError("limit must be >= 1 and period > 0")
-        self.limit = limit
-        self.period = period
-        self._clock = clock
-        self._stamps: deque[float] = deque()
-        self._inflight = 0
-        self._turn = asyncio.Lock()
-        self._changed = asyncio.Event()
+    def __init__(self, redis: Redis, namespace: str, limits: Limits, inflight_s: float = 15.0):
+        """`namespace`: key prefix of one bot's budget (e.g. ``kullm:tg:rate:<bot id>``)."""
+        self.r = redis
+        self.namespace = namespace
+        self.limits = limits
+        self.inflight_us = int(inflight_s * _US)
+        self._acquire = redis.register_script(_ACQUIRE_LUA)
+        self._release = redis.register_script(_RELEASE_LUA)
+        self._pause = redis.register_script(_PAUSE_LUA)
 
-    def now(self) -> float:
-        return self._clock() if self._clock else asyncio.get_running_loop().time()
+    def chat_key(self, chat_id: int) -> str:
+        return f"{self.namespace}:{chat_id}"
 
-    def _expire(self, now: float) -> None:
-        while self._stamps and self._stamps[0] + self.period <= now:
-            self._stamps.popleft()
+    @property
+    def global_key(self) -> str:
+        return f"{self.namespace}:all"
 
-    def available_at(self) -> float:
-        """Earliest time a call could start (now if a slot is free; inf if all are in flight)."""
-        now = self.now()
-        self._expire(now)
-        # The call may start once enough stamps left the window: the k-th oldest must expire.
-        k = len(self._stamps) + self._inflight - self.limit
-        if k < 0:
-            return now
-        return self._stamps[k] + self.period if k < len(self._stamps) else float("inf")
+    async def acquire(self, chat_id: int) -> str:
+        """Wait for a slot in the chat and overall; returns the reservation's token."""
+        token = uuid.uuid4().hex
+        lim = self.limits
+        args: list[int | str] = [
+            int(_POLL_S * _US),
+            1, int(lim.interval(chat_id) * _US),
+            lim.global_limit, int(lim.global_period_s * _US),
+            token, self.inflight_us,
+        ]
+        keys = [self.chat_key(chat_id), self.global_key]
+        while True:
+            wait_us = int(await self._acquire(keys=keys, args=args))
+            if wait_us <= 0:
+                return token
+            await asyncio.sleep(wait_us / _US)
 
-    async def acquire(self) -> None:
-        async with self._turn:
-            while True:
-                at = self.available_at()
-                now = self.now()
-                if at <= now:
-                    self._inflight += 1
-                    return
-                self._changed.clear()
-                timeout = None if at == float("inf") else at - now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout)
+    async def release(self, chat_id: int, token: str) -> None:
+        """The call's response arrived: its slot counts from now."""
+        await self._release(keys=[self.chat_key(chat_id), self.global_key], args=[token])
 
-    def release(self, at: float | None = None) -> None:
-        self._inflight -= 1
-        self._stamps.append(self.now() if at is None else at)
-        self._changed.set()
+    async def cancel(self, chat_id: int, token: str) -> None:
+        """Nothing was sent after all."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.chat_key(chat_id), token)
+            pipe.zrem(self.global_key, token)
+            await pipe.execute()
 
-    def cancel(self) -> None:
-        self._inflight -= 1
-        self._changed.set()
-
-    def used(self) -> int:
-        """Slots taken right now (stamps inside the window plus calls in flight)."""
-        self._expire(self.now())
-        return len(self._stamps) + self._inflight
+    async def pause(self, chat_id: int, seconds: float) -> None:
+        """Telegram said 429: no process sends into this chat for `seconds`."""
+        period = int(self.limits.interval(chat_id) * _US)
+        await self._pause(keys=[self.chat_key(chat_id)],
+                          args=[int(seconds * _US), period, uuid.uuid4().hex])

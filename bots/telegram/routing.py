@@ -47,9 +47,10 @@ def conversation(msg: Message, user_id: int, group_scope: str) -> ConversationRe
     )
 
 
-def source_id(msg: Message) -> str:
-    """The dedupe key of a user's message (message ids are unique within a chat)."""
-    return f"tg:{msg.chat.id}:{msg.message_id}"
+def source_id(msg: Message, bot_id: int) -> str:
+    """The dedupe key of a user's message: message ids are unique within a chat, and two
+    bots in one group see the same ids."""
+    return f"tg:{bot_id}:{msg.chat.id}:{msg.message_id}"
 
 
 def replies_to_bot(msg: Message, bot_id: int) -> bool:

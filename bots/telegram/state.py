@@ -13,6 +13,10 @@ Keys (the core's `kullm_core.keys` lists its own; these are the Telegram adapter
 |                               |        | than 1 day are pruned on every scan               |
 | {p}:tg:delivery:{job_id}      | string | 1 day (a reply stream lives 1 day before `done`)  |
 | {p}:tg:lease:{job_id}         | string | lease_s, renewed by the owning process            |
+| {p}:tg:rate:{bot}:{chat}      | zset   | 2 x (chat interval + 15 s), refreshed on each send |
+| {p}:tg:rate:{bot}:all         | zset   | 2 x (1 s + 15 s), refreshed on each send           |
+
+The rate keys are `bots.telegram.ratelimit`'s shared send budget.
 """
 
 from __future__ import annotations

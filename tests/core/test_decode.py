@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from kullm_core.decode import IncrementalDecoder
@@ -19,3 +20,15 @@ def test_hangul_split_over_byte_tokens_is_never_emitted_half(tiny_tokenizer: Any
     assert "".join(deltas).strip() == text
     held = [d for d in deltas if d == ""]
     assert held, "partial characters must have been held back"
+
+
+def test_streamed_text_always_equals_the_full_decode(tiny_tokenizer: Any) -> None:
+    """Random mixes of byte-fallback and normal tokens, invalid UTF-8 included."""
+    rng = random.Random(7)
+    vocab = len(tiny_tokenizer)
+    for _ in range(500):
+        ids = [rng.randrange(3, 259) if rng.random() < 0.5 else rng.randrange(259, vocab)
+               for _ in range(rng.randrange(1, 16))]
+        dec = IncrementalDecoder(tiny_tokenizer)
+        parts = [dec.push(i) for i in ids] + [dec.flush()]
+        assert "".join(parts) == tiny_tokenizer.decode(ids, skip_special_tokens=True), ids

@@ -8,7 +8,7 @@ from bots.telegram.render import final_pieces, plain_pieces
 from kullm_core.client import CoreClient
 from kullm_core.texts import finish_note, lang_of
 from kullm_core.wire import DoneEvent, Event, Job
-from tests.fakes.telegram_api import FakeTelegram, Msg, User
+from tests.fakes.telegram_api import BOT_ID, FakeTelegram, Msg, User
 
 ALICE = User(1001, "Alice", "alice", "ko")
 BOB = User(1002, "Bob", "bob", "en")
@@ -17,7 +17,7 @@ GROUP = -100500
 
 
 def job_of(msg: Msg) -> str:
-    return Job.id_for(f"tg:{msg.chat.id}:{msg.message_id}")
+    return Job.id_for(f"tg:{BOT_ID}:{msg.chat.id}:{msg.message_id}")
 
 
 async def events_of(client: CoreClient, msg: Msg, within: float = 60) -> list[Event]:

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 from telegram import Bot
 
 from bots.telegram.outbox import Op, Outbox, Outcome
+from bots.telegram.ratelimit import RedisRateLimiter
 from tests.fakes.telegram_api import TOKEN, FakeTelegram
 from tests.telegram.conftest import LIMITS
 from tests.telegram.helpers import GROUP
@@ -26,9 +28,13 @@ async def bot(tg: FakeTelegram) -> AsyncIterator[Bot]:
         yield b
 
 
+def limiter(redis: Redis) -> RedisRateLimiter:
+    return RedisRateLimiter(redis, "kullm:tg:rate:test", LIMITS)
+
+
 @pytest.fixture
-async def outbox(bot: Bot) -> AsyncIterator[Outbox]:
-    box = Outbox(bot, LIMITS)
+async def outbox(bot: Bot, redis: Redis) -> AsyncIterator[Outbox]:
+    box = Outbox(bot, limiter(redis))
     yield box
     await box.stop(5)
 
@@ -106,6 +112,19 @@ async def test_a_group_budget_is_shared_by_concurrent_replies(
     stamps = [c.at for c in calls]
     period = LIMITS.group_period_s
     assert max(sum(1 for t in stamps if s <= t < s + period) for s in stamps) <= LIMITS.group_limit
+
+
+async def test_two_processes_share_one_group_budget(
+    tg: FakeTelegram, bot: Bot, redis: Redis
+) -> None:
+    boxes = [Outbox(bot, limiter(redis)), Outbox(bot, limiter(redis))]
+    results = await asyncio.gather(*(
+        box.submit(send(GROUP, f"{n}")) for n in range(6) for box in boxes
+    ))
+    assert all(r.ok for r in results) and len(tg.bot_messages(GROUP)) == 12
+    assert not tg.violations
+    for box in boxes:
+        await box.stop(1)
 
 
 async def test_flood_control_pauses_the_chat_and_keeps_the_final_text(

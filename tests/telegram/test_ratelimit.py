@@ -1,60 +1,79 @@
-"""The sliding window that keeps Telegram's per-group and global limits."""
+"""The send budget shared through Redis: per chat, overall, and across processes."""
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
+from redis.asyncio import Redis
 
-from bots.telegram.ratelimit import Limits, SlidingWindow
+from bots.telegram.ratelimit import Limits, RedisRateLimiter
 from kullm_core.settings import TelegramSettings
 
-
-def _max_in_window(stamps: list[float], period: float) -> int:
-    return max(sum(1 for t in stamps if s <= t < s + period) for s in stamps)
+NS = "kullm:tg:rate:1"
 
 
-async def test_never_more_than_limit_inside_any_window() -> None:
-    window = SlidingWindow(limit=5, period=0.3)
-    loop = asyncio.get_running_loop()
-    stamps: list[float] = []
-
-    async def call() -> None:
-        await window.acquire()
-        await asyncio.sleep(0)
-        now = loop.time()
-        stamps.append(now)
-        window.release(now)
-
-    await asyncio.gather(*(call() for _ in range(23)))
-    assert len(stamps) == 23
-    assert _max_in_window(stamps, 0.3) == 5
+async def _server_now(redis: Redis) -> float:
+    sec, usec = await redis.time()
+    return sec + usec / 1e6
 
 
-async def test_a_call_in_flight_holds_its_slot() -> None:
-    window = SlidingWindow(limit=1, period=0.05)
-    await window.acquire()
-    waiter = asyncio.create_task(window.acquire())
-    await asyncio.sleep(0.1)  # longer than the period: only the release may free the slot
-    assert not waiter.done()
-    window.release()
-    await asyncio.sleep(0.01)
-    assert not waiter.done()  # the released call still counts for one period
-    await asyncio.wait_for(waiter, 1)
-    window.release()
+async def test_calls_into_one_chat_from_two_processes_never_overlap_an_interval(
+    redis: Redis,
+) -> None:
+    limits = Limits(chat_interval_s=0.1, global_limit=100)
+    a, b = RedisRateLimiter(redis, NS, limits), RedisRateLimiter(redis, NS, limits)
+    spans: list[tuple[float, float]] = []  # (start, response) in Redis time
+
+    async def call(limiter: RedisRateLimiter) -> None:
+        token = await limiter.acquire(42)
+        start = await _server_now(redis)
+        await asyncio.sleep(0.01)  # the HTTP call
+        end = await _server_now(redis)
+        await limiter.release(42, token)
+        spans.append((start, end))
+
+    await asyncio.gather(*(call(a if i % 2 else b) for i in range(8)))
+    spans.sort()
+    gaps = [nxt[0] - prev[1] for prev, nxt in zip(spans, spans[1:], strict=False)]
+    assert len(spans) == 8 and min(gaps) >= 0.1 - 1e-3
 
 
-async def test_cancelled_reservation_frees_the_slot_at_once() -> None:
-    window = SlidingWindow(limit=1, period=60)
-    await window.acquire()
-    window.cancel()
-    await asyncio.wait_for(window.acquire(), 1)
-    assert window.used() == 1
+async def test_the_overall_limit_counts_every_chat(redis: Redis) -> None:
+    limiter = RedisRateLimiter(redis, NS, Limits(chat_interval_s=0.0, global_limit=5,
+                                                 global_period_s=0.5))
+    tokens = [await limiter.acquire(chat) for chat in range(5)]
+    for chat, token in enumerate(tokens):
+        await limiter.release(chat, token)
+    assert await redis.zcard(limiter.global_key) == 5
+    blocked = asyncio.create_task(limiter.acquire(99))
+    await asyncio.sleep(0.1)
+    assert not blocked.done()  # a sixth call waits for the window to slide
+    await asyncio.wait_for(blocked, 2)
+
+
+async def test_a_pause_after_flood_control_holds_every_process(redis: Redis) -> None:
+    limits = Limits(chat_interval_s=0.01)
+    a, b = RedisRateLimiter(redis, NS, limits), RedisRateLimiter(redis, NS, limits)
+    await a.pause(7, 0.3)
+    before = await _server_now(redis)
+    await b.release(7, await b.acquire(7))
+    assert await _server_now(redis) - before >= 0.3 - 0.02
+
+
+async def test_a_cancelled_reservation_frees_the_chat_at_once(redis: Redis) -> None:
+    limiter = RedisRateLimiter(redis, NS, Limits(chat_interval_s=30))
+    token = await limiter.acquire(5)
+    await limiter.cancel(5, token)
+    await asyncio.wait_for(limiter.acquire(5), 1)
+
+
+async def test_keys_expire(redis: Redis) -> None:
+    limiter = RedisRateLimiter(redis, NS, Limits())
+    await limiter.release(3, await limiter.acquire(3))
+    assert 0 < await redis.pttl(limiter.chat_key(3)) and 0 < await redis.pttl(limiter.global_key)
 
 
 def test_limits_from_settings_pace_groups_evenly() -> None:
     limits = Limits.from_settings(TelegramSettings())
     assert (limits.chat_interval_s, limits.group_limit, limits.global_limit) == (1.0, 20, 30)
-    assert limits.group_interval_s == 3.0
-    with pytest.raises(ValueError):
-        SlidingWindow(0, 1)
+    assert limits.interval(-100) == 3.0 and limits.interval(100) == 1.0
