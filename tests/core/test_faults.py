@@ -59,7 +59,7 @@ async def test_job_timeout_cuts_and_marks_the_reply(
     client: CoreClient, make_worker: Any, settings: Settings, tmp_path: Path
 ) -> None:
     s = _long(settings, tmp_path, queue={"job_timeout_s": 1.5},
-              generation={"max_new_tokens": 4000})
+              generation={"max_new_tokens": 3000})
     engine = ScriptedEngine(lambda _r: "가나다라마바사" * 500, chunk_chars=2, delay_s=0.01)
     async with make_worker(engine=engine, settings=s):
         sub = await client.submit(CONV, USER, "hi", "to1")
