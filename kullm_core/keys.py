@@ -17,6 +17,8 @@
 | {p}:quota:{user}:{day}      | string | 2 days                                              |
 | {p}:seen:{platform}:{id}    | string | queue.dedupe_ttl_s (adapter update/event dedupe)    |
 | {p}:chan:cancel             | pubsub | (channel, nothing stored)                           |
+| {p}:tg:* / {p}:slack:*      | any    | adapter state, built with `Keys.adapter`; each key's |
+|                             |        | lifetime is documented where the adapter defines it |
 """
 
 from __future__ import annotations
@@ -82,3 +84,7 @@ class Keys:
 
     def seen(self, platform: str, item_id: str) -> str:
         return f"{self.prefix}:seen:{platform}:{item_id}"
+
+    def adapter(self, namespace: str) -> str:
+        """Root of one adapter's own keys (`tg`, `slack`): ``{prefix}:{namespace}``."""
+        return f"{self.prefix}:{namespace}"
