@@ -36,13 +36,24 @@ class _Slot:
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[EngineOutput | BaseException]
     decoder: IncrementalDecoder
+    outbox: list[tuple[_Slot, EngineOutput | BaseException]]
     generated: int = 0
     pending_tokens: int = 0
     finished: bool = False
     ids: list[int] = field(default_factory=list)
 
     def emit(self, item: EngineOutput | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        """Queue for the engine's next flush (one cross-thread wake-up per step, not per row)."""
+        self.outbox.append((self, item))
+
+
+def _put_all(items: list[tuple[_Slot, EngineOutput | BaseException]]) -> None:
+    for slot, item in items:
+        slot.out.put_nowait(item)
+
+
+def _merge(a: EngineOutput, b: EngineOutput) -> EngineOutput:
+    return EngineOutput(a.text + b.text, a.tokens + b.tokens, b.finish_reason)
 
 
 class _Batch:
@@ -140,6 +151,7 @@ class LocalEngine:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._sampler = RowSampler(self.device)
+        self._outbox: list[tuple[_Slot, EngineOutput | BaseException]] = []
         self.steps = 0
 
     async def start(self) -> None:
@@ -171,13 +183,21 @@ class LocalEngine:
         if self._thread is None:
             raise RuntimeError("engine not started")
         out: asyncio.Queue[EngineOutput | BaseException] = asyncio.Queue()
-        slot = _Slot(request, asyncio.get_running_loop(), out, IncrementalDecoder(self.tokenizer))
+        slot = _Slot(request, asyncio.get_running_loop(), out, IncrementalDecoder(self.tokenizer),
+                     self._outbox)
         self._incoming.put(slot)
         self._wake.set()
         done = False
         try:
             while True:
                 item = await out.get()
+                # A consumer that fell behind takes everything ready as one output.
+                while not isinstance(item, BaseException) and not item.finish_reason:
+                    try:
+                        nxt = out.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                    item = nxt if isinstance(nxt, BaseException) else _merge(item, nxt)
                 if isinstance(item, BaseException):
                     done = True
                     raise item
@@ -198,6 +218,7 @@ class LocalEngine:
         while not self._stopping.is_set():
             try:
                 self._admit(batch, sampler)
+                self._flush()
                 if not batch.slots:
                     self._wake.wait(0.5)
                     self._wake.clear()
@@ -210,8 +231,21 @@ class LocalEngine:
                 batch = _Batch()
                 sampler = self._sampler = RowSampler(self.device)
                 self._waiting = []
+            self._flush()
         for slot in batch.slots + self._waiting:
             slot.emit(EngineOutput("", 0, "cancelled"))
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._outbox:
+            return
+        items = list(self._outbox)
+        self._outbox.clear()
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Slot, Any]]] = {}
+        for slot, item in items:
+            by_loop.setdefault(slot.loop, []).append((slot, item))
+        for loop, pairs in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, pairs)
 
     def _take_cancelled(self, request_id: str) -> bool:
         with self._lock:
