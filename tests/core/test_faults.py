@@ -132,3 +132,23 @@ async def test_queued_jobs_see_their_place_in_line_move(
             for s in subs:
                 done(await collect(client, s.job_id))
         assert [await client.position(s.job_id) for s in subs] == [0, 0, 0]
+
+
+async def test_heartbeats_keep_flowing_while_the_engine_generates(
+    client: CoreClient, make_worker: Any, settings: Settings, tmp_path: Path, redis: Redis
+) -> None:
+    s = _long(settings, tmp_path, generation={"max_new_tokens": 3000})
+    async with make_worker(settings=s) as w:
+        sub = await client.submit(CONV, USER, "긴 이야기", "hb1")
+        beats: list[float] = []
+        async for _, e in client.events(sub.job_id):
+            if e.type == "delta":
+                raw = await redis.get(Keys().worker(w.id))
+                at = json.loads(raw)["at"] if raw else 0.0
+                if not beats or at != beats[-1]:
+                    beats.append(at)
+                if len(beats) == 3:
+                    await client.cancel(CONV)
+            if e.type == "done":
+                break
+    assert len(beats) >= 3  # the health key was rewritten while tokens were streaming
