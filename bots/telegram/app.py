@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
 from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor
@@ -64,6 +65,28 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
         return None
 
 
+_STREAM_CONNECTIONS = 1024
+
+
+def _stream_client(client: CoreClient, settings: Settings) -> tuple[CoreClient, Redis | None]:
+    """A client of its own for following reply streams.
+
+    Each reply in flight holds a connection while it waits in `XREAD BLOCK`; on the shared
+    pool (100 connections by default, shared with the worker in `kullm serve`) a hundred
+    replies would starve the worker's writes. This pool waits for a free connection instead
+    of failing. Pools it cannot copy (Sentinel) keep the shared client.
+    """
+    pool = client.redis.connection_pool
+    if type(pool) is not ConnectionPool:
+        log.info("telegram: reply streams share the core's Redis pool (%s)", type(pool).__name__)
+        return client, None
+    own = Redis(connection_pool=BlockingConnectionPool(
+        connection_class=pool.connection_class, max_connections=_STREAM_CONNECTIONS,
+        timeout=None, **pool.connection_kwargs,
+    ))
+    return CoreClient(own, settings), own
+
+
 def _token(settings: Settings) -> str:
     token = settings.telegram.token.get_secret_value()
     if not token:
@@ -113,7 +136,8 @@ class TelegramBot:
         self.outbox = Outbox(bot, self.limiter)
         registry = DeliveryRegistry(client.redis, settings.redis.prefix, self.owner,
                                     self.tuning.lease_s)
-        self.env = Env(client, self.outbox, registry, self.tuning)
+        streams, self._own_redis = _stream_client(client, settings)
+        self.env = Env(client, self.outbox, registry, self.tuning, streams=streams)
         self.deliveries = Deliveries(self.env)
         self.handlers = Handlers(settings, self.env, self.deliveries, bot)
         self.handlers.install(self.app)
@@ -176,4 +200,6 @@ class TelegramBot:
         await self.deliveries.stop(grace)
         await self.outbox.stop(drain_s=min(grace, 5.0))
         await self.app.shutdown()
+        if self._own_redis is not None:
+            await self._own_redis.aclose()
         log.info("telegram: stopped")

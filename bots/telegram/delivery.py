@@ -39,6 +39,8 @@ class Env:
     registry: DeliveryRegistry
     tuning: Tuning
     drafts_refused: set[int] = field(default_factory=set)
+    streams: CoreClient | None = None
+    """Follows reply streams (its own connection pool); `client` when None."""
 
 
 class _Pump:
@@ -86,6 +88,7 @@ class ReplyTask:
         self.recovering = recovering
         self.behind = False
         self.position = 0
+        self._waiting_shown = False
         self.view = ReplyView(env.outbox, rec, self.save, env.drafts_refused)
         self._started = asyncio.Event()
         self._typing: asyncio.Task[None] | None = None
@@ -184,8 +187,10 @@ class ReplyTask:
         placeholder = asyncio.create_task(self._placeholder(), name=f"tg-wait-{self.job_id}")
         try:
             async for _, ev in self._events():
-                if ev.type == "queued" and not self.started and ev.position > 1:
-                    await self.view.status(t("queued", self.rec.lang, position=ev.position))
+                if ev.type == "queued":
+                    self.position = ev.position
+                    if self._waiting_shown and not self.started:  # keep "#N" up to date
+                        await self.view.status(t("queued", self.rec.lang, position=ev.position))
                 elif ev.type == "started":
                     self._started.set()
                     if ev.attempt != attempt:  # a restarted job: the earlier text is void
@@ -218,6 +223,7 @@ class ReplyTask:
                 await asyncio.wait_for(self._started.wait(), self.env.tuning.placeholder_delay_s)
         if self.started or (self.view.visible.is_set() and not self.behind):
             return
+        self._waiting_shown = True
         if self.behind:
             await self.view.status(t("queued_behind", self.rec.lang))
         else:
@@ -225,7 +231,8 @@ class ReplyTask:
 
     async def _events(self) -> AsyncIterator[tuple[str, Event]]:
         idle = self.env.tuning.idle_timeout_s
-        stream = self.env.client.events(self.job_id, "0-0").__aiter__()
+        follower = self.env.streams or self.env.client
+        stream = follower.events(self.job_id, "0-0").__aiter__()
         try:
             while True:
                 try:

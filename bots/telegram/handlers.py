@@ -264,7 +264,9 @@ class Handlers:
             return await bot.send_message(chat_id, text, message_thread_id=thread,
                                           reply_parameters=reply, reply_markup=markup)
 
-        return await self.env.outbox.run(Op(chat_id, call, "sendMessage", must=True))
+        return await self.env.outbox.run(
+            Op(chat_id, call, "sendMessage", must=True, priority=0)
+        )
 
     async def edit(self, msg: Message, text: str) -> Outcome:
         chat_id, mid = msg.chat.id, msg.message_id
@@ -273,7 +275,8 @@ class Handlers:
             return await bot.edit_message_text(text, chat_id=chat_id, message_id=mid)
 
         return await self.env.outbox.run(
-            Op(chat_id, call, "editMessageText", key=f"m{mid}", fingerprint=(text, ()), must=True)
+            Op(chat_id, call, "editMessageText", key=f"m{mid}", fingerprint=(text, ()), must=True,
+               priority=0)
         )
 
     async def on_error(self, update: object, ctx: Ctx) -> None:

@@ -5,7 +5,9 @@ shared `RedisRateLimiter`: at most one per chat interval (groups: evenly paced, 
 is never exceeded however many replies share the group, or however many adapter processes),
 and `global_limit` per second overall. While an op waits for its turn, a newer version of the
 same text (same `key`) replaces it in place: the merged text goes out once, and an edit whose
-text is already shown is skipped. On 429 the chat pauses for `retry_after` (in every process)
+text is already shown is skipped. A reply's first text goes first, then final text, then
+interim updates (which may use only part of the overall budget, so that a new reply always
+finds room). On 429 the chat pauses for `retry_after` (in every process)
 and the op stays at the head of the lane, so the final text is never lost.
 """
 
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 _MAX_NETWORK_TRIES = 5
 _REMEMBERED_TEXTS = 4096
 _REDIS_RETRY_S = 1.0
+_YIELD_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,11 @@ class Op:
     """What the call shows; skipped when the lane last showed exactly this under `key`."""
     must: bool = False
     """Final text: retried on network errors instead of being dropped."""
+    priority: int = 2
+    """0: a reply's first visible text, 1: final text, 2: interim update."""
     future: asyncio.Future[Outcome] | None = None
     tries: int = 0
+    queued_at: float = 0.0
 
 
 @dataclass(eq=False)
@@ -90,6 +96,9 @@ class Outbox:
         self.bot = bot
         self.limiter = limiter
         self._lanes: dict[int, _Lane] = {}
+        self._urgent_waiting: set[int] = set()
+        """Chats whose first or final text waits for the overall budget: interim updates of
+        every chat yield to them."""
         self._shown: OrderedDict[tuple[int, str], Hashable] = OrderedDict()
         """What the last successful call under each (chat, key) showed (bounded)."""
         self.stats: dict[str, int] = {"sent": 0, "skipped": 0, "merged": 0, "retry_after": 0}
@@ -106,10 +115,12 @@ class Outbox:
         """Queue `op`; the future resolves once it was sent, skipped, merged or failed."""
         loop = asyncio.get_running_loop()
         op.future = loop.create_future()
+        op.queued_at = loop.time()
         lane = self._lane(op.chat_id)
         for i, old in enumerate(lane.ops):
             if op.key is not None and old.key == op.key:
                 op.must = op.must or old.must
+                op.priority = min(op.priority, old.priority)
                 lane.ops[i] = op
                 self.stats["merged"] += 1
                 _resolve(old, Outcome(True, skipped=True))
@@ -123,9 +134,14 @@ class Outbox:
     async def run(self, op: Op) -> Outcome:
         return await self.submit(op)
 
-    def pending(self, chat_id: int) -> int:
+    def discard(self, chat_id: int, key: str) -> None:
+        """Drop a queued (not yet sent) op, e.g. a draft once the final message is due."""
         lane = self._lanes.get(chat_id)
-        return len(lane.ops) + (lane.inflight is not None) if lane else 0
+        if lane is None:
+            return
+        for op in [o for o in lane.ops if o.key == key]:
+            lane.ops.remove(op)
+            _resolve(op, Outcome(True, skipped=True))
 
     async def chat_action(
         self, chat_id: int, thread_id: int | None, action: str = "typing"
@@ -152,10 +168,8 @@ class Outbox:
                 if delay > 0:
                     await asyncio.sleep(delay)
                     continue
-                try:
-                    token = await self.limiter.acquire(lane.chat_id)
-                except RedisError as exc:
-                    log.warning("chat %s: rate limiter unavailable (%s)", lane.chat_id, exc)
+                token = await self._acquire(lane)
+                if token is None:  # Redis unavailable, or nothing left to send
                     lane.next_at = loop.time() + _REDIS_RETRY_S
                     continue
                 await self._send_head(lane, token, loop)
@@ -167,11 +181,34 @@ class Outbox:
             if not lane.ops and self._lanes.get(lane.chat_id) is lane:
                 del self._lanes[lane.chat_id]
 
+    async def _acquire(self, lane: _Lane) -> str | None:
+        """A rate slot for the lane's next call, interim updates yielding to first and final
+        text that waits for the overall budget."""
+        try:
+            while lane.ops:
+                urgent = min(o.priority for o in lane.ops) < 2
+                if not urgent and self._urgent_waiting:
+                    await asyncio.sleep(_YIELD_S)
+                    continue
+                token, wait, overall = await self.limiter.try_acquire(lane.chat_id, urgent)
+                if token is not None:
+                    return token
+                if urgent and overall:
+                    self._urgent_waiting.add(lane.chat_id)
+                else:
+                    self._urgent_waiting.discard(lane.chat_id)
+                await asyncio.sleep(wait)
+        except RedisError as exc:
+            log.warning("chat %s: rate limiter unavailable (%s)", lane.chat_id, exc)
+        finally:
+            self._urgent_waiting.discard(lane.chat_id)
+        return None
+
     async def _send_head(
         self, lane: _Lane, token: str, loop: asyncio.AbstractEventLoop
     ) -> None:
-        """Send the lane's first op; its rate slot (`token`) is already reserved."""
-        op = lane.ops.pop(0)
+        """Send the lane's most urgent op (oldest first among equals); its slot is reserved."""
+        op = lane.ops.pop(min(range(len(lane.ops)), key=lambda i: (lane.ops[i].priority, i)))
         shown_key = (lane.chat_id, op.key or "")
         if op.key is not None and op.fingerprint is not None and self._shown.get(shown_key) == (
             op.fingerprint
@@ -181,6 +218,8 @@ class Outbox:
             _resolve(op, Outcome(True, skipped=True))
             return
         lane.inflight = op
+        log.debug("chat %s: %s after %.3f s in line", lane.chat_id, op.label,
+                  loop.time() - op.queued_at)
         try:
             outcome, wait = await self._call(op)
         finally:

@@ -27,6 +27,7 @@ _ACQUIRE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local wait = 0
+local by = 0
 for i, key in ipairs(KEYS) do
   local limit = tonumber(ARGV[2 * i])
   local period = tonumber(ARGV[2 * i + 1])
@@ -39,17 +40,17 @@ for i, key in ipairs(KEYS) do
     if score > now and string.sub(kth[1], 1, 6) ~= 'pause:' then
       w = tonumber(ARGV[1])  -- held by a call in flight: look again soon
     end
-    if w > wait then wait = w end
+    if w > wait then wait = w; by = i end
   end
 end
-if wait > 0 then return wait end
+if wait > 0 then return {wait, by} end
 local inflight = tonumber(ARGV[#ARGV])
 for i, key in ipairs(KEYS) do
   redis.call('ZADD', key, now + inflight, ARGV[#ARGV - 1])
   local ttl = math.floor((tonumber(ARGV[2 * i + 1]) + inflight) / 500)
   if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 end
-return 0
+return {0, 0}
 """
 
 # Stamp a finished call with the time its response arrived.
@@ -73,6 +74,7 @@ return 1
 
 _US = 1_000_000
 _POLL_S = 0.02  # how soon to look again when the slot is held by a call in flight
+_INTERIM_SHARE = 0.8  # interim updates leave a fifth of the overall budget to new replies
 
 
 @dataclass(frozen=True)
@@ -128,22 +130,33 @@ class RedisRateLimiter:
     def global_key(self) -> str:
         return f"{self.namespace}:all"
 
-    async def acquire(self, chat_id: int) -> str:
+    async def acquire(self, chat_id: int, urgent: bool = True) -> str:
         """Wait for a slot in the chat and overall; returns the reservation's token."""
+        while True:
+            token, wait, _ = await self.try_acquire(chat_id, urgent)
+            if token is not None:
+                return token
+            await asyncio.sleep(wait)
+
+    async def try_acquire(self, chat_id: int, urgent: bool = True
+                          ) -> tuple[str | None, float, bool]:
+        """(token, 0, False) when a slot was reserved, else (None, seconds to wait, whether
+        the overall budget is what is full). Non-urgent calls (interim updates) may fill only
+        part of the overall budget."""
         token = uuid.uuid4().hex
         lim = self.limits
+        overall = lim.global_limit if urgent else max(1, int(lim.global_limit * _INTERIM_SHARE))
         args: list[int | str] = [
             int(_POLL_S * _US),
             1, int(lim.interval(chat_id) * _US),
-            lim.global_limit, int(lim.global_period_s * _US),
+            overall, int(lim.global_period_s * _US),
             token, self.inflight_us,
         ]
         keys = [self.chat_key(chat_id), self.global_key]
-        while True:
-            wait_us = int(await self._acquire(keys=keys, args=args))
-            if wait_us <= 0:
-                return token
-            await asyncio.sleep(wait_us / _US)
+        wait_us, by = (int(x) for x in await self._acquire(keys=keys, args=args))
+        if wait_us <= 0:
+            return token, 0.0, False
+        return None, wait_us / _US, by == 2
 
     async def release(self, chat_id: int, token: str) -> None:
         """The call's response arrived: its slot counts from now."""

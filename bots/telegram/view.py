@@ -77,6 +77,8 @@ class ReplyView:
         """Show the finished reply; `plain` when Telegram refuses the formatting.
         Returns False when it could not be shown at all."""
         async with self._lock:
+            # A streamed draft still waiting must not land after the finished message.
+            self.outbox.discard(self.rec.chat_id, f"d{self.rec.draft_id}")
             result = await self._show(pieces, must=True)
             if result is None:
                 log.info("job %s: formatting refused; sending plain text", self.rec.job_id)
@@ -131,7 +133,8 @@ class ReplyView:
         ids = self.rec.message_ids
         at = len(ids) if at is None else at
         reply_to = ids[at - 1] if at > 0 else self.rec.reply_to
-        outcome = await self.outbox.run(self._send_op(piece, reply_to, must))
+        priority = 0 if at == 0 else (1 if must else 2)
+        outcome = await self.outbox.run(self._send_op(piece, reply_to, must, priority))
         if outcome.ok and outcome.value is not None:
             mid = int(outcome.value.message_id)
             ids.insert(at, mid)
@@ -160,7 +163,7 @@ class ReplyView:
 
     # -- the Bot API calls -----------------------------------------------------------------
 
-    def _send_op(self, piece: Piece, reply_to: int | None, must: bool) -> Op:
+    def _send_op(self, piece: Piece, reply_to: int | None, must: bool, priority: int) -> Op:
         rec = self.rec
         reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
 
@@ -171,7 +174,7 @@ class ReplyView:
                 link_preview_options=_NO_PREVIEW,
             )
 
-        return Op(rec.chat_id, call, "sendMessage", must=must)
+        return Op(rec.chat_id, call, "sendMessage", must=must, priority=priority)
 
     def _edit_op(self, mid: int, piece: Piece, key: str, fp: Hashable, must: bool) -> Op:
         chat_id = self.rec.chat_id
@@ -182,7 +185,8 @@ class ReplyView:
                 entities=to_telegram(piece.entities), link_preview_options=_NO_PREVIEW,
             )
 
-        return Op(chat_id, call, "editMessageText", key=key, fingerprint=fp, must=must)
+        return Op(chat_id, call, "editMessageText", key=key, fingerprint=fp, must=must,
+                  priority=1 if must else 2)
 
     def _draft_op(self, piece: Piece, key: str, fp: Hashable) -> Op:
         rec = self.rec
@@ -192,7 +196,9 @@ class ReplyView:
                 rec.chat_id, rec.draft_id, piece.text, message_thread_id=rec.thread_id
             )
 
-        return Op(rec.chat_id, call, "sendMessageDraft", key=key, fingerprint=fp)
+        first = not self.visible.is_set()
+        return Op(rec.chat_id, call, "sendMessageDraft", key=key, fingerprint=fp,
+                  priority=0 if first else 2)
 
     def _delete_op(self, mid: int) -> Op:
         chat_id = self.rec.chat_id
@@ -200,4 +206,4 @@ class ReplyView:
         async def call(bot: Bot) -> object:
             return await bot.delete_message(chat_id, mid)
 
-        return Op(chat_id, call, "deleteMessage", must=True)
+        return Op(chat_id, call, "deleteMessage", must=True, priority=1)

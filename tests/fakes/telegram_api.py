@@ -541,16 +541,30 @@ class FakeTelegram:
 
     # -- webhook delivery ------------------------------------------------------------------
 
-    async def post_to_webhook(self, update: dict[str, Any], secret: str | None) -> int:
-        """POST one update to the webhook as Telegram does; returns the HTTP status."""
-        assert self.webhook, "no webhook set"
+    async def post_to_webhook(
+        self, update: dict[str, Any], secret: str | None, url: str | None = None
+    ) -> int:
+        """POST one update to the webhook (or to `url`, e.g. one replica behind a load
+        balancer) as Telegram does; returns the HTTP status."""
+        target = url or (self.webhook or {}).get("url")
+        if not target:
+            raise RuntimeError("no webhook set")
         headers = {"Content-Type": "application/json"}
         if secret is not None:
             headers["X-Telegram-Bot-Api-Secret-Token"] = secret
         async with aiohttp.ClientSession() as http, http.post(
-            self.webhook["url"], data=json.dumps(update), headers=headers
+            target, data=json.dumps(update), headers=headers
         ) as resp:
             return resp.status
+
+    def forge_update(self, chat_id: int, user: User, text: str) -> tuple[Msg, dict[str, Any]]:
+        """An update Telegram never sent (for requests without the right secret)."""
+        chat = self.chat(chat_id, title=user.first_name)
+        msg = self._new_msg(chat, user, text=text)
+        return msg, {"update_id": 10**9 + msg.message_id, "message": msg.json(self.msgs)}
+
+    def update_of(self, msg: Msg) -> dict[str, Any]:
+        return next(u for u in self.updates if u["update_id"] == msg.update_id)
 
     async def _push_webhook(self) -> None:
         while self.webhook:

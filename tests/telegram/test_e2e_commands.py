@@ -85,7 +85,7 @@ async def test_retry_regenerates_the_last_answer_in_place_of_the_old_one(
         msg = await tg.send_text(ALICE.id, ALICE, "아무 답이나 해 줘")
         await wait_reply(tg, client, msg)
         retry = await tg.command(ALICE.id, ALICE, "/retry")
-        done, shown = await wait_reply(tg, client, retry)
+        _done, shown = await wait_reply(tg, client, retry)
     assert reply_texts(tg, nothing) == [t("nothing_to_retry", "ko")]
     assert reply_texts(tg, msg) == ["답변 1번입니다."]
     assert [m.text for m in shown] == ["답변 2번입니다."]

@@ -74,7 +74,7 @@ async def test_a_flood_control_storm_delays_but_never_loses_the_reply(
         tg.forced_429[ALICE.id].extend([1, 2, 1])
         tg.forced_429[GROUP].extend([2, 1, 1])
         for msg in (dm, group):
-            done, shown = await wait_reply(tg, client, msg)
+            done, _shown = await wait_reply(tg, client, msg)
             assert len(done.text) > 100 and text.startswith(done.text)
     storms = [c for c in tg.calls if c.error.startswith("429")]
     assert len(storms) == 6
@@ -88,7 +88,7 @@ async def test_formatting_refused_by_telegram_falls_back_to_the_plain_reply(
     tg.reject_entities = True
     async with make_worker(engine=engine(markdown)), make_bot():
         msg = await tg.send_text(ALICE.id, ALICE, "서식 있는 답을 줘")
-        done, shown = await wait_reply(tg, client, msg, plain=True)
+        _done, shown = await wait_reply(tg, client, msg, plain=True)
     assert [m.text for m in shown] == [markdown]  # exactly what the model wrote
     assert shown[0].entities == []
     refused = [c for c in tg.calls if "can't parse entities" in c.error]
@@ -135,6 +135,24 @@ async def test_a_full_queue_shows_busy_and_answers_when_there_is_room(
     assert [m.text for m in shown] == expected_texts(done, "en")
 
 
+async def test_a_saturated_worker_shows_the_place_in_line_then_the_answer(
+    tg: FakeTelegram, make_bot: MakeBot, make_worker: Any, client: CoreClient,
+    tg_settings: Settings,
+) -> None:
+    one_slot = with_telegram(tg_settings, batching=tg_settings.batching.model_copy(
+        update={"max_batch_size": 1}))
+    async with make_worker(engine=engine("한 번에 하나씩 답합니다. " * 4, delay_s=0.05),
+                           settings=one_slot), make_bot():
+        first = await tg.send_text(ALICE.id, ALICE, "첫 질문")
+        await tg.wait_for(lambda: any(tg.drafts.values()))
+        waiting = await tg.send_text(BOB.id, BOB, "second in line")
+        done, shown = await wait_reply(tg, client, waiting)
+        await wait_reply(tg, client, first)
+    assert shown[0].versions[0] == t("queued", "en", position=1)
+    assert [m.text for m in shown] == expected_texts(done, "en")
+    assert not [k for k in tg.drafts if k[0] == BOB.id]  # the placeholder became the answer
+
+
 async def test_adapter_restart_mid_stream_finishes_the_reply_once(
     tg: FakeTelegram, make_bot: MakeBot, make_worker: Any, client: CoreClient
 ) -> None:
@@ -147,7 +165,7 @@ async def test_adapter_restart_mid_stream_finishes_the_reply_once(
         started_by_first = tg.replies_to(GROUP, group.message_id)[0].message_id
         async with make_bot() as second:
             for msg in (dm, group):
-                done, shown = await wait_reply(tg, client, msg)
+                done, _shown = await wait_reply(tg, client, msg)
                 assert len(done.text) > 100 and text.startswith(done.text)
             assert second.deliveries.adopted == 2
     assert len(tg.replies_to(ALICE.id, dm.message_id)) == 1
@@ -174,7 +192,7 @@ async def test_adapter_killed_mid_stream_is_taken_over_after_its_lease(
         "KULLM_LIMITS__REQUESTS_PER_MINUTE": "0", "PTB_TIMEDELTA": "1",
     })
     async with make_worker(engine=engine(text, chunk=6, delay_s=0.15)):
-        proc = subprocess.Popen([sys.executable, "-m", "tests.telegram.adapter_process"],
+        proc = subprocess.Popen([sys.executable, "-m", "bots.telegram"],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             await tg.wait_for(lambda: any(c.method == "deleteWebhook" for c in tg.calls), 60)

@@ -42,7 +42,7 @@ async def test_ask_command_and_an_empty_mention(
 ) -> None:
     async with make_bot():
         ask = await tg.command(GROUP, CAROL, "/ask 부산은 어때?")
-        done, _ = await wait_reply(tg, client, ask)
+        _done, _ = await wait_reply(tg, client, ask)
         empty = await tg.mention(GROUP, CAROL, "   ")
         bare = await tg.command(GROUP, BOB, "/ask")
         await tg.wait_for(lambda: reply_texts(tg, empty) and reply_texts(tg, bare))

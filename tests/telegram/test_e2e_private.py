@@ -49,7 +49,7 @@ async def test_dm_conversation_over_several_turns_keeps_its_history(
 async def test_dm_streams_as_native_drafts_then_sends_one_message(
     tg: FakeTelegram, make_bot: MakeBot, make_worker: Any, client: CoreClient
 ) -> None:
-    async with make_worker(engine=scripted()), make_bot():
+    async with make_worker(engine=scripted(delay_s=0.08)), make_bot():
         msg = await tg.send_text(ALICE.id, ALICE, "서울을 소개해 줘")
         done, shown = await wait_reply(tg, client, msg)
     assert len(shown) == 1 and shown[0].versions == [shown[0].text]  # sent once, never edited
@@ -70,7 +70,7 @@ async def test_refused_drafts_fall_back_to_a_message_edited_as_it_grows(
     tg: FakeTelegram, make_bot: MakeBot, make_worker: Any, client: CoreClient
 ) -> None:
     tg.drafts_supported = False
-    async with make_worker(engine=scripted()), make_bot():
+    async with make_worker(engine=scripted(delay_s=0.08)), make_bot():
         msg = await tg.send_text(ALICE.id, ALICE, "서울을 소개해 줘")
         done, shown = await wait_reply(tg, client, msg)
     (reply,) = shown
@@ -142,6 +142,30 @@ async def test_an_unlisted_user_is_refused_politely_and_no_job_is_made(
     assert await client.redis.keys("*:dedupe:*") == []
 
 
+async def test_messages_sent_in_a_burst_are_answered_in_order(
+    tg: FakeTelegram, make_bot: MakeBot, make_worker: Any, client: CoreClient
+) -> None:
+    async with make_worker(engine=ScriptedEngine(lambda r: f"답: {r.messages[-1]['content']}")), \
+            make_bot():
+        msgs = [await tg.send_text(ALICE.id, ALICE, f"질문 {i}") for i in range(4)]
+        for msg in msgs:
+            _, shown = await wait_reply(tg, client, msg)
+            assert [m.text for m in shown] == [f"답: {msg.text}"]
+    assert [h.user for h in await client.history(DM_CONV)] == [m.text for m in msgs]
+
+
+async def test_a_group_not_on_the_chat_allowlist_is_refused(
+    tg: FakeTelegram, make_bot: MakeBot, client: CoreClient, tg_settings: Settings
+) -> None:
+    limits = tg_settings.limits.model_copy(update={"allowed_chats": ["-100777"]})
+    settings = with_telegram(tg_settings, limits=limits)
+    async with make_bot(settings=settings, core=CoreClient(client.redis, settings)):
+        msg = await tg.mention(-100888, ALICE, "여기서도 돼?")
+        await tg.wait_for(lambda: reply_texts(tg, msg))
+    assert reply_texts(tg, msg) == [t("error.forbidden", "ko")]
+    assert await client.redis.keys("*:reply:*") == []
+
+
 async def test_a_user_over_the_rate_limit_is_told_when_to_ask_again(
     tg: FakeTelegram, make_bot: MakeBot, worker: Any, client: CoreClient, tg_settings: Settings
 ) -> None:
@@ -154,6 +178,21 @@ async def test_a_user_over_the_rate_limit_is_told_when_to_ask_again(
         await tg.wait_for(lambda: reply_texts(tg, second))
     (text,) = reply_texts(tg, second)
     assert text.startswith("요청이 너무 잦습니다.") and "초 후에 다시" in text
+
+
+async def test_a_user_past_the_daily_quota_is_told_when_it_resets(
+    tg: FakeTelegram, make_bot: MakeBot, worker: Any, client: CoreClient, tg_settings: Settings
+) -> None:
+    limits = tg_settings.limits.model_copy(update={"daily_tokens": 10})
+    settings = with_telegram(tg_settings, limits=limits)
+    async with make_bot(settings=settings, core=CoreClient(client.redis, settings)):
+        first = await tg.send_text(BOB.id, BOB, "first question")
+        done, _ = await wait_reply(tg, client, first)
+        assert done.completion_tokens >= 10
+        second = await tg.send_text(BOB.id, BOB, "another one")
+        await tg.wait_for(lambda: reply_texts(tg, second))
+    (text,) = reply_texts(tg, second)
+    assert text.startswith("You have used today's quota (10 tokens).") and "(midnight UTC)" in text
 
 
 async def test_a_duplicate_update_gets_one_reply(

@@ -127,6 +127,20 @@ async def test_two_processes_share_one_group_budget(
         await box.stop(1)
 
 
+async def test_first_text_then_final_text_go_before_interim_updates(
+    tg: FakeTelegram, outbox: Outbox
+) -> None:
+    a = (await outbox.run(send(GROUP, "a"))).value.message_id
+    b = (await outbox.run(send(GROUP, "b"))).value.message_id
+    interim = outbox.submit(edit(GROUP, a, "a interim"))
+    final = outbox.submit(Op(GROUP, edit(GROUP, b, "b final").call, "edit", must=True,
+                             priority=1))
+    first = outbox.submit(Op(GROUP, send(GROUP, "c first").call, "send", priority=0))
+    await asyncio.gather(interim, final, first)
+    shown = [c.params["text"] for c in tg.calls if c.method in ("editMessageText", "sendMessage")]
+    assert shown[2:] == ["c first", "b final", "a interim"]
+
+
 async def test_flood_control_pauses_the_chat_and_keeps_the_final_text(
     tg: FakeTelegram, outbox: Outbox
 ) -> None:

@@ -72,7 +72,8 @@ def test_a_character_with_its_marks_stays_whole(glue: str) -> None:
 def test_code_block_that_fits_is_never_cut() -> None:
     code = "```python\n" + "".join(f"print({i})\n" for i in range(300)) + "```"
     text = KOREAN_PARAGRAPH * 12 + "\n\n" + code + "\n\n끝입니다."
-    assert fenced_blocks(text) == [(text.index("```"), text.index("```", text.index("```") + 3) + 3)]
+    opening = text.index("```")
+    assert fenced_blocks(text) == [(opening, text.index("```", opening + 3) + 3)]
     pieces = split_markdown(text)
     assert len(pieces) >= 2
     holder = [p for p in pieces if "```python" in p]
