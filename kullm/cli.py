@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--lang", default="ko", choices=["ko", "en"])
     t = sub.add_parser("tiny-model", help="build the tiny random test model offline")
     t.add_argument("dir", type=Path)
+    tg = sub.add_parser("telegram", help="the Telegram adapter alone (shared Redis)")
+    tg.add_argument("--check", action="store_true", help="exit 0 if Redis and the Bot API answer")
+    sub.add_parser("slack", help="the Slack adapter alone (shared Redis)")
     h = sub.add_parser("history", help="print a conversation as JSON (export)")
     h.add_argument("conversation", nargs="?", help="conversation key; omit to list keys")
     return p
@@ -72,6 +75,12 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await _check(settings)
     if args.cmd == "history":
         return await _history(settings, args.conversation)
+    if args.cmd in ("telegram", "slack"):
+        from kullm import adapters
+
+        if args.cmd == "telegram" and args.check:
+            return await adapters.check_telegram(settings)
+        return await adapters.serve_adapter(settings, args.cmd)
     if args.cmd == "worker":
         return await _serve(settings, adapters=False)
     if args.cmd == "serve":

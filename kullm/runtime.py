@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from kullm_core.embedded import EmbeddedRedis, running_url
 from kullm_core.errors import ConfigError
@@ -45,6 +45,9 @@ async def open_redis(settings: Settings, *, reuse_running: bool = False) -> Asyn
             await embedded.stop()
 
 
+# Every reply being followed holds a connection during its blocking read: a large pool that
+# waits when exhausted instead of failing the worker's writes.
+_POOL_OPTIONS: dict[str, Any] = {"max_connections": 2048, "timeout": 30}
 # Blocking reads use at most 2 s (XREAD/XREADGROUP BLOCK), well inside the socket timeout.
 # Retried commands are safe: enqueue dedupes, the commit script is guarded by a marker.
 _CLIENT_OPTIONS: dict[str, Any] = {
@@ -56,7 +59,8 @@ def connect(url: str) -> Redis:
     """A client for `url`. `redis+sentinel://h1:26379,h2:26379/<master>[/<db>]` asks the
     Sentinels for the current master and follows failovers."""
     if not url.startswith("redis+sentinel://"):
-        return Redis.from_url(url, **_CLIENT_OPTIONS)
+        pool = BlockingConnectionPool.from_url(url, **_POOL_OPTIONS, **_CLIENT_OPTIONS)
+        return Redis(connection_pool=pool)
     from redis.asyncio.sentinel import Sentinel
 
     hosts_part, _, rest = url[len("redis+sentinel://"):].partition("/")
@@ -69,7 +73,10 @@ def connect(url: str) -> Redis:
         host, _, port = item.rpartition(":")
         hosts.append((host or item, int(port or 26379)))
     sentinel = Sentinel(hosts, socket_timeout=5)
-    return sentinel.master_for(master, db=int(db or 0), **_CLIENT_OPTIONS)
+    return sentinel.master_for(
+        master, db=int(db or 0), max_connections=_POOL_OPTIONS["max_connections"],
+        **_CLIENT_OPTIONS,
+    )
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

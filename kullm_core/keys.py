@@ -17,6 +17,7 @@
 | {p}:quota:{user}:{day}      | string | 2 days                                              |
 | {p}:seen:{platform}:{id}    | string | queue.dedupe_ttl_s (adapter update/event dedupe)    |
 | {p}:chan:cancel             | pubsub | (channel, nothing stored)                           |
+| {p}:positions               | string | 1.5 s (one worker at a time announces positions)    |
 | {p}:tg:* / {p}:slack:*      | any    | adapter state, built with `Keys.adapter`; each key's |
 |                             |        | lifetime is documented where the adapter defines it |
 """
@@ -41,6 +42,10 @@ class Keys:
     @property
     def dead(self) -> str:
         return f"{self.prefix}:dead"
+
+    @property
+    def positions_lock(self) -> str:
+        return f"{self.prefix}:positions"
 
     @property
     def cancel_channel(self) -> str:

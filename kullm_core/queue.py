@@ -86,6 +86,19 @@ end
 return 0
 """
 
+# A new place in line, only while the job is still waiting (its last event is `queued`):
+# atomic, so it can never land after the job's `started`.
+_POSITION_LUA = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 then return 0 end
+local fields = last[1][2]
+local raw = fields[2]
+if not string.find(raw, '"type":"queued"', 1, true) then return 0 end
+if string.find(raw, '"position":' .. ARGV[1] .. '}', 1, true) then return 0 end
+redis.call('XADD', KEYS[1], '*', 'e', '{"v":1,"type":"queued","position":' .. ARGV[1] .. '}')
+return 1
+"""
+
 _REPLY_TTL_BEFORE_DONE_S = 86400
 
 
@@ -153,6 +166,7 @@ class RedisJobQueue:
         self._enqueue = redis.register_script(_ENQUEUE_LUA)
         self._commit = redis.register_script(_COMMIT_LUA)
         self._lock = redis.register_script(_LOCK_LUA)
+        self._position = redis.register_script(_POSITION_LUA)
 
     async def ensure_group(self) -> None:
         try:
@@ -184,6 +198,20 @@ class RedisJobQueue:
         if code < 0:
             return EnqueueResult("busy", job.id, int(position))
         return EnqueueResult("queued", job.id, int(position), _s(ident))
+
+    async def waiting_jobs(self, limit: int = 200) -> list[tuple[str, int]]:
+        """(job id, place in line) of jobs no worker has taken yet, oldest first."""
+        last = "0-0"
+        for group in await self.r.xinfo_groups(self.keys.jobs):
+            if _s(group["name"]) == GROUP:
+                last = _s(group["last-delivered-id"])
+        entries: Any = await self.r.xrange(self.keys.jobs, f"({last}", "+", count=limit)
+        return [(_s(f.get(b"id") or f.get("id") or b""), n)
+                for n, (_e, f) in enumerate(entries, start=1)]
+
+    async def announce_position(self, job_id: str, position: int) -> bool:
+        """Add a `queued` event with a new place in line if the job is still waiting."""
+        return bool(await self._position(keys=[self.keys.reply(job_id)], args=[int(position)]))
 
     async def waiting(self) -> int:
         """Jobs no worker has taken yet."""
@@ -225,6 +253,9 @@ class RedisJobQueue:
         key = self.keys.reply(job_id)
         while True:
             resp: Any = await self.r.xread({key: last_id}, count=256, block=block_ms)
+            if not resp and not await self.r.exists(key):
+                log.warning("job %s: reply stream is gone (expired); stopping", job_id)
+                return
             for _stream, entries in resp or []:
                 for entry_id, fields in entries:
                     last_id = _s(entry_id)

@@ -83,6 +83,7 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(stop), name="heartbeat"),
             asyncio.create_task(self._cancel_listener(stop), name="cancel-listener"),
             asyncio.create_task(self._reclaim_loop(stop), name="reclaim"),
+            asyncio.create_task(self._positions_loop(stop), name="positions"),
         ]
         try:
             await self._take_loop(stop)
@@ -213,6 +214,23 @@ class Worker:
                     await self._accept(d)
             except REDIS_DOWN as exc:
                 log.warning("worker %s: reclaim failed (%s)", self.id, exc)
+
+    async def _positions_loop(self, stop: asyncio.Event, interval: float = 2.0) -> None:
+        """Tell waiting users their place in line as it moves (one worker at a time)."""
+        announced: dict[str, int] = {}
+        while not stop.is_set():
+            await _wait_any(stop, timeout=interval)
+            try:
+                if not await self.r.set(self.keys.positions_lock, self.id, nx=True,
+                                        px=int(interval * 750)):
+                    continue
+                waiting = await self.queue.waiting_jobs()
+                for job_id, position in waiting:
+                    if job_id and announced.get(job_id) != position:
+                        await self.queue.announce_position(job_id, position)
+                announced = dict(waiting)
+            except REDIS_DOWN as exc:
+                log.warning("worker %s: position update failed (%s)", self.id, exc)
 
     async def _cancel_listener(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

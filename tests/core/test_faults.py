@@ -152,3 +152,20 @@ async def test_heartbeats_keep_flowing_while_the_engine_generates(
             if e.type == "done":
                 break
     assert len(beats) >= 3  # the health key was rewritten while tokens were streaming
+
+
+async def test_waiting_users_see_their_place_in_line_move_up(
+    client: CoreClient, make_worker: Any, settings: Settings, tmp_path: Path
+) -> None:
+    s = _long(settings, tmp_path, batching={"max_batch_size": 1},
+              generation={"max_new_tokens": 200})
+    engine = ScriptedEngine(lambda _r: "가나" * 25, chunk_chars=2, delay_s=0.1)
+    async with make_worker(engine=engine, settings=s):
+        convs = [CONV.model_copy(update={"chat": f"line{i}"}) for i in range(3)]
+        subs = [await client.submit(c, USER, "hi", f"line{i}") for i, c in enumerate(convs)]
+        events = await collect(client, subs[2].job_id)
+    positions = [e.position for e in events if e.type == "queued"]
+    first_start = [e.type for e in events].index("started")
+    assert positions[0] == 3 and positions[-1] == 1 and positions == sorted(positions, reverse=True)
+    assert all(e.type != "queued" for e in events[first_start:])
+    assert done(events).text == "가나" * 25
