@@ -131,7 +131,7 @@ class TelegramBot:
         bot = self.app.bot
         bot_id = _token(settings).split(":", 1)[0]  # a token starts with the bot's id
         self.limiter = RedisRateLimiter(
-            client.redis, f"{settings.redis.prefix}:tg:rate:{bot_id}", self.limits
+            client.redis, f"{client.keys.adapter('tg')}:rate:{bot_id}", self.limits
         )
         self.outbox = Outbox(bot, self.limiter)
         registry = DeliveryRegistry(client.redis, settings.redis.prefix, self.owner,

@@ -28,6 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
+from kullm_core.keys import Keys
 from kullm_core.wire import ConversationRef, UserRef
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class DeliveryRegistry:
 
     def __init__(self, redis: Redis, prefix: str, owner: str, lease_s: float) -> None:
         self.r = redis
-        self.prefix = prefix
+        self.root = Keys(prefix).adapter("tg")
         self.owner = owner
         self.lease_ms = max(1, int(lease_s * 1000))
         self._renew = redis.register_script(_RENEW_LUA)
@@ -102,13 +103,13 @@ class DeliveryRegistry:
 
     @property
     def index(self) -> str:
-        return f"{self.prefix}:tg:deliveries"
+        return f"{self.root}:deliveries"
 
     def record_key(self, job_id: str) -> str:
-        return f"{self.prefix}:tg:delivery:{job_id}"
+        return f"{self.root}:delivery:{job_id}"
 
     def lease_key(self, job_id: str) -> str:
-        return f"{self.prefix}:tg:lease:{job_id}"
+        return f"{self.root}:lease:{job_id}"
 
     async def claim(self, job_id: str) -> bool:
         """Take the lease of a delivery; False when another live process holds it."""
