@@ -192,7 +192,7 @@ async def test_adapter_killed_mid_stream_is_taken_over_after_its_lease(
         "KULLM_LIMITS__REQUESTS_PER_MINUTE": "0", "PTB_TIMEDELTA": "1",
     })
     async with make_worker(engine=engine(text, chunk=6, delay_s=0.15)):
-        proc = subprocess.Popen([sys.executable, "-m", "bots.telegram"],
+        proc = subprocess.Popen([sys.executable, "-m", "kullm.cli", "telegram"],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             await tg.wait_for(lambda: any(c.method == "deleteWebhook" for c in tg.calls), 60)
