@@ -24,37 +24,33 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# Only light imports here: the adapter child process runs this file too, and its peak RSS
+# must be the adapter's, not torch's. The worker, engines and the fake load in `bench()`.
 from redis.asyncio import Redis  # noqa: E402
 
 from bots.slack.config import SlackTuning  # noqa: E402
 from bots.slack.render import split  # noqa: E402
 from bots.slack.target import source_id  # noqa: E402
 from kullm_core.client import CoreClient  # noqa: E402
-from kullm_core.embedded import EmbeddedRedis  # noqa: E402
-from kullm_core.engine.base import GenerationRequest  # noqa: E402
-from kullm_core.engine.scripted import ScriptedEngine  # noqa: E402
 from kullm_core.settings import load_settings  # noqa: E402
 from kullm_core.texts import finish_note  # noqa: E402
 from kullm_core.wire import DoneEvent, Job  # noqa: E402
-from kullm_core.worker import Worker  # noqa: E402
-from tests.fakes.slack_api import (  # noqa: E402
-    APP_TOKEN,
-    BOT_TOKEN,
-    SIGNING_SECRET,
-    TEAM,
-    FakeSlack,
-    Message,
-)
 
+if TYPE_CHECKING:
+    from kullm_core.engine.base import GenerationRequest
+    from tests.fakes.slack_api import FakeSlack, Message
+
+WALL_OFFSET = time.time() - time.monotonic()
 PROMPTS = [json.loads(line)["text"] for line in
            (ROOT / "kullm_core/data/prompts_ko.jsonl").read_text("utf-8").splitlines()]
 WRITES = ("chat.postMessage", "chat.update", "chat.startStream", "chat.appendStream",
-          "chat.stopStream", "chat.delete", "reactions.add", "assistant.threads.setStatus",
+          "chat.stopStream", "chat.delete", "reactions.add", "reactions.remove",
+          "assistant.threads.setStatus",
           "chat.postEphemeral")
 
 
@@ -68,6 +64,8 @@ def scripted_reply(request: GenerationRequest) -> str:
 
 
 def _config(redis_url: str, fake: FakeSlack, mode: str, port: int) -> dict[str, Any]:
+    from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET
+
     return {
         "redis": {"url": redis_url},
         "slack": {"bot_token": BOT_TOKEN, "app_token": APP_TOKEN,
@@ -94,11 +92,18 @@ def adapter_main(config: str) -> None:
         await redis.aclose()
 
     asyncio.run(_run())
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork + exec.
+    status = Path("/proc/self/status")
+    hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")] \
+        if status.exists() else []
+    peak_kib = int(hwm[0].split()[1]) if hwm else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_rss_mib": peak_kib / 1024}), flush=True)
 
 
 async def _engine(kind: str, settings: Any, data: Path) -> tuple[Any, Any]:
+    from kullm_core.engine.scripted import ScriptedEngine
+
     if kind == "scripted":
         from kullm_core.engine.loader import load_tokenizer
         from kullm_core.tinymodel import build_tiny_model
@@ -133,26 +138,31 @@ async def _ask(fake: FakeSlack, args: argparse.Namespace) -> list[tuple[Message,
 
 
 async def _settle(fake: FakeSlack, client: CoreClient, msg: Message, thread: str | None,
-                  timeout: float) -> tuple[bool, str]:
-    job = Job.id_for(source_id(TEAM, msg.channel, msg.ts))
+                  timeout: float) -> tuple[bool, str, float]:
+    """(shown exactly, expected text, monotonic time of the first delta in Redis)."""
+    job = Job.id_for(source_id("T0KULLM01", msg.channel, msg.ts))
     done: DoneEvent | None = None
-    async for _, event in client.events(job):
+    first = 0.0
+    async for entry_id, event in client.events(job):
+        if event.type == "delta" and not first:
+            first = int(entry_id.split("-")[0]) / 1000 - WALL_OFFSET
         done = event if isinstance(event, DoneEvent) else None
     if done is None:
-        return False, ""
+        return False, "", first
     want = _expected(done)
     try:
         await fake.wait_for(lambda: fake.reply_text(msg.channel, thread, msg.ts) == want,
                             timeout)
-        return True, want
+        return True, want, first
     except AssertionError:
-        return False, want
+        return False, want, first
 
 
 def _first_visible(fake: FakeSlack, msg: Message, thread: str | None) -> float | None:
+    """Monotonic time the first reply text became visible."""
     times = [t for m in fake.bot_messages(msg.channel, thread, msg.ts) for t, v in m.shown
              if v.strip()]
-    return min(times) - msg.shown[0][0] if times else None
+    return min(times) if times else None
 
 
 def _p95(values: list[float]) -> float:
@@ -161,12 +171,18 @@ def _p95(values: list[float]) -> float:
 
 
 async def bench(args: argparse.Namespace) -> None:
+    from kullm_core.embedded import EmbeddedRedis
+    from kullm_core.worker import Worker
+    from tests.fakes.slack_api import FakeSlack
+
     data = Path(tempfile.mkdtemp(prefix="slack-bench-"))
     async with EmbeddedRedis(data / "redis") as server, FakeSlack(mode=args.mode) as fake:
         redis_url = server.url
         settings = load_settings(None, redis={"url": redis_url}, model={"path": str(data)},
                                  generation={"max_new_tokens": 2000, "temperature": 0.0},
-                                 limits={"requests_per_minute": 0, "daily_tokens": 0})
+                                 limits={"requests_per_minute": 0, "daily_tokens": 0},
+                                 batching={"max_batch_size": 64},
+                                 queue={"max_pending": 1000})
         redis = Redis.from_url(redis_url)
         engine, tok = await _engine(args.engine, settings, data)
         port = 0
@@ -201,15 +217,21 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 def _report(fake: FakeSlack, asked: list[tuple[Message, str | None]],
-            results: list[tuple[bool, str]], wall: float, rss: float,
+            results: list[tuple[bool, str, float]], wall: float, rss: float,
             args: argparse.Namespace) -> None:
     limit = SlackTuning().max_message_chars
-    complete = sum(ok for ok, _ in results)
+    complete = sum(ok for ok, _, _ in results)
     duplicates = 0
-    for (msg, thread), (_, want) in zip(asked, results, strict=True):
+    ttft: list[float] = []
+    lag: list[float] = []
+    for (msg, thread), (_, want, first_delta) in zip(asked, results, strict=True):
         posted = len(fake.bot_messages(msg.channel, thread, msg.ts))
         duplicates += max(0, posted - len(split(want, limit)))
-    ttft = [t for m, th in asked if (t := _first_visible(fake, m, th)) is not None]
+        seen = _first_visible(fake, msg, thread)
+        if seen is not None:
+            ttft.append(seen - msg.shown[0][0])
+            if first_delta:
+                lag.append(max(0.0, seen - first_delta))
     calls = Counter(method for _, method in fake.calls if method in WRITES)
     n = len(asked)
     rows = [
@@ -218,15 +240,18 @@ def _report(fake: FakeSlack, asked: list[tuple[Message, str | None]],
         ("duplicate posts", str(duplicates), "0"),
         ("time to first visible text, median", f"{statistics.median(ttft):.2f} s", ""),
         ("time to first visible text, p95", f"{_p95(ttft):.2f} s", ""),
+        ("  of which adapter (first delta -> visible), median", f"{statistics.median(lag):.2f} s",
+         ""),
+        ("  of which adapter (first delta -> visible), p95", f"{_p95(lag):.2f} s", ""),
         ("API write calls per reply", f"{sum(calls.values()) / n:.1f}", ""),
         ("adapter peak RSS", f"{rss:.0f} MiB", ""),
         ("wall time until all replies shown", f"{wall:.1f} s", ""),
     ]
     print(f"\nSlack adapter: {args.threads} threads in {args.channels} channels + {args.dms} DMs, "
           f"{args.mode} mode, {args.engine} engine")
-    print(f"{'metric':<46}{'value':>14}  goal")
+    print(f"{'metric':<52}{'value':>12}  goal")
     for name, value, goal in rows:
-        print(f"{name:<46}{value:>14}  {goal}")
+        print(f"{name:<52}{value:>12}  {goal}")
     print("calls by method: " + ", ".join(f"{k} {v}" for k, v in sorted(calls.items())))
 
 

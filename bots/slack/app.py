@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.middleware.assistant.async_assistant import AsyncAssistant
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.commands import FORGET_NO, FORGET_YES, Commands
@@ -20,8 +21,9 @@ from bots.slack.delivery import Deliveries
 from bots.slack.handlers import Inbound
 from bots.slack.receivers import HttpReceiver, Receiver, SocketModeReceiver
 from bots.slack.reply import Env
-from bots.slack.scheduler import Scheduler
+from bots.slack.scheduler import Scheduler, api_error
 from bots.slack.store import SlackStore
+from bots.slack.streams import ReplyStreams
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError
 from kullm_core.settings import Settings
@@ -43,6 +45,24 @@ def _intervals(settings: Settings, tuning: SlackTuning) -> Any:
         return (1.0 / rate) * (1.0 + tuning.safety_margin)
 
     return interval
+
+
+_BAD_TOKEN = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked",
+                        "token_expired", "not_allowed_token_type"})
+
+
+async def _until_stopped(start: Any, stop: asyncio.Event) -> bool:
+    """Run `start` unless `stop` is set first (a Socket Mode connect retries forever)."""
+    starting = asyncio.ensure_future(start)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        return False
+    starting.result()
+    return True
 
 
 def check_settings(settings: Settings) -> None:
@@ -116,17 +136,22 @@ class SlackBot:
                                   self.tuning.socket_ping_interval_s)
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with aiohttp.ClientSession() as session, self.scheduler:
+        async with aiohttp.ClientSession() as session, self.scheduler, \
+                ReplyStreams(self.client) as streams:
             web = self._web(session)
             env = Env(web, self.tuning, self.scheduler.wake, self._persist)
-            self.deliveries = Deliveries(self.client, self.scheduler, self.store, env,
+            self.deliveries = Deliveries(self.client, self.scheduler, self.store, env, streams,
                                          native=self.settings.slack.native_streaming)
             inbound = Inbound(self.settings, self.client, web, self.scheduler, self.store,
                               self.deliveries)
             commands = Commands(self.client, self.store, self.deliveries, inbound)
             receiver = self._receiver(self._app(web, inbound, commands), web)
+            await self._check_tokens(web)
             await self.deliveries.start()
-            await receiver.start()
+            if not await _until_stopped(receiver.start(), stop):
+                await self.deliveries.stop(0)
+                await receiver.stop()
+                return
             if isinstance(receiver, HttpReceiver):
                 self.http_port = receiver.port
             log.info("slack: ready (%s mode, owner %s)", self.settings.slack.mode, self.owner)
@@ -138,6 +163,29 @@ class SlackBot:
                 await receiver.stop()
                 await self.deliveries.stop(self.tuning.shutdown_grace_s)
                 log.info("slack: stopped")
+
+    async def _check_tokens(self, web: AsyncWebClient) -> None:
+        """Fail fast on a token Slack refuses; a network problem only warns (Slack may be
+        reachable again by the time events arrive)."""
+        s = self.settings.slack
+        checks: list[tuple[str, Any]] = [("slack.bot_token", web.auth_test)]
+        if s.mode == "socket":
+            app_token = s.app_token.get_secret_value()
+            checks.append(("slack.app_token",
+                           lambda: web.apps_connections_open(app_token=app_token)))
+        for setting, call in checks:
+            try:
+                await call()
+            except SlackApiError as exc:
+                _, error = api_error(exc)
+                if error in _BAD_TOKEN:
+                    raise ConfigError(f"setting `{setting}` was refused by Slack ({error})") \
+                        from None
+                log.warning("slack: checking %s failed (%s); starting anyway", setting,
+                            error or exc)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.warning("slack: Web API unreachable at start (%s); starting anyway", exc)
+                return
 
     async def _persist(self, reply: Any) -> None:
         if self.deliveries is not None:

@@ -60,6 +60,7 @@ async def run_op(reply: Reply, op: Op) -> None:
     elif op.kind == "react":
         reply.reaction = None
         await web.reactions_add(channel=t.channel, timestamp=t.source_ts, name=d["name"])
+        reply.reacted = d["name"]
     elif op.kind == "post":
         await _post(reply, op)
     elif op.kind == "update":
@@ -72,7 +73,7 @@ async def run_op(reply: Reply, op: Op) -> None:
             recipient_team_id=t.team or None, recipient_user_id=t.user or None)
         reply.msgs.append(Msg(str(resp["ts"]), streaming=True, appended=d["n"]))
         _visible(reply)
-        await reply.env.persist(reply)
+        await _persist(reply)
     elif op.kind == "append":
         await web.chat_appendStream(channel=t.channel, ts=reply.msgs[op.index].ts,
                                     markdown_text=d["text"])
@@ -82,11 +83,20 @@ async def run_op(reply: Reply, op: Op) -> None:
     elif op.kind == "delete":
         await web.chat_delete(channel=t.channel, ts=reply.msgs[op.index].ts)
         reply.msgs.pop(op.index)
-        await reply.env.persist(reply)
+        await _persist(reply)
     elif op.kind == "reconcile":
         await _reconcile(reply, op.index)
     reply.failures = 0
     reply.retry_at = 0.0
+
+
+async def _persist(reply: Reply) -> None:
+    """Record new message ts in the registry. Best effort: the Slack call already happened and
+    must not be repeated because Redis hiccupped."""
+    try:
+        await reply.env.persist(reply)
+    except Exception as exc:
+        log.warning("job %s: registry update failed (%s)", reply.job_id, exc)
 
 
 def _visible(reply: Reply) -> None:
@@ -110,7 +120,7 @@ async def _post(reply: Reply, op: Op) -> None:
     if reply.mode == "stream":
         reply.forced.append(op.data["end"])
     _visible(reply)
-    await reply.env.persist(reply)
+    await _persist(reply)
 
 
 async def _stop(reply: Reply, op: Op) -> None:
@@ -131,7 +141,7 @@ async def _stop(reply: Reply, op: Op) -> None:
             reply.forced.append(d["end"])
             m.sent = d["sent"]
     m.streaming = False
-    await reply.env.persist(reply)
+    await _persist(reply)
 
 
 async def _reconcile(reply: Reply, part: int) -> None:
@@ -158,7 +168,7 @@ async def _reconcile(reply: Reply, part: int) -> None:
                 reply.msgs.append(msg)
             if reply.mode == "stream":
                 reply._to_update_mode()
-            await reply.env.persist(reply)
+            await _persist(reply)
             return
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 from bots.slack.calls import SlackReply
 from bots.slack.reply import Env, Mode, Msg, Reply
 from bots.slack.scheduler import Scheduler
 from bots.slack.store import Entry, SlackStore, job_state
+from bots.slack.streams import ReplyStreams
 from bots.slack.target import Target, conversation
 from bots.slack.texts import st
 from kullm_core.client import CoreClient, Submission
@@ -29,8 +31,9 @@ class Deliveries:
     """All replies this adapter is delivering."""
 
     def __init__(self, client: CoreClient, scheduler: Scheduler, store: SlackStore, env: Env,
-                 *, native: bool) -> None:
+                 streams: ReplyStreams, *, native: bool) -> None:
         self.client = client
+        self.streams = streams
         self.scheduler = scheduler
         self.store = store
         self.env = env
@@ -39,6 +42,7 @@ class Deliveries:
         self._replies: dict[str, SlackReply] = {}
         self._sources: dict[str, str] = {}
         self._lease_task: asyncio.Task[None] | None = None
+        self._side: set[asyncio.Task[None]] = set()
         self.delivered = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -72,6 +76,12 @@ class Deliveries:
     def replies(self) -> list[SlackReply]:
         return list(self._replies.values())
 
+    def set_lang(self, job_id: str, lang: str) -> None:
+        """The asker's UI language, learnt after the question was submitted."""
+        reply = self._replies.get(job_id)
+        if reply is not None and reply.target.lang != lang:
+            reply.target = dataclasses.replace(reply.target, lang=lang)
+
     # -- new messages ----------------------------------------------------------------------
 
     def mode_for(self, target: Target) -> Mode:
@@ -99,8 +109,6 @@ class Deliveries:
             await self.store.remove(job_id)
             return sub
         reply = SlackReply(job_id, target, self.env, mode=mode, status=status)
-        if sub.position > 1 and not target.assistant:
-            reply.reaction = "hourglass_flowing_sand"
         self._launch(reply, source_id, resumed=False)
         return sub
 
@@ -164,26 +172,48 @@ class Deliveries:
             elif state == "gone":
                 await self._from_history(reply)
             else:
-                async for _, event in self.client.events(job_id):
+                async for _, event in self.streams.follow(job_id):
                     self.apply(reply, event)
             await reply.done.wait()
             finished = True
             self.delivered += 1
+            if reply.reacted:
+                self._unreact(reply)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("job %s: delivery failed", job_id)
-            finished = True
+            # Keep the registry entry and let the lease go: the orphan scan resumes it.
+            log.exception("job %s: delivery interrupted; it will be resumed", job_id)
         finally:
             self.scheduler.discard(reply)
             self._tasks.pop(job_id, None)
             self._replies.pop(job_id, None)
             self._sources.pop(job_id, None)
-            if finished:
-                with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):
+                if finished:
                     await asyncio.shield(self.store.remove(job_id))
+                elif not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    await asyncio.shield(self.store.release([job_id]))
             if not self._tasks:
                 self.idle.set()
+
+    def _unreact(self, reply: Reply) -> None:
+        """Take the waiting-in-line reaction off, without holding the reply up (Tier 3)."""
+        t, name = reply.target, reply.reacted or ""
+
+        async def _remove() -> None:
+            try:
+                await self.scheduler.call(
+                    "unreact", (f"t3:{t.team}:reactions",),
+                    lambda: self.env.web.reactions_remove(
+                        channel=t.channel, timestamp=t.source_ts, name=name),
+                    urgent=False)
+            except Exception as exc:
+                log.info("job %s: reaction not removed (%s)", reply.job_id, exc)
+
+        task = asyncio.create_task(_remove())
+        self._side.add(task)
+        task.add_done_callback(self._side.discard)
 
     def apply(self, reply: Reply, event: Event) -> None:
         lang = reply.target.lang

@@ -10,6 +10,7 @@ however many event types Slack delivers it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -54,6 +55,7 @@ class Inbound:
         self.store = store
         self.deliveries = deliveries
         self.locale_ttl_s = store.tuning.locale_ttl_s
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- Bolt listeners --------------------------------------------------------------------
 
@@ -143,14 +145,21 @@ class Inbound:
                         reply_thread: str, assistant: bool = False) -> None:
         team = self._team({}, context)
         channel, ts, user = event["channel"], event["ts"], event["user"]
-        lang, name = await self.profile(team, user)
+        text = inbound_text(event.get("text") or "", context.bot_user_id)
+        known = await self.cached_profile(team, user)
+        # A question never waits for users.info (Tier 4: a burst of new users would queue
+        # behind it); only refusals and allowlists naming people by name need it first.
+        if known is None and (not text or self.settings.limits.allowed_users):
+            known = await self.profile(team, user)
+        lang, name = known or ("ko", "")
         who = UserRef(platform="slack", id=user, name=name, lang=lang)
         if not self.client.limiter.allowed(who, chat=channel, workspace=team):
             log.info("slack %s/%s: user %s not allowed", team, channel, user)
+            if known is None:
+                lang, _ = await self.profile(team, user)
             await self.ephemeral(team, channel, user, reply_thread,
                                  error_text(ErrorEvent(kind="forbidden"), lang))
             return
-        text = inbound_text(event.get("text") or "", context.bot_user_id)
         if not text:
             key = "text_only" if event.get("files") else "empty_mention"
             await self.say(team, channel, reply_thread, st(key, lang))
@@ -161,7 +170,11 @@ class Inbound:
                                            source_id(team, channel, ts), target, status=status)
         if sub is None:
             return
+        if known is None:
+            self._background(self._learn_lang(team, user, sub.job_id))
         if sub.error is not None:
+            if known is None:
+                lang, _ = await self.profile(team, user)
             await self.ephemeral(team, channel, user, reply_thread, error_text(sub.error, lang))
             return
         if not target.is_dm:
@@ -194,14 +207,31 @@ class Inbound:
         await self._side_call(team, "t4:ephemeral", lambda: self.web.chat_postEphemeral(
             channel=channel, user=user, text=text, thread_ts=thread or None))
 
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _learn_lang(self, team: str, user: str, job_id: str) -> None:
+        try:
+            lang, _ = await self.profile(team, user)
+        except Exception as exc:
+            log.warning("slack user %s: profile lookup failed (%s)", user, exc)
+            return
+        self.deliveries.set_lang(job_id, lang)
+
+    async def cached_profile(self, team: str, user: str) -> tuple[str, str] | None:
+        cached = await self.store.locale(team, user) if user else "|"
+        if cached is None:
+            return None
+        locale, _, name = cached.partition("|")
+        return lang_of(locale or None), name
+
     async def profile(self, team: str, user: str) -> tuple[str, str]:
         """(UI language, user name) from users.info, cached in Redis."""
-        if not user:
-            return "ko", ""
-        cached = await self.store.locale(team, user)
-        if cached is not None:
-            locale, _, name = cached.partition("|")
-            return lang_of(locale or None), name
+        known = await self.cached_profile(team, user)
+        if known is not None:
+            return known
         resp = await self._side_call(team, "t4:users", lambda: self.web.users_info(
             user=user, include_locale=True))
         info = (resp.get("user") if resp is not None else None) or {}

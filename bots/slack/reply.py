@@ -95,6 +95,9 @@ class Reply:
         self.status = status
         """Assistant-thread status to set while nothing is visible yet."""
         self.reaction: str | None = None
+        """A reaction to add on the question while it waits in line (nothing shown yet)."""
+        self.reacted: str | None = None
+        """The reaction added; removed (in the background) once the answer is shown."""
         self.reconcile: int | None = None
         self.failures = 0
         self.retry_at = 0.0
@@ -184,9 +187,7 @@ class Reply:
             if self.reaction:
                 return Op("react", (f"t3:{t.team}:reactions",), data={"name": self.reaction})
             return None
-        if self.mode == "stream":
-            return self._stream_op(src)
-        return self._update_op(src)
+        return self._stream_op(src) if self.mode == "stream" else self._update_op(src)
 
     # -- update mode ---------------------------------------------------------------------
 

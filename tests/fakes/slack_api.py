@@ -200,6 +200,12 @@ class FakeSlack:
         return None
 
     async def _api(self, request: web.Request) -> web.Response:
+        try:
+            return await self._call(request)
+        finally:
+            await self._notify()
+
+    async def _call(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         args = await _args(request)
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -229,9 +235,7 @@ class FakeSlack:
                 self.violations[method] += 1
                 return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
                                          headers={"Retry-After": str(int(wait))})
-        result = handler(args)
-        await self._notify()
-        return web.json_response(result)
+        return web.json_response(handler(args))
 
     def _find(self, channel: str, ts: str) -> Message | None:
         return next((m for m in self.messages if m.channel == channel and m.ts == ts
@@ -364,6 +368,13 @@ class FakeSlack:
 
     def _m_reactions_add(self, a: dict[str, Any]) -> dict[str, Any]:
         self.reactions.append((a["channel"], a["timestamp"], a["name"]))
+        return {"ok": True}
+
+    def _m_reactions_remove(self, a: dict[str, Any]) -> dict[str, Any]:
+        key = (a["channel"], a["timestamp"], a["name"])
+        if key not in self.reactions:
+            return {"ok": False, "error": "no_reaction"}
+        self.reactions.remove(key)
         return {"ok": True}
 
     def _m_assistant_threads_setStatus(self, a: dict[str, Any]) -> dict[str, Any]:
@@ -581,6 +592,7 @@ _RULES = {
     "chat.postMessage": "post_per_channel", "chat.startStream": "post_per_channel",
     "chat.update": "update_per_team", "chat.appendStream": "stream_per_team",
     "chat.stopStream": "stream_per_team", "chat.delete": "tier3", "reactions.add": "tier3",
+    "reactions.remove": "tier3",
     "conversations.replies": "tier3", "conversations.history": "tier3",
     "chat.postEphemeral": "tier4", "assistant.threads.setStatus": "tier4",
     "assistant.threads.setSuggestedPrompts": "tier4", "users.info": "tier4",

@@ -152,3 +152,19 @@ async def test_file_only_and_empty_mentions_get_a_short_answer(
         both = await fake.user_message("이 그림에 대해 설명해 줘", files=True)
         done = await done_of(client, both)
         await shows(fake, both.channel, both.ts, visible(done))
+
+
+async def test_a_question_waiting_in_line_shows_an_hourglass_until_answered(
+    fake: FakeSlack, run_bot: Any, client: Any, make_worker: Any, settings: Settings
+) -> None:
+    one_at_a_time = long_settings(settings).model_copy(
+        update={"batching": settings.batching.model_copy(update={"max_batch_size": 1})})
+    engine = ScriptedEngine(lambda _: "차례대로 답합니다. " * 8, chunk_chars=4, delay_s=0.03)
+    async with make_worker(engine=engine, settings=one_at_a_time), run_bot(fake):
+        msgs = [await fake.user_message(f"{i}번째 질문", channel=f"C0Q{i}") for i in range(3)]
+        last = msgs[-1]
+        await fake.wait_for(lambda: (last.channel, last.ts, "hourglass_flowing_sand")
+                            in fake.reactions, what="the hourglass")
+        for msg in msgs:
+            await answered(fake, client, msg)
+        await fake.wait_for(lambda: not fake.reactions, what="the hourglass to go")

@@ -8,10 +8,12 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 from bots.slack import SlackBot, SlackTuning
 from bots.slack.target import conversation
 from kullm_core.engine.scripted import ScriptedEngine
+from kullm_core.errors import ConfigError
 from kullm_core.texts import t
 from tests.fakes.slack_api import TEAM, FakeSlack
 from tests.slack.conftest import TEST_TUNING, slack_settings
@@ -153,3 +155,31 @@ async def test_an_adapter_crash_mid_stream_is_taken_over_after_the_lease(
     fake: FakeSlack, client: Any, settings: Any, make_worker: Any
 ) -> None:
     await _restart(fake, client, settings, make_worker, crash=True)
+
+
+async def test_a_refused_bot_token_stops_the_adapter_at_start(
+    fake: FakeSlack, client: Any, settings: Any
+) -> None:
+    bot = SlackBot(slack_settings(settings, fake, bot_token="xoxb-revoked"), client, TEST_TUNING)
+    with pytest.raises(ConfigError, match="invalid_auth"):
+        await bot.run(asyncio.Event())
+    bot = SlackBot(slack_settings(settings, fake, app_token="xapp-revoked"), client, TEST_TUNING)
+    with pytest.raises(ConfigError, match=r"slack\.app_token"):
+        await bot.run(asyncio.Event())
+    with pytest.raises(ConfigError, match="app_token"):
+        SlackBot(slack_settings(settings, fake, app_token=""), client, TEST_TUNING)
+
+
+async def test_stop_works_while_socket_mode_cannot_connect(
+    fake: FakeSlack, client: Any, settings: Any
+) -> None:
+    fake.fail("apps.connections.open", times=1000, error="internal_error", status=500)
+    bot = SlackBot(slack_settings(settings, fake), client,
+                   SlackTuning(socket_ping_interval_s=0.2))
+    stop = asyncio.Event()
+    task = asyncio.create_task(bot.run(stop))
+    await fake.wait_for(lambda: fake.calls_of("apps.connections.open") >= 3,
+                        what="connection attempts")
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert not bot.ready.is_set()

@@ -236,3 +236,4 @@ async def test_many_replies_share_the_workspace_budget_without_429(settings: Set
             assert r.fake.reply_text(x.target.channel, x.target.thread_ts) == KOREAN * 3
         assert not r.fake.violations
         assert r.fake.calls_of("chat.update") >= 10, "updates were merged, not skipped"
+
