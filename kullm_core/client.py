@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Literal
 
 from redis.asyncio import Redis
 
@@ -16,6 +17,7 @@ from kullm_core.limits import Limiter
 from kullm_core.queue import EnqueueResult, RedisJobQueue
 from kullm_core.settings import Settings
 from kullm_core.store import RedisConversationStore
+from kullm_core.streams import ReplyStreams
 from kullm_core.wire import ConversationRef, ErrorEvent, Event, Job, Turn, UserRef
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,24 @@ class CoreClient:
     ) -> AsyncIterator[tuple[str, Event]]:
         """Reply events of a job, resumable from `last_id`, ending with done or error."""
         return self.queue.events(job_id, last_id, block_ms)
+
+    def reply_streams(self, block_ms: int = 250) -> ReplyStreams:
+        """One shared reader for many replies (use it when following more than a few)."""
+        return ReplyStreams(self.redis, self.keys, block_ms)
+
+    async def job_state(self, job_id: str, source_id: str) -> Literal["live", "gone", "never"]:
+        """live: its reply stream exists or it is still queued; gone: answered and the reply
+        stream expired (the text is in history); never: it was never enqueued."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self.keys.reply(job_id))
+            pipe.exists(self.keys.done(job_id))
+            pipe.exists(self.keys.dedupe(source_id))
+            reply, done, queued = await pipe.execute()
+        if reply:
+            return "live"
+        if done:
+            return "gone"
+        return "live" if queued else "never"
 
     async def position(self, job_id: str) -> int:
         """Current place in line (1 = next to be taken); 0 once a worker has taken it."""

@@ -23,7 +23,6 @@ from bots.slack.receivers import HttpReceiver, Receiver, SocketModeReceiver
 from bots.slack.reply import Env
 from bots.slack.scheduler import Scheduler, api_error
 from bots.slack.store import SlackStore
-from bots.slack.streams import ReplyStreams
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError
 from kullm_core.settings import Settings
@@ -137,7 +136,7 @@ class SlackBot:
 
     async def run(self, stop: asyncio.Event) -> None:
         async with aiohttp.ClientSession() as session, self.scheduler, \
-                ReplyStreams(self.client) as streams:
+                self.client.reply_streams() as streams:
             web = self._web(session)
             env = Env(web, self.tuning, self.scheduler.wake, self._persist)
             self.deliveries = Deliveries(self.client, self.scheduler, self.store, env, streams,

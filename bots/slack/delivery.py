@@ -16,11 +16,11 @@ import logging
 from bots.slack.calls import SlackReply
 from bots.slack.reply import Env, Mode, Msg, Reply
 from bots.slack.scheduler import Scheduler
-from bots.slack.store import Entry, SlackStore, job_state
-from bots.slack.streams import ReplyStreams
+from bots.slack.store import Entry, SlackStore
 from bots.slack.target import Target, conversation
 from bots.slack.texts import st
 from kullm_core.client import CoreClient, Submission
+from kullm_core.streams import ReplyStreams
 from kullm_core.texts import error_text, finish_note
 from kullm_core.wire import ConversationRef, Event, Job, UserRef
 
@@ -165,7 +165,7 @@ class Deliveries:
     async def _follow(self, reply: SlackReply, source_id: str, resumed: bool) -> None:
         job_id, finished = reply.job_id, False
         try:
-            state = await job_state(self.client, job_id, source_id) if resumed else "live"
+            state = await self.client.job_state(job_id, source_id) if resumed else "live"
             if state == "never":
                 log.warning("job %s: registered but never queued; dropped", job_id)
                 reply.give_up("never queued")

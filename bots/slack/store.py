@@ -19,13 +19,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 from redis.asyncio import Redis
 
 from bots.slack.config import SlackTuning
 from bots.slack.target import Target
-from kullm_core.client import CoreClient
+from kullm_core.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class SlackStore:
     def __init__(self, redis: Redis, prefix: str, tuning: SlackTuning, owner: str,
                  retention_s: float) -> None:
         self.r = redis
-        self.p = f"{prefix}:slack"
+        self.p = Keys(prefix).adapter("slack")
         self.tuning = tuning
         self.owner = owner
         self.retention_s = max(60, int(retention_s))
@@ -190,26 +189,3 @@ class SlackStore:
 
     async def set_locale(self, team: str, user: str, locale: str, ttl: int) -> None:
         await self.r.set(self.locale_key(team, user), locale, ex=ttl)
-
-
-JobState = Literal["live", "gone", "never"]
-
-
-async def job_state(client: CoreClient, job_id: str, source_id: str) -> JobState:
-    """Whether a registered reply can still be followed.
-
-    `live`: its reply stream exists or it is still queued; `gone`: it was answered and the
-    reply stream expired (the text is in history); `never`: it was never enqueued. Reads three
-    core keys directly: CoreClient has no such query yet (requested from the core).
-    """
-    r, k = client.redis, client.keys
-    async with r.pipeline(transaction=False) as pipe:
-        pipe.exists(k.reply(job_id))
-        pipe.exists(k.done(job_id))
-        pipe.exists(k.dedupe(source_id))
-        reply, done, queued = await pipe.execute()
-    if reply:
-        return "live"
-    if done:
-        return "gone"
-    return "live" if queued else "never"

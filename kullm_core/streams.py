@@ -1,11 +1,10 @@
-"""One reader for the reply streams of every reply the adapter delivers.
+"""One reader for the reply streams of every reply an adapter delivers.
 
 `CoreClient.events` holds a Redis connection in a blocking XREAD per reply; fifty replies
 streaming at once would take fifty connections of the pool the whole process shares. Here one
 XREAD over all followed streams (one connection) feeds a queue per reply. Redis errors are
 retried with backoff from the last entry read, so a hiccup delays a reply and never loses it.
-The stream format is the core's (`kullm_core.wire`); a `CoreClient.events_many` would let this
-module drop its use of `client.keys` (requested from the core).
+Get one from `CoreClient.reply_streams()`.
 """
 
 from __future__ import annotations
@@ -17,9 +16,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from kullm_core.client import CoreClient
+from kullm_core.keys import Keys
 from kullm_core.wire import TERMINAL, Event, parse_event
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,18 @@ class _Follower:
 
 
 class ReplyStreams:
-    def __init__(self, client: CoreClient, block_ms: int = 250) -> None:
-        self.client = client
+    """Follow many jobs' reply events over one connection (`async with`, then `follow`)."""
+
+    def __init__(self, redis: Redis, keys: Keys, block_ms: int = 250) -> None:
+        self.redis = redis
+        self.keys = keys
         self.block_ms = block_ms
         self._by_key: dict[str, _Follower] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ReplyStreams:
-        self._task = asyncio.create_task(self._read_loop(), name="slack-reply-streams")
+        self._task = asyncio.create_task(self._read_loop(), name="reply-streams")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -52,7 +55,7 @@ class ReplyStreams:
 
     async def follow(self, job_id: str, last_id: str = "0-0") -> AsyncIterator[tuple[str, Event]]:
         """A job's reply events after `last_id`, ending with done or error."""
-        key = self.client.keys.reply(job_id)
+        key = self.keys.reply(job_id)
         follower = _Follower(job_id, last_id)
         self._by_key[key] = follower
         self._wake.set()
@@ -75,13 +78,11 @@ class ReplyStreams:
                 continue
             streams: dict[Any, Any] = {key: f.last_id for key, f in self._by_key.items()}
             try:
-                resp: Any = await self.client.redis.xread(streams, count=256,
-                                                          block=self.block_ms)
+                resp: Any = await self.redis.xread(streams, count=256, block=self.block_ms)
             except (RedisError, OSError) as exc:
                 failures += 1
                 delay = min(5.0, 0.1 * 2 ** failures)
-                log.warning("slack: reading reply streams failed (%s); retry in %.1f s", exc,
-                            delay)
+                log.warning("reading reply streams failed (%s); retry in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             failures = 0
