@@ -160,7 +160,19 @@ class SlackSettings(_Section):
     require_mention_in_threads: bool = False
     native_streaming: bool = True
     updates_per_minute: int = Field(default=50, ge=1)
+    """`chat.update` per workspace (Tier 3), shared by every reply streaming there."""
     posts_per_second_per_channel: float = Field(default=1.0, gt=0)
+    stream_calls_per_minute: int = Field(default=100, ge=1)
+    """`chat.appendStream`/`stopStream` per workspace (Tier 4)."""
+    max_message_chars: int = Field(default=3800, ge=200, le=12000)
+    """Reply text per Slack message; longer replies continue in further thread messages."""
+    markdown_blocks: bool = True
+    """Send replies as a `markdown` block (false: Slack mrkdwn text)."""
+    http_path: str = "/slack/events"
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """On stop, replies in flight get this long before they are handed to the next start."""
+    lease_s: float = Field(default=15.0, gt=0)
+    """A replica holds each reply it delivers under this lease; a crashed one's are taken over."""
 
 
 class Settings(BaseSettings):

@@ -1,8 +1,6 @@
-"""Slack adapter knobs that `Settings.slack` does not (yet) carry.
-
-Everything user-facing (tokens, mode, base URL, the documented rate limits) comes from
-`settings.slack`; these are the finer adapter settings with safe defaults. `run_slack` takes an
-optional `SlackTuning` so tests and benchmarks can shorten timings.
+"""Slack adapter knobs: the documented ones come from `settings.slack` (`[slack]` in
+config/kullm.toml), the finer ones keep safe defaults. `run_slack` takes an optional
+`SlackTuning` so tests and benchmarks can shorten timings.
 """
 
 from __future__ import annotations
@@ -62,7 +60,15 @@ class SlackTuning(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SlackTuning:
-        return cls(**overrides)
+        """The documented settings (`[slack]`) with finer knobs at their defaults."""
+        s = settings.slack
+        base = {
+            "max_message_chars": s.max_message_chars,
+            "stream_calls_per_minute": s.stream_calls_per_minute,
+            "markdown_blocks": s.markdown_blocks, "http_path": s.http_path,
+            "shutdown_grace_s": s.shutdown_grace_s, "lease_s": s.lease_s,
+        }
+        return cls(**(base | overrides))
 
     def update_limit(self, settings: Settings) -> int:
         return self.updates_per_minute or settings.slack.updates_per_minute
