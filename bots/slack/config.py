@@ -62,7 +62,7 @@ class SlackTuning(BaseModel):
     def from_settings(cls, settings: Settings, **overrides: Any) -> SlackTuning:
         """The documented settings (`[slack]`) with finer knobs at their defaults."""
         s = settings.slack
-        base = {
+        base: dict[str, Any] = {
             "max_message_chars": s.max_message_chars,
             "stream_calls_per_minute": s.stream_calls_per_minute,
             "markdown_blocks": s.markdown_blocks, "http_path": s.http_path,
