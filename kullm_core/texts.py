@@ -85,8 +85,19 @@ def lang_of(code: str | None) -> str:
 
 
 def t(key: str, lang: str | None = "ko", **params: object) -> str:
-    table = _TEXTS[lang_of(lang)]
-    text = table.get(key) or _TEXTS["ko"][key]
+    return t_from(_TEXTS, key, lang, **params)
+
+
+def t_from(
+    tables: dict[str, dict[str, str]], key: str, lang: str | None = "ko", **params: object
+) -> str:
+    """Look `key` up in an adapter's own `tables` (ko/en), then in the shared texts."""
+    table = tables.get(lang_of(lang), {})
+    text = table.get(key) or tables.get("ko", {}).get(key)
+    if text is None:
+        if tables is _TEXTS:
+            raise KeyError(key)
+        return t(key, lang, **params)
     try:
         return text.format(**params)
     except (KeyError, IndexError):

@@ -25,24 +25,10 @@ from redis.asyncio import Redis
 from bots.slack.config import SlackTuning
 from bots.slack.target import Target
 from kullm_core.keys import Keys
+from kullm_core.leases import RELEASE_OWNED_LUA, RENEW_OWNED_LUA
 
 log = logging.getLogger(__name__)
 
-_RENEW_LUA = """
-local n = 0
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2]); n = n + 1
-  end
-end
-return n
-"""
-_RELEASE_LUA = """
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
-end
-return 0
-"""
 
 
 def _s(raw: bytes | str | None) -> str:
@@ -80,8 +66,8 @@ class SlackStore:
         self.tuning = tuning
         self.owner = owner
         self.retention_s = max(60, int(retention_s))
-        self._renew = redis.register_script(_RENEW_LUA)
-        self._release = redis.register_script(_RELEASE_LUA)
+        self._renew = redis.register_script(RENEW_OWNED_LUA)
+        self._release = redis.register_script(RELEASE_OWNED_LUA)
 
     # -- keys ------------------------------------------------------------------------------
 

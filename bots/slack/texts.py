@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from kullm_core.texts import lang_of
-from kullm_core.texts import t as core_t
+from kullm_core.texts import t_from
 
 _TEXTS: dict[str, dict[str, str]] = {
     "ko": {
@@ -47,14 +46,7 @@ _TEXTS: dict[str, dict[str, str]] = {
 
 def st(key: str, lang: str | None = "ko", **params: object) -> str:
     """A Slack text, falling back to the shared core texts for keys defined there."""
-    table = _TEXTS[lang_of(lang)]
-    text = table.get(key) or _TEXTS["ko"].get(key)
-    if text is None:
-        return core_t(key, lang, **params)
-    try:
-        return text.format(**params)
-    except (KeyError, IndexError):
-        return text
+    return t_from(_TEXTS, key, lang, **params)
 
 
 def suggested_prompts(lang: str) -> list[dict[str, str]]:

@@ -29,29 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from kullm_core.keys import Keys
+from kullm_core.leases import RELEASE_OWNED_LUA, RENEW_OWNED_LUA
 from kullm_core.wire import ConversationRef, UserRef
 
 log = logging.getLogger(__name__)
 
 RECORD_TTL_S = 86400
 
-_RENEW_LUA = """
-local n = 0
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2])
-    n = n + 1
-  end
-end
-return n
-"""
-
-_RELEASE_LUA = """
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
-end
-return 1
-"""
 
 
 class Submit(BaseModel):
@@ -98,8 +82,8 @@ class DeliveryRegistry:
         self.root = Keys(prefix).adapter("tg")
         self.owner = owner
         self.lease_ms = max(1, int(lease_s * 1000))
-        self._renew = redis.register_script(_RENEW_LUA)
-        self._release = redis.register_script(_RELEASE_LUA)
+        self._renew = redis.register_script(RENEW_OWNED_LUA)
+        self._release = redis.register_script(RELEASE_OWNED_LUA)
 
     @property
     def index(self) -> str:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from kullm_core.texts import lang_of
-from kullm_core.texts import t as core_t
+from kullm_core.texts import t_from
 
 COMMANDS = ("start", "help", "ask", "reset", "stop", "retry", "forget")
 
@@ -46,11 +45,4 @@ _TEXTS: dict[str, dict[str, str]] = {
 
 def t(key: str, lang: str | None = "ko", **params: object) -> str:
     """A Telegram text, or the shared one of the same key."""
-    table = _TEXTS[lang_of(lang)]
-    text = table.get(key) or _TEXTS["ko"].get(key)
-    if text is None:
-        return core_t(key, lang, **params)
-    try:
-        return text.format(**params)
-    except (KeyError, IndexError):
-        return text
+    return t_from(_TEXTS, key, lang, **params)
