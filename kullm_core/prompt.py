@@ -37,6 +37,10 @@ def sanitize(text: str, special_tokens: tuple[str, ...] = ("<s>", "</s>", "<unk>
     return text
 
 
+Speaker = tuple[str, str]
+"""(user id, display name) of the author of the new message."""
+
+
 @dataclass(frozen=True)
 class BuiltPrompt:
     ids: list[int]
@@ -72,13 +76,21 @@ class PromptBuilder:
     def budget(self) -> int:
         return self.context_window - self.max_new_tokens
 
-    def messages(self, history: list[Turn], text: str) -> list[dict[str, str]]:
+    def messages(
+        self, history: list[Turn], text: str, speaker: Speaker | None = None
+    ) -> list[dict[str, str]]:
+        """Chat messages. In a conversation several people share (a helpdesk thread), each
+        user message is prefixed with its author's name so the model knows who asks."""
+        shared = speaker is not None and len({t.user_id for t in history} | {speaker[0]}) > 1
         msgs = [{"role": "system", "content": self.system_prompt}]
         for turn in history:
-            msgs.append({"role": "user", "content": sanitize(turn.user, self.special_tokens)})
+            said = f"{turn.user_name or turn.user_id}: {turn.user}" if shared else turn.user
+            msgs.append({"role": "user", "content": sanitize(said, self.special_tokens)})
             msgs.append(
                 {"role": "assistant", "content": sanitize(turn.assistant, self.special_tokens)}
             )
+        if shared and speaker is not None:
+            text = f"{speaker[1] or speaker[0]}: {text}"
         msgs.append({"role": "user", "content": sanitize(text, self.special_tokens)})
         return msgs
 
@@ -94,7 +106,9 @@ class PromptBuilder:
             ids = ids[0]
         return [int(i) for i in ids]
 
-    def build(self, history: list[Turn], text: str) -> BuiltPrompt:
+    def build(
+        self, history: list[Turn], text: str, speaker: Speaker | None = None
+    ) -> BuiltPrompt:
         """Fit and render. Raises `UserFacingError('too_long')` if the new message alone
         (with the system prompt) cannot fit."""
         alone = self.render_ids(self.messages([], text))
@@ -108,7 +122,7 @@ class PromptBuilder:
         best: list[int] | None = alone if not history else None
         while lo < hi:
             mid = (lo + hi) // 2
-            ids = self.render_ids(self.messages(history[mid:], text))
+            ids = self.render_ids(self.messages(history[mid:], text, speaker))
             if len(ids) <= self.budget:
                 hi, best = mid, ids
             else:
@@ -118,4 +132,4 @@ class PromptBuilder:
         kept = history[lo:]
         if lo:
             log.debug("dropped %d oldest turns to fit %d tokens", lo, self.budget)
-        return BuiltPrompt(best, self.messages(kept, text), lo)
+        return BuiltPrompt(best, self.messages(kept, text, speaker), lo)

@@ -86,7 +86,8 @@ class JobSession:
             history = await self.store.history(job.conversation)
             if job.replace_last and history:
                 history = history[:-1]
-            built = await asyncio.to_thread(self.prompt.build, history, job.text)
+            speaker = (job.user.id, job.user.name)
+            built = await asyncio.to_thread(self.prompt.build, history, job.text, speaker)
         except UserFacingError as exc:
             log.info("job %s: refused (%s: %s)", job.id, exc.kind, exc)
             await self.queue.fail(self.d, ErrorEvent(kind=exc.kind, params=exc.params))  # type: ignore[arg-type]

@@ -73,3 +73,13 @@ def test_a_message_that_alone_cannot_fit_is_a_user_facing_error(tiny_tokenizer: 
     with pytest.raises(UserFacingError) as err:
         b.build([], "아주 긴 메시지 " * 200)
     assert err.value.kind == "too_long"
+
+
+def test_shared_thread_names_each_speaker_private_chat_does_not(tiny_tokenizer: Any) -> None:
+    b = _builder(tiny_tokenizer)
+    alice = Turn(job_id="1", user_id="U1", user_name="앨리스", user="VPN이 안 돼요",
+                 assistant="재부팅")
+    shared = b.messages([alice], "저도요", speaker=("U2", "밥"))
+    assert [m["content"] for m in shared[1:]] == ["앨리스: VPN이 안 돼요", "재부팅", "밥: 저도요"]
+    private = b.messages([alice], "고마워요", speaker=("U1", "앨리스"))
+    assert [m["content"] for m in private[1:]] == ["VPN이 안 돼요", "재부팅", "고마워요"]
