@@ -2,8 +2,8 @@
 
     python -m bench.telegram_bench [--private 50] [--groups 5] [--per-group 4] [--json]
 
-Three processes, so that none slows another's clock: the adapter alone (`python -m
-bots.telegram`; its peak RSS is read from /proc), a worker whose scripted engine streams
+Three processes, so that none slows another's clock: the adapter alone (`kullm
+telegram`; its peak RSS is read from /proc), a worker whose scripted engine streams
 Korean text at a steady rate (the adapter is measured, not the model), and this one: an
 embedded Valkey, the fake Bot API with the published limits (1 message/s per chat, 20/min per
 group, 30/s overall: edits and drafts count) and the users. Questions are the Korean user
@@ -245,7 +245,7 @@ def _adapter(url: str, tg: FakeTelegram, tmp: Path) -> subprocess.Popen[bytes]:
                 "KULLM_LOG_LEVEL": os.environ.get("TG_BENCH_ADAPTER_LOG", "WARNING"),
                 "PTB_TIMEDELTA": "1",
                 "PYTHONPATH": str(ROOT)})
-    return subprocess.Popen([sys.executable, "-m", "bots.telegram"], env=env, cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "kullm.cli", "telegram"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=open(tmp / "adapter.log", "wb"))
 
 
