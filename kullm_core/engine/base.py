@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, Self
 
 from kullm_core.settings import GenerationSettings
 
@@ -75,3 +75,20 @@ class Engine(Protocol):
     def cancel(self, request_id: str) -> None:
         """Stop a request within a few decode steps; its stream ends with `cancelled`."""
         ...
+
+
+class EngineBase:
+    """`async with engine:` for every engine: start on enter, stop on exit."""
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -24,7 +24,7 @@ import torch
 from transformers import DynamicCache
 
 from kullm_core.decode import IncrementalDecoder
-from kullm_core.engine.base import EngineOutput, GenerationRequest
+from kullm_core.engine.base import EngineBase, EngineOutput, GenerationRequest
 from kullm_core.engine.sampling import RowSampler
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, 0, extra, 0)) if extra > 0 else t
 
 
-class LocalEngine:
+class LocalEngine(EngineBase):
     """`Engine` over a transformers causal LM in this process."""
 
     name = "local"
@@ -166,13 +166,6 @@ class LocalEngine:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
-
-    async def __aenter__(self) -> LocalEngine:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def cancel(self, request_id: str) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from kullm_core.engine.base import EngineOutput, GenerationRequest
+from kullm_core.engine.base import EngineBase, EngineOutput, GenerationRequest
 from kullm_core.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 _FINISH = {"stop": "stop", "length": "length", "eos": "stop", "eos_token": "stop"}
 
 
-class OpenAIEngine:
+class OpenAIEngine(EngineBase):
     """`Engine` over a streaming Chat Completions endpoint."""
 
     name = "openai"
@@ -50,13 +50,6 @@ class OpenAIEngine:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-    async def __aenter__(self) -> OpenAIEngine:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def cancel(self, request_id: str) -> None:
         self._cancelled.add(request_id)

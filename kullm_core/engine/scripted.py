@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-from kullm_core.engine.base import EngineOutput, GenerationRequest
+from kullm_core.engine.base import EngineBase, EngineOutput, GenerationRequest
 
 
-class ScriptedEngine:
+class ScriptedEngine(EngineBase):
     """Streams `reply(request)` a few characters at a time, `delay_s` apart.
 
     It runs the same worker code as the real engines, so queue, history, cancellation and
@@ -29,19 +29,6 @@ class ScriptedEngine:
         self.delay_s = delay_s
         self._cancelled: set[str] = set()
         self.requests: list[GenerationRequest] = []
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def __aenter__(self) -> ScriptedEngine:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def cancel(self, request_id: str) -> None:
         self._cancelled.add(request_id)
