@@ -162,8 +162,9 @@ async def _serve(settings: Settings, adapters: bool) -> int:
         stop.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
-    for exc in failed:
-        log.error("stopped with an error: %s", exc, exc_info=exc)
+    for exc in failed:  # a known error is one line; anything else keeps its traceback
+        log.error("stopped with an error: %s", exc,
+                  exc_info=None if isinstance(exc, KullmError) else exc)
     return 1 if failed else 0
 
 
