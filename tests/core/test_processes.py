@@ -20,6 +20,7 @@ from kullm_core.settings import Settings
 from kullm_core.worker import Worker
 from tests.conftest import test_settings_for
 from tests.core.helpers import CONV, USER, ask, collect, deltas_text, done
+from tests.serve import running_serve, serve_env, stop_serve, stored_turns
 
 pytestmark = pytest.mark.slow
 
@@ -162,32 +163,15 @@ def test_refuses_a_data_dir_written_by_a_newer_server(tmp_path: Path) -> None:
 async def test_serve_runs_embedded_redis_and_worker_and_chat_joins_them(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("KULLM_", "TELEGRAM_", "SLACK_"))}
-    env.update({"KULLM_DATA_DIR": str(tmp_path / "d"), "KULLM_MODEL__PATH": str(tiny_model_dir),
-                "KULLM_GENERATION__MAX_NEW_TOKENS": "12", "KULLM_QUEUE__HEARTBEAT_S": "0.2",
-                "KULLM_QUEUE__RECLAIM_IDLE_S": "1.0"})
-    serve = subprocess.Popen(_kullm("serve"), env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        ready = ""
-        assert serve.stderr is not None
-        for line in serve.stderr:  # the log line that names what is running
-            if "running:" in line:
-                ready = line
-                break
-        assert "worker (local (tiny random model))" in ready
+    env = serve_env(tmp_path / "d", tiny_model_dir, KULLM_GENERATION__MAX_NEW_TOKENS="12",
+                    KULLM_QUEUE__HEARTBEAT_S="0.2", KULLM_QUEUE__RECLAIM_IDLE_S="1.0")
+    with running_serve(env) as (serve, running):
+        assert "worker (local (tiny random model))" in running
         chat = subprocess.run(_kullm("chat", "--once", "서울은 어때?"), env=env,
                               capture_output=True, text=True, timeout=60, check=False)
         assert chat.returncode == 0, chat.stderr
         assert "Loading weights" not in chat.stderr  # it used the server and worker of serve
-        serve.send_signal(signal.SIGTERM)
-        assert serve.wait(30) == 0
-    finally:
-        serve.kill()
+        assert stop_serve(serve, 30) == 0
     # the history written through serve's worker is on disk (AOF) for the next start
-    async with EmbeddedRedis(tmp_path / "d") as server:
-        r = Redis.from_url(server.url)
-        keys = [k async for k in r.scan_iter(match="kullm:conv:*")]
-        assert len(keys) == 1 and await r.llen(keys[0]) == 1
-        await r.aclose()
+    stored = await stored_turns(tmp_path / "d")
+    assert [len(turns) for turns in stored.values()] == [1]
