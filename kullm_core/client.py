@@ -91,7 +91,7 @@ class CoreClient:
                 error=ErrorEvent(kind="too_long", params={"limit": MAX_USER_TEXT}),
             )
         if check_limits:
-            refusal = await self.limiter.check(user)
+            refusal = await self.limiter.check(user, workspace=conv.workspace)
             if refusal is not None:
                 log.info("job %s: user %s:%s limited (%s)", job_id, user.platform, user.id,
                          refusal.kind)

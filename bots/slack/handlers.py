@@ -148,8 +148,8 @@ class Inbound:
         text = inbound_text(event.get("text") or "", context.bot_user_id)
         known = await self.cached_profile(team, user)
         # A question never waits for users.info (Tier 4: a burst of new users would queue
-        # behind it); only refusals and allowlists naming people by name need it first.
-        if known is None and (not text or self.settings.limits.allowed_users):
+        # behind it); only a refusal needs the language first (allowlists name ids).
+        if known is None and not text:
             known = await self.profile(team, user)
         lang, name = known or ("ko", "")
         who = UserRef(platform="slack", id=user, name=name, lang=lang)

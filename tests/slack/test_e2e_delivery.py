@@ -84,7 +84,7 @@ async def test_a_429_on_updates_still_completes_the_reply_once(
 async def test_unlisted_people_get_a_polite_private_refusal(
     fake: FakeSlack, run_bot: Any, client: Any, settings: Any
 ) -> None:
-    settings.limits.allowed_users = ["U0ALICE"]
+    settings.limits.allowed_users = [f"slack:{TEAM}:U0ALICE"]
     async with run_bot(fake):
         await fake.user_message("저도 써도 되나요?", user="U0MALLORY")
         await fake.wait_for(lambda: bool(fake.ephemerals), what="refusal")

@@ -132,7 +132,7 @@ async def test_stickers_and_photos_get_a_text_only_answer_and_edits_are_ignored(
 async def test_an_unlisted_user_is_refused_politely_and_no_job_is_made(
     tg: FakeTelegram, make_bot: MakeBot, client: CoreClient, tg_settings: Settings
 ) -> None:
-    limits = tg_settings.limits.model_copy(update={"allowed_users": ["alice"]})
+    limits = tg_settings.limits.model_copy(update={"allowed_users": ["tg:@alice"]})
     settings = with_telegram(tg_settings, limits=limits)
     async with make_bot(settings=settings, core=CoreClient(client.redis, settings)):
         msg = await tg.send_text(BOB.id, BOB, "hello?")
@@ -157,7 +157,7 @@ async def test_messages_sent_in_a_burst_are_answered_in_order(
 async def test_a_group_not_on_the_chat_allowlist_is_refused(
     tg: FakeTelegram, make_bot: MakeBot, client: CoreClient, tg_settings: Settings
 ) -> None:
-    limits = tg_settings.limits.model_copy(update={"allowed_chats": ["-100777"]})
+    limits = tg_settings.limits.model_copy(update={"allowed_chats": ["tg:-100777"]})
     settings = with_telegram(tg_settings, limits=limits)
     async with make_bot(settings=settings, core=CoreClient(client.redis, settings)):
         msg = await tg.mention(-100888, ALICE, "여기서도 돼?")
