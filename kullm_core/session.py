@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from kullm_core import metrics
+from kullm_core import logctx, metrics
 from kullm_core.engine.base import Engine, GenerationRequest, SamplingParams
 from kullm_core.errors import UserFacingError
 from kullm_core.prompt import PromptBuilder
@@ -40,6 +40,15 @@ def stop_cut(text: str, stops: tuple[str, ...]) -> tuple[int | None, int]:
                 hold = max(hold, k)
                 break
     return None, len(text) - hold
+
+
+def _time_tokens(tokens: int, last: float) -> float:
+    """Per-token latency: the time since the previous output, over its tokens (the first
+    output is the first-token latency, counted on its own)."""
+    now = time.monotonic()
+    if last and tokens:
+        metrics.observe_tokens(now - last, tokens)
+    return now if tokens else last
 
 
 @dataclass
@@ -78,6 +87,8 @@ class JobSession:
 
     async def run(self) -> None:
         job, started = self.job, time.time()
+        conv = job.conversation
+        logctx.bind(job_id=job.id, conversation=conv.key, platform=conv.platform)
         queue_ms = max(0.0, (started - job.created_at) * 1000)
         try:
             if await self.queue.is_cancelled(job.id):
@@ -111,12 +122,13 @@ class JobSession:
         coalesce = self.s.queue.coalesce_ms / 1000
         deadline = asyncio.get_running_loop().time() + self.s.queue.job_timeout_s
         text, sent, tokens, finish = "", 0, 0, "stop"
-        first_token_s, last_flush = 0.0, 0.0
+        first_token_s, last_flush, last_out = 0.0, 0.0, 0.0
         stream = self.engine.generate(request)
         try:
             async with asyncio.timeout_at(deadline):
                 async for out in stream:
                     tokens += out.tokens
+                    last_out = _time_tokens(out.tokens, last_out)
                     if out.text:
                         if not first_token_s:
                             first_token_s = time.time() - started
@@ -167,6 +179,7 @@ class JobSession:
         committed = await self.queue.commit(self.d, turn, done, o.tokens)
         metrics.JOBS.labels(result=o.finish).inc()
         metrics.TOKENS.inc(o.tokens)
+        metrics.PROMPT_TOKENS.inc(prompt_tokens)
         if o.first_token_s:
             metrics.FIRST_TOKEN.observe(o.first_token_s)
         log.info(

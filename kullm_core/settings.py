@@ -224,6 +224,15 @@ class SlackSettings(_Section):
     """A replica holds each reply it delivers under this lease; a crashed one's are taken over."""
 
 
+class OpsSettings(_Section):
+    """The operations endpoint of each process: `/metrics`, `/healthz`, `/readyz`."""
+
+    host: str = "127.0.0.1"
+    """Bind address (`0.0.0.0` in a container, so that probes and Prometheus reach it)."""
+    port: int = Field(default=0, ge=0, le=65535)
+    """0 = off. One port per process: `kullm serve` serves its worker and adapters on one."""
+
+
 class Settings(BaseSettings):
     """Everything configurable. Sections map to `[section]` tables in the TOML file."""
 
@@ -238,8 +247,7 @@ class Settings(BaseSettings):
     """State of this installation: embedded Redis files, the tiny model, the socket path."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
-    metrics_port: int = Field(default=0, ge=0, le=65535)
-    """Prometheus metrics on this port (0 = off)."""
+    ops: OpsSettings = OpsSettings()
     redis: RedisSettings = RedisSettings()
     model: ModelSettings = ModelSettings()
     generation: GenerationSettings = GenerationSettings()

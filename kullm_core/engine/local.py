@@ -153,6 +153,8 @@ class LocalEngine(EngineBase):
         self._sampler = RowSampler(self.device)
         self._outbox: list[tuple[_Slot, EngineOutput | BaseException]] = []
         self.steps = 0
+        self.batch_rows = 0
+        """Requests in the decode batch now (the `kullm_batch_slots_used` gauge reads it)."""
 
     async def start(self) -> None:
         if self._thread is None:
@@ -211,6 +213,7 @@ class LocalEngine(EngineBase):
         while not self._stopping.is_set():
             try:
                 self._admit(batch, sampler)
+                self.batch_rows = len(batch)
                 self._flush()
                 if not batch.slots:
                     self._wake.wait(0.5)
