@@ -20,9 +20,21 @@ class UserFacingError(KullmError):
         self.params = params
 
 
+class EvictionPolicyError(KullmError):
+    """The Redis server would evict keys (history, queue) under memory pressure."""
+
+
 class EmbeddedRedisError(KullmError):
     """The embedded server could not start (binary missing, newer data format, ...)."""
 
 
 class ModelLoadError(KullmError):
     """The model could not be found or loaded."""
+
+
+class RedisUnavailable(KullmError):
+    """Redis cannot be reached (at start, or lost for good by a command that cannot wait)."""
+
+
+class PlatformError(KullmError):
+    """A chat platform rejected our credentials or cannot be reached (one line for the user)."""

@@ -8,7 +8,9 @@
 | {p}:reply:{job_id}          | stream | queue.reply_ttl_s after done; 1 day before          |
 | {p}:done:{job_id}           | string | queue.dedupe_ttl_s (exactly-once commit marker)     |
 | {p}:cancel:{job_id}         | string | 1 hour                                              |
-| {p}:lock:{conversation}     | string | queue.reclaim_idle_s, renewed by the heartbeat      |
+| {p}:order:{conversation}    | list   | 7 days, renewed by every enqueue; the stream ids of |
+|                             |        | the conversation's unfinished jobs, oldest first:   |
+|                             |        | only the first may run (conversation order)         |
 | {p}:active:{conversation}   | string | 1 day; the job now answering this conversation      |
 | {p}:conv:{conversation}     | list   | history.retention_hours, sliding                    |
 | {p}:uidx:{platform}:{user}  | set    | history.retention_hours, sliding (for /forget)      |
@@ -18,6 +20,7 @@
 | {p}:seen:{platform}:{id}    | string | queue.dedupe_ttl_s (adapter update/event dedupe)    |
 | {p}:chan:cancel             | pubsub | (channel, nothing stored)                           |
 | {p}:positions               | string | 1.5 s (one worker at a time announces positions)    |
+| {p}:warming                 | string | 30 s, renewed while a worker loads its model        |
 | {p}:tg:* / {p}:slack:*      | any    | adapter state, built with `Keys.adapter`; each key's |
 |                             |        | lifetime is documented where the adapter defines it |
 """
@@ -27,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GROUP = "workers"
+ORDER_TTL_S = 7 * 86400
+"""Lifetime of a conversation's order list, renewed by each enqueue."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,10 @@ class Keys:
         return f"{self.prefix}:positions"
 
     @property
+    def warming(self) -> str:
+        return f"{self.prefix}:warming"
+
+    @property
     def cancel_channel(self) -> str:
         return f"{self.prefix}:chan:cancel"
 
@@ -63,8 +72,8 @@ class Keys:
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:cancel:{job_id}"
 
-    def lock(self, conversation: str) -> str:
-        return f"{self.prefix}:lock:{conversation}"
+    def order(self, conversation: str) -> str:
+        return f"{self.prefix}:order:{conversation}"
 
     def active(self, conversation: str) -> str:
         return f"{self.prefix}:active:{conversation}"

@@ -4,6 +4,12 @@ Exactly-once answers rest on three pieces: enqueue dedupes on the platform messa
 worker keeps its jobs' idle time low by re-claiming them on every heartbeat, so only jobs of a
 dead worker become idle enough for `XAUTOCLAIM`; and the commit script writes history, the
 `done` event and the ack in one atomic step guarded by a per-job marker.
+
+Conversation order rests on one list per conversation (`Keys.order`): the enqueue script
+appends the job's stream id, the commit/fail script removes it, and a job may start only while
+its id is first in that list. Nothing expires under a running or dead job: a job taken over
+from a dead worker is still first, so the next message of its conversation waits for it
+whatever the timing of heartbeats and takeover.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from typing import Any, Literal, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from kullm_core.keys import GROUP, Keys
+from kullm_core.keys import GROUP, ORDER_TTL_S, Keys
+from kullm_core.queue_scripts import COMMIT_LUA, ENQUEUE_LUA, FIRST_LUA, POSITION_LUA
 from kullm_core.wire import (
     TERMINAL,
     ErrorEvent,
@@ -30,74 +37,6 @@ from kullm_core.wire import (
 )
 
 log = logging.getLogger(__name__)
-
-_ENQUEUE_LUA = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) == false then
-  return {0, redis.call('GET', KEYS[1]) or '', 0}
-end
-local n = redis.call('XLEN', KEYS[2])
-local inflight = redis.call('XPENDING', KEYS[2], ARGV[5])[1]
-if n >= tonumber(ARGV[4]) then
-  redis.call('DEL', KEYS[1])
-  return {-1, '', n - inflight}
-end
-local id = redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'job', ARGV[2])
-local position = n - inflight + 1
-redis.call('XADD', KEYS[3], '*', 'e', '{"v":1,"type":"queued","position":' .. position .. '}')
-redis.call('EXPIRE', KEYS[3], ARGV[6])
-return {1, id, position}
-"""
-
-_COMMIT_LUA = """
-local jobs, entry = KEYS[5], ARGV[7]
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[8]) == false then
-  redis.call('XACK', jobs, ARGV[11], entry)
-  redis.call('XDEL', jobs, entry)
-  return 0
-end
-if ARGV[2] ~= '' then
-  if ARGV[9] == '1' then redis.call('RPOP', KEYS[2]) end
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[5]), -1)
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  redis.call('SADD', KEYS[3], ARGV[10])
-  redis.call('PEXPIRE', KEYS[3], ARGV[4])
-end
-if tonumber(ARGV[12]) > 0 then
-  redis.call('INCRBY', KEYS[8], ARGV[12])
-  redis.call('EXPIRE', KEYS[8], 172800)
-end
-redis.call('XADD', KEYS[4], '*', 'e', ARGV[3])
-redis.call('EXPIRE', KEYS[4], ARGV[6])
-redis.call('XACK', jobs, ARGV[11], entry)
-redis.call('XDEL', jobs, entry)
-if redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
-if redis.call('GET', KEYS[7]) == ARGV[1] then redis.call('DEL', KEYS[7]) end
-return 1
-"""
-
-# Take the conversation lock, or keep it when this job already holds it (a reclaimed job).
-_LOCK_LUA = """
-local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# A new place in line, only while the job is still waiting (its last event is `queued`):
-# atomic, so it can never land after the job's `started`.
-_POSITION_LUA = """
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #last == 0 then return 0 end
-local fields = last[1][2]
-local raw = fields[2]
-if not string.find(raw, '"type":"queued"', 1, true) then return 0 end
-if string.find(raw, '"position":' .. ARGV[1] .. '}', 1, true) then return 0 end
-redis.call('XADD', KEYS[1], '*', 'e', '{"v":1,"type":"queued","position":' .. ARGV[1] .. '}')
-return 1
-"""
 
 _REPLY_TTL_BEFORE_DONE_S = 86400
 
@@ -163,10 +102,10 @@ class RedisJobQueue:
         self.max_attempts = max_attempts
         self.retention_ms = int(retention_s * 1000)
         self.max_turns = max_turns
-        self._enqueue = redis.register_script(_ENQUEUE_LUA)
-        self._commit = redis.register_script(_COMMIT_LUA)
-        self._lock = redis.register_script(_LOCK_LUA)
-        self._position = redis.register_script(_POSITION_LUA)
+        self._enqueue = redis.register_script(ENQUEUE_LUA)
+        self._commit = redis.register_script(COMMIT_LUA)
+        self._first = redis.register_script(FIRST_LUA)
+        self._position = redis.register_script(POSITION_LUA)
 
     async def ensure_group(self) -> None:
         try:
@@ -188,9 +127,10 @@ class RedisJobQueue:
         """Add a job unless its source message was already enqueued or the queue is full."""
         await self.ensure_group()
         status, ident, position = await self._enqueue(
-            keys=[self.keys.dedupe(job.source_id), self.keys.jobs, self.keys.reply(job.id)],
+            keys=[self.keys.dedupe(job.source_id), self.keys.jobs, self.keys.reply(job.id),
+                  self.keys.order(job.conversation.key)],
             args=[job.id, job.dumps(), self.dedupe_ttl_s, self.max_pending, GROUP,
-                  _REPLY_TTL_BEFORE_DONE_S],
+                  _REPLY_TTL_BEFORE_DONE_S, ORDER_TTL_S],
         )
         code = int(status)
         if code == 0:
@@ -312,6 +252,11 @@ class RedisJobQueue:
             delivery = await self._decode(eid, fields or {}, attempt)
             if delivery is None:
                 continue
+            if attempt > 1 and await self._never_started(delivery.job.id):
+                # it only waited (deferred) on a worker that died: that costs no attempt
+                await self.r.xclaim(self.keys.jobs, GROUP, consumer, 0, [eid],
+                                    retrycount=1, justid=True)
+                delivery = Delivery(eid, delivery.job, 1)
             if attempt > self.max_attempts:
                 log.error(
                     "job %s failed %d times; moved to dead letters", delivery.job.id, attempt - 1
@@ -323,15 +268,24 @@ class RedisJobQueue:
             out.append(delivery)
         return out
 
-    async def lock(self, conv_key: str, job_id: str) -> bool:
-        """Serialize a conversation: one job at a time, in order, across workers."""
-        return bool(
-            await self._lock(keys=[self.keys.lock(conv_key)], args=[job_id, self.reclaim_idle_ms])
-        )
+    async def may_start(self, deliveries: list[Delivery]) -> list[bool]:
+        """For each job: is it the oldest unfinished job of its conversation? (One call.)
 
-    async def renew_locks(self, locks: dict[str, str]) -> None:
-        for conv_key, job_id in locks.items():
-            await self._lock(keys=[self.keys.lock(conv_key)], args=[job_id, self.reclaim_idle_ms])
+        Only such a job may run: the previous message of its conversation has committed or
+        failed, on whatever worker, across kills and restarts.
+        """
+        if not deliveries:
+            return []
+        keys = [self.keys.jobs] + [self.keys.order(d.job.conversation.key) for d in deliveries]
+        res = await self._first(keys=keys, args=[d.entry_id for d in deliveries])
+        return [bool(int(x)) for x in res]
+
+    async def _never_started(self, job_id: str) -> bool:
+        last: Any = await self.r.xrevrange(self.keys.reply(job_id), "+", "-", count=1)
+        if not last:
+            return False  # reply stream expired: count the attempt, to be safe
+        raw = last[0][1].get(b"e") or last[0][1].get("e") or b""
+        return b'"type":"queued"' in (raw if isinstance(raw, bytes) else raw.encode())
 
     async def mark_active(self, job: Job) -> None:
         await self.r.set(self.keys.active(job.conversation.key), job.id, ex=86400)
@@ -349,7 +303,7 @@ class RedisJobQueue:
                 self.keys.user_index(job.user.platform, job.user.id),
                 self.keys.reply(job.id),
                 self.keys.jobs,
-                self.keys.lock(conv_key),
+                self.keys.order(conv_key),
                 self.keys.active(conv_key),
                 self.keys.quota(user_key, day),
             ],
@@ -374,12 +328,16 @@ class RedisJobQueue:
         """Answer a job with an error (no history), exactly once."""
         return await self.commit(d, None, event, 0)
 
-    async def release(self, d: Delivery) -> None:
-        """Hand a job back (shutdown): another worker takes it after `reclaim_idle_s`."""
-        conv_key = d.job.conversation.key
-        lock_key = self.keys.lock(conv_key)
-        if _s(await self.r.get(lock_key) or b"") == d.job.id:
-            await self.r.delete(lock_key)
+    async def hand_back(self, consumer: str, deliveries: list[Delivery]) -> None:
+        """Shutdown: make these jobs idle enough for another worker to take at once (one
+        round trip). Their place in their conversation's order is kept."""
+        if not deliveries:
+            return
+        async with self.r.pipeline(transaction=False) as pipe:
+            for d in deliveries:
+                pipe.xclaim(self.keys.jobs, GROUP, consumer, 0, [d.entry_id],
+                            idle=self.reclaim_idle_ms + 1, retrycount=d.attempt, justid=True)
+            await pipe.execute()
 
     async def dead_letter(self, entry_id: str, raw: str, reason: str) -> None:
         async with self.r.pipeline(transaction=True) as pipe:

@@ -9,18 +9,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kullm_core import logctx, metrics
 from kullm_core.engine.base import Engine, GenerationRequest, SamplingParams
 from kullm_core.errors import UserFacingError
 from kullm_core.prompt import PromptBuilder
 from kullm_core.queue import Delivery, RedisJobQueue
+from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard
 from kullm_core.settings import Settings
 from kullm_core.store import RedisConversationStore
 from kullm_core.wire import DeltaEvent, DoneEvent, ErrorEvent, StartedEvent, Timings, Turn
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def stop_cut(text: str, stops: tuple[str, ...]) -> tuple[int | None, int]:
@@ -65,6 +70,7 @@ class JobSession:
     def __init__(
         self, d: Delivery, *, settings: Settings, engine: Engine, queue: RedisJobQueue,
         store: RedisConversationStore, prompt: PromptBuilder, worker_id: str,
+        guard: RedisGuard | None = None,
     ) -> None:
         self.d = d
         self.job = d.job
@@ -76,6 +82,15 @@ class JobSession:
         self.worker_id = worker_id
         self.request_id = f"{d.job.id}:{d.attempt}"
         self.abandoned = False
+        self.guard = guard or RedisGuard(f"worker {worker_id}")
+        self._delta_retry_at = 0.0
+
+    async def _io(self, op: Callable[[], Awaitable[T]], doing: str) -> T:
+        """A Redis call retried through outages (until abandoned or `job_timeout_s`)."""
+        return await self.guard.call(
+            op, f"job {self.job.id}: {doing}", give_up=lambda: self.abandoned,
+            budget_s=self.s.queue.job_timeout_s,
+        )
 
     def cancel(self) -> None:
         self.engine.cancel(self.request_id)
@@ -91,24 +106,26 @@ class JobSession:
         logctx.bind(job_id=job.id, conversation=conv.key, platform=conv.platform)
         queue_ms = max(0.0, (started - job.created_at) * 1000)
         try:
-            if await self.queue.is_cancelled(job.id):
+            if await self._io(lambda: self.queue.is_cancelled(job.id), "checking cancel"):
                 await self._commit(Outcome("", 0, "cancelled", 0.0), 0, queue_ms, started)
                 return
-            history = await self.store.history(job.conversation)
+            history = await self._io(lambda: self.store.history(job.conversation), "history")
             if job.replace_last and history:
                 history = history[:-1]
             speaker = (job.user.id, job.user.name)
             built = await asyncio.to_thread(self.prompt.build, history, job.text, speaker)
         except UserFacingError as exc:
             log.info("job %s: refused (%s: %s)", job.id, exc.kind, exc)
-            await self.queue.fail(self.d, ErrorEvent(kind=exc.kind, params=exc.params))  # type: ignore[arg-type]
+            refusal = ErrorEvent(kind=exc.kind, params=exc.params)  # type: ignore[arg-type]
+            await self._io(lambda: self.queue.fail(self.d, refusal), "refusing")
             metrics.JOBS.labels(result=exc.kind).inc()
             return
-        await self.queue.mark_active(job)
-        await self.queue.emit(job.id, StartedEvent(
+        start = StartedEvent(
             attempt=self.d.attempt, worker=self.worker_id, prompt_tokens=built.tokens,
             dropped_turns=built.dropped_turns,
-        ))
+        )
+        await self._io(lambda: self.queue.mark_active(job), "marking active")
+        await self._io(lambda: self.queue.emit(job.id, start), "starting")
         g = self.s.generation
         params = SamplingParams.from_settings(
             g, max_new_tokens=min(g.max_new_tokens, g.context_window - built.tokens)
@@ -139,8 +156,8 @@ class JobSession:
                             self.cancel()
                             break
                         now = time.monotonic()
-                        if safe > sent and (not sent or now - last_flush >= coalesce):
-                            await self._delta(text[sent:safe])
+                        due = safe > sent and (not sent or now - last_flush >= coalesce)
+                        if due and await self._delta(text[sent:safe]):
                             sent, last_flush = safe, now
                     if out.finish_reason:
                         finish = out.finish_reason
@@ -152,11 +169,23 @@ class JobSession:
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
         if len(text) > sent:
-            await self._delta(text[sent:])
+            last = DeltaEvent(text=text[sent:], attempt=self.d.attempt)
+            await self._io(lambda: self.queue.emit(self.job.id, last), "streaming")
         return Outcome(text, tokens, finish, first_token_s)
 
-    async def _delta(self, piece: str) -> None:
-        await self.queue.emit(self.job.id, DeltaEvent(text=piece, attempt=self.d.attempt))
+    async def _delta(self, piece: str) -> bool:
+        """Write a delta if Redis takes it; during an outage keep generating and send the
+        text with a later delta (the `done` event carries it all anyway)."""
+        if time.monotonic() < self._delta_retry_at:
+            return False
+        try:
+            await self.queue.emit(self.job.id, DeltaEvent(text=piece, attempt=self.d.attempt))
+        except REDIS_TROUBLE as exc:
+            delay = self.guard.failed(exc, f"job {self.job.id}: streaming")
+            self._delta_retry_at = time.monotonic() + delay
+            return False
+        self.guard.ok(wrote=True)
+        return True
 
     async def _commit(
         self, o: Outcome, prompt_tokens: int, queue_ms: float, started: float
@@ -176,7 +205,9 @@ class JobSession:
         if o.text.strip():
             turn = Turn(job_id=job.id, user_id=job.user.id, user_name=job.user.name,
                         user=job.text, assistant=o.text, finish_reason=o.finish)
-        committed = await self.queue.commit(self.d, turn, done, o.tokens)
+        committed = await self._io(
+            lambda: self.queue.commit(self.d, turn, done, o.tokens), "committing"
+        )
         metrics.JOBS.labels(result=o.finish).inc()
         metrics.TOKENS.inc(o.tokens)
         metrics.PROMPT_TOKENS.inc(prompt_tokens)

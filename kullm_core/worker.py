@@ -1,11 +1,29 @@
 """The generation worker: takes jobs from the stream, runs them concurrently, stays healthy.
 
 Several workers can share one Redis: they join the same consumer group.
+
+Redis trouble anywhere (read, start, heartbeat, takeover, commit) is transient: every loop
+backs off (bounded, jittered; `kullm_core.redis_checks`), one WARNING opens an outage and one
+INFO closes it, and the worker keeps running until it is told to stop. A reply being generated
+keeps generating through a blip: deltas that cannot be written wait for the next one, and the
+commit is retried, so a blip neither restarts it nor costs an attempt. After an outage the
+worker waits `queue.reclaim_idle_s` before taking over other workers' jobs: during the outage
+nobody could heartbeat, so every job looks abandoned, and the live workers must get the
+chance to renew theirs first.
+
+Out of memory (`noeviction`, writes refused): treated like an outage. The reply is held and
+its commit retried, so the user gets it once memory is freed; a reply that cannot be stored
+within `queue.job_timeout_s` goes back to the queue and is retried later (counting an attempt;
+after `queue.max_attempts` the user gets the `failed` error). The worker never exits for it.
+
+Conversation order: a job runs only while it is the oldest unfinished job of its conversation
+(`RedisJobQueue.may_start`); others wait here ("deferred"), heartbeated, never started early.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -15,21 +33,23 @@ import uuid
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kullm_core import metrics
 from kullm_core.engine.base import Engine
-from kullm_core.keys import GROUP, Keys
+from kullm_core.keys import Keys
 from kullm_core.prompt import PromptBuilder
 from kullm_core.queue import Delivery, RedisJobQueue
+from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard, check_memory_policy, is_nogroup
 from kullm_core.session import JobSession
 from kullm_core.settings import Settings
 from kullm_core.store import RedisConversationStore
 
 log = logging.getLogger(__name__)
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_STOP_READ_S = 2.0
+"""After stop, how long a read in progress may finish (its block is at most 1 s)."""
+_HANDBACK_S = 2.0
+"""Bound on handing the unfinished jobs back at stop (one round trip when Redis is up)."""
 
 
 class Worker:
@@ -57,6 +77,9 @@ class Worker:
         self.capacity = settings.batching.max_batch_size
         self.sessions: dict[str, tuple[JobSession, asyncio.Task[None]]] = {}
         self.deferred: list[Delivery] = []
+        self.max_deferred = max(64, 4 * self.capacity)
+        """Jobs held waiting for their conversation's previous reply (beyond it: read less)."""
+        self.guard = RedisGuard(f"worker {self.id}")
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._taking = True
@@ -76,8 +99,13 @@ class Worker:
         await self.engine.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until `stop` is set, then finish or hand back in-flight jobs."""
-        await self.queue.ensure_group()
+        """Serve until `stop` is set, then finish or hand back in-flight jobs.
+
+        Raises:
+            EvictionPolicyError: the server evicts keys and `redis.allow_eviction` is off.
+        """
+        if not await self._prepare(stop):
+            return
         log.info("worker %s: ready (engine %s, %d slots)", self.id, self.engine.name, self.capacity)
         background = [
             asyncio.create_task(self._heartbeat_loop(stop), name="heartbeat"),
@@ -85,64 +113,100 @@ class Worker:
             asyncio.create_task(self._reclaim_loop(stop), name="reclaim"),
             asyncio.create_task(self._positions_loop(stop), name="positions"),
         ]
+        taker = asyncio.create_task(self._take_loop(stop), name="take")
         try:
-            await self._take_loop(stop)
+            await stop.wait()
+            await asyncio.wait([taker], timeout=_STOP_READ_S)
         finally:
+            taker.cancel()
+            await asyncio.gather(taker, return_exceptions=True)
             await self._drain()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self.r.delete(self.keys.worker(self.id))
+            with contextlib.suppress(*REDIS_TROUBLE):
+                async with asyncio.timeout(1.0):
+                    await self.r.delete(self.keys.worker(self.id))
             log.info("worker %s: stopped", self.id)
+
+    async def _prepare(self, stop: asyncio.Event) -> bool:
+        """Check the server's memory policy and the consumer group, waiting out an outage."""
+        while not stop.is_set():
+            try:
+                await check_memory_policy(self.r, self.s.redis.allow_eviction, f"worker {self.id}")
+                await self.queue.ensure_group()
+            except REDIS_TROUBLE as exc:
+                await _wait_any(stop, timeout=self.guard.failed(exc, "starting"))
+                continue
+            self.guard.ok(wrote=True)
+            return True
+        return False
 
     def busy(self) -> int:
         return len(self.sessions) + len(self.deferred)
 
     async def _take_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self._start_deferred()
-            free = self.capacity - self.busy()
-            if free <= 0:
-                self._wake.clear()
-                await _wait_any(stop, self._wake, timeout=1.0)
-                continue
-            block = 200 if self.deferred else 1000
             try:
-                deliveries = await self.queue.read(self.id, free, block)
-            except REDIS_DOWN as exc:
-                log.warning("worker %s: Redis unavailable (%s); retrying", self.id, exc)
-                await _wait_any(stop, self._wake, timeout=1.0)
+                talked = await self._take_some(stop)
+            except REDIS_TROUBLE as exc:
+                if is_nogroup(exc):
+                    await self._recreate_group()
+                await _wait_any(stop, timeout=self.guard.failed(exc, "taking jobs"))
                 continue
-            for d in deliveries:
-                await self._accept(d)
+            if talked:
+                self.guard.ok()
 
-    async def _accept(self, d: Delivery) -> None:
-        conv = d.job.conversation.key
-        waiting_same = any(x.job.conversation.key == conv for x in self.deferred)
-        if not waiting_same and await self.queue.lock(conv, d.job.id):
+    async def _take_some(self, stop: asyncio.Event) -> bool:
+        """Start what may start, read more if there is room. True if Redis was asked."""
+        talked = await self._start_deferred()
+        count = min(self.capacity - len(self.sessions), self.max_deferred - len(self.deferred))
+        if count <= 0:
+            self._wake.clear()
+            await _wait_any(stop, self._wake, timeout=0.2 if self.deferred else 1.0)
+            return talked
+        block = 200 if self.deferred else 1000
+        fresh = [d for d in await self.queue.read(self.id, count, block) if self._accept(d)]
+        await self._start_deferred()
+        for d in fresh:
+            if d in self.deferred:
+                log.info("job %s: waiting for the previous reply in its conversation", d.job.id)
+        return True
+
+    async def _recreate_group(self) -> None:
+        with contextlib.suppress(*REDIS_TROUBLE):
+            await self.queue.ensure_group()
+            log.warning("worker %s: the consumer group was missing (a new or emptied server); "
+                        "recreated it", self.id)
+
+    def _accept(self, d: Delivery) -> bool:
+        """Hold a job until it is first in its conversation's order. False if already held."""
+        if d.job.id in self.sessions or any(x.entry_id == d.entry_id for x in self.deferred):
+            return False
+        self.deferred.append(d)
+        self._wake.set()
+        return True
+
+    async def _start_deferred(self) -> bool:
+        free = self.capacity - len(self.sessions)
+        if not self.deferred or free <= 0:
+            return False
+        waiting = list(self.deferred)
+        allowed = await self.queue.may_start(waiting)
+        ready = [d for d, ok in zip(waiting, allowed, strict=True) if ok]
+        for d in ready[:free]:
+            self.deferred.remove(d)
             self._start(d)
-        else:
-            log.info("job %s: waiting for the previous reply in its conversation", d.job.id)
-            self.deferred.append(d)
-
-    async def _start_deferred(self) -> None:
-        seen: set[str] = set()
-        for d in list(self.deferred):
-            conv = d.job.conversation.key
-            if conv in seen:
-                continue
-            seen.add(conv)
-            if await self.queue.lock(conv, d.job.id):
-                self.deferred.remove(d)
-                self._start(d)
+        return True
 
     def _start(self, d: Delivery) -> None:
         session = JobSession(
             d, settings=self.s, engine=self.engine, queue=self.queue, store=self.store,
-            prompt=self.prompt, worker_id=self.id,
+            prompt=self.prompt, worker_id=self.id, guard=self.guard,
         )
         task = asyncio.create_task(self._run_session(session), name=f"job-{d.job.id}")
         self.sessions[d.job.id] = (session, task)
+        self._wake.set()
         metrics.INFLIGHT.set(len(self.sessions))
 
     async def _run_session(self, session: JobSession) -> None:
@@ -151,6 +215,8 @@ class Worker:
             await session.run()
         except asyncio.CancelledError:
             raise
+        except REDIS_TROUBLE as exc:
+            log.warning("job %s: could not be stored (%s); it goes back to the queue", job_id, exc)
         except Exception:
             log.exception("job %s: failed; it will be retried or dead-lettered", job_id)
         finally:
@@ -165,19 +231,24 @@ class Worker:
         if tasks:
             log.info("worker %s: finishing %d jobs (grace %.0f s)", self.id, len(tasks), grace)
             await asyncio.wait(tasks, timeout=grace)
-        handback = [s.d for s, _ in self.sessions.values()] + self.deferred
-        for session, task in list(self.sessions.values()):
+        running = list(self.sessions.values())
+        handback = [s.d for s, _ in running] + self.deferred
+        self.deferred = []
+        for session, task in running:
             session.abandon()
             task.cancel()
-        await asyncio.gather(*(t for _, t in self.sessions.values()), return_exceptions=True)
-        for d in handback:
-            await self.queue.release(d)
-            await self.r.xclaim(
-                self.keys.jobs, GROUP, self.id, 0, [d.entry_id],
-                idle=self.queue.reclaim_idle_ms + 1, retrycount=d.attempt, justid=True,
-            )
-            log.info("job %s: handed back for another worker", d.job.id)
-        self.deferred = []
+        await asyncio.gather(*(t for _, t in running), return_exceptions=True)
+        if not handback:
+            return
+        try:
+            async with asyncio.timeout(_HANDBACK_S):
+                await self.queue.hand_back(self.id, handback)
+        except REDIS_TROUBLE as exc:  # TimeoutError is an OSError
+            log.warning("worker %s: could not hand back %d jobs (%s); they are taken over "
+                        "after %.0f s", self.id, len(handback), exc, self.s.queue.reclaim_idle_s)
+            return
+        log.info("worker %s: handed back %d jobs (%d were running)", self.id, len(handback),
+                 len(running))
 
     # -- background duties ---------------------------------------------------------------
 
@@ -186,34 +257,43 @@ class Worker:
         while not stop.is_set():
             try:
                 await self.heartbeat()
-            except REDIS_DOWN as exc:
-                log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
+            except REDIS_TROUBLE as exc:
+                delay = self.guard.failed(exc, "heartbeating")
+                if is_nogroup(exc):
+                    await self._recreate_group()
+                await _wait_any(stop, timeout=min(delay, interval))
+                continue
+            self.guard.ok(wrote=True)
             await _wait_any(stop, timeout=interval)
 
     async def heartbeat(self) -> None:
         interval = self.s.queue.heartbeat_s
         health = {"id": self.id, "pid": os.getpid(), "engine": self.engine.name,
                   "inflight": len(self.sessions), "deferred": len(self.deferred), "at": time.time()}
-        await self.r.set(self.keys.worker(self.id), json.dumps(health), px=int(interval * 3000))
         ids = [s.d.entry_id for s, _ in self.sessions.values()]
         ids += [d.entry_id for d in self.deferred]
-        await self.queue.touch(self.id, ids)
-        await self.queue.renew_locks(
-            {s.job.conversation.key: s.job.id for s, _ in self.sessions.values()}
-        )
+        await self.queue.touch(self.id, ids)  # first: it keeps our jobs, and works when full
+        await self.r.set(self.keys.worker(self.id), json.dumps(health), px=int(interval * 3000))
 
     async def _reclaim_loop(self, stop: asyncio.Event) -> None:
         interval = self.s.queue.reclaim_idle_s / 3
         while not stop.is_set():
             await _wait_any(stop, timeout=interval)
-            free = self.capacity - self.busy()
-            if stop.is_set() or free <= 0:
+            free = self.capacity - len(self.sessions)
+            if stop.is_set() or free <= 0 or self._just_recovered():
                 continue
             try:
                 for d in await self.queue.reclaim(self.id, free):
-                    await self._accept(d)
-            except REDIS_DOWN as exc:
-                log.warning("worker %s: reclaim failed (%s)", self.id, exc)
+                    self._accept(d)
+            except REDIS_TROUBLE as exc:
+                self.guard.failed(exc, "taking over jobs")
+
+    def _just_recovered(self) -> bool:
+        """During and just after an outage every job looks abandoned: do not take any over."""
+        if self.guard.down.active or self.guard.full.active:
+            return True
+        since = time.monotonic() - self.guard.recovered_at
+        return self.guard.recovered_at > 0 and since < self.s.queue.reclaim_idle_s
 
     async def _positions_loop(self, stop: asyncio.Event, interval: float = 2.0) -> None:
         """Tell waiting users their place in line as it moves (one worker at a time)."""
@@ -229,8 +309,8 @@ class Worker:
                     if job_id and announced.get(job_id) != position:
                         await self.queue.announce_position(job_id, position)
                 announced = dict(waiting)
-            except REDIS_DOWN as exc:
-                log.warning("worker %s: position update failed (%s)", self.id, exc)
+            except REDIS_TROUBLE as exc:
+                self.guard.failed(exc, "announcing places in line")
 
     async def _cancel_listener(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -241,9 +321,8 @@ class Worker:
                         msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if msg and msg.get("type") == "message":
                             self._cancel(msg["data"])
-            except REDIS_DOWN as exc:
-                log.warning("worker %s: cancel channel lost (%s); resubscribing", self.id, exc)
-                await _wait_any(stop, timeout=1.0)
+            except REDIS_TROUBLE as exc:
+                await _wait_any(stop, timeout=self.guard.failed(exc, "listening for cancels"))
 
     def _cancel(self, raw: bytes | str) -> None:
         job_id = raw.decode() if isinstance(raw, bytes) else raw

@@ -1,0 +1,166 @@
+"""Living with Redis trouble: outage tracking with bounded backoff, and the start-up checks.
+
+Every Redis error the worker meets is treated as transient (connection refused, timeouts,
+`LOADING` after a restart, `READONLY` during a failover, `OOM` under `noeviction`, `NOGROUP`
+on a fresh server): the caller waits a bounded, jittered delay and tries again. One WARNING
+marks the start of an outage and one INFO its end (how long, how many errors), so a server
+that is down for an hour costs a few hundred sleeps and two log lines, not a busy loop.
+
+History and the job queue are the bot's only copy of their data: a server that evicts keys
+under memory pressure loses them silently. `check_memory_policy` refuses such a server at
+start (or warns loudly when `redis.allow_eviction` is set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
+
+from kullm_core.errors import EvictionPolicyError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REDIS_TROUBLE = (RedisError, OSError)
+"""What a Redis call raises when the server is away, restarting, full or failing over
+(`TimeoutError`, also `asyncio.timeout`'s, is an `OSError`)."""
+
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+
+
+def is_oom(exc: BaseException) -> bool:
+    """`maxmemory` reached under `noeviction`: writes are refused until memory is freed."""
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("OOM")
+    )
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    """The consumer group is gone (a failover to an empty server, a flushed database)."""
+    return isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
+
+
+class Outage:
+    """Tracks one kind of trouble shared by several loops: backoff, one warning, one summary.
+
+    `failed` returns how long to wait before the next try (exponential, jittered, bounded);
+    `ok` ends the outage. Loops share one instance so an outage is logged once per process.
+    """
+
+    def __init__(self, what: str, owner: str, *, base_s: float = BACKOFF_MIN_S,
+                 cap_s: float = BACKOFF_MAX_S) -> None:
+        self.what = what
+        self.owner = owner
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.since = 0.0
+        self.errors = 0
+        self.recovered_at = 0.0
+        """Monotonic time the last outage ended (0: none yet)."""
+
+    @property
+    def active(self) -> bool:
+        return self.errors > 0
+
+    def failed(self, exc: BaseException, doing: str) -> float:
+        if not self.errors:
+            self.since = time.monotonic()
+            log.warning("%s: Redis %s while %s (%s: %s); retrying with backoff",
+                        self.owner, self.what, doing, type(exc).__name__, exc)
+        self.errors += 1
+        step = min(self.cap_s, self.base_s * 2 ** min(self.errors - 1, 16))
+        return step * random.uniform(0.5, 1.0)
+
+    def ok(self) -> None:
+        if self.errors:
+            self.recovered_at = time.monotonic()
+            log.info("%s: Redis %s for %.1f s (%d failed calls); recovered",
+                     self.owner, self.what, self.recovered_at - self.since, self.errors)
+            self.errors = 0
+
+
+class RedisGuard:
+    """The two outages a worker tells apart: the server unreachable, and the server full.
+
+    They are separate because reads keep working while memory is full: a successful read
+    must not end (and re-open, and log again) an out-of-memory outage.
+    """
+
+    def __init__(self, owner: str) -> None:
+        self.down = Outage("unavailable", owner)
+        self.full = Outage("out of memory (maxmemory reached with noeviction)", owner)
+
+    def failed(self, exc: BaseException, doing: str) -> float:
+        return (self.full if is_oom(exc) else self.down).failed(exc, doing)
+
+    def ok(self, wrote: bool = False) -> None:
+        self.down.ok()
+        if wrote:
+            self.full.ok()
+
+    @property
+    def recovered_at(self) -> float:
+        return max(self.down.recovered_at, self.full.recovered_at)
+
+    async def call(
+        self, op: Callable[[], Awaitable[T]], doing: str, *, wrote: bool = True,
+        give_up: Callable[[], bool] = lambda: False, budget_s: float | None = None,
+    ) -> T:
+        """Run `op` until it succeeds; between tries wait the backoff delay.
+
+        Raises the last Redis error when `give_up()` turns true or `budget_s` runs out.
+        """
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        while True:
+            try:
+                result = await op()
+            except REDIS_TROUBLE as exc:
+                delay = self.failed(exc, doing)
+                if give_up() or (deadline is not None and time.monotonic() + delay > deadline):
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            self.ok(wrote)
+            return result
+
+
+async def check_memory_policy(redis: Redis, allow_eviction: bool, owner: str) -> str:
+    """Refuse a server that evicts keys: history and queue need `maxmemory-policy noeviction`.
+
+    Returns the policy ("" when the server does not let us read it: CONFIG disabled or not
+    permitted, as on many managed services; then a warning asks the operator to check).
+
+    Raises:
+        EvictionPolicyError: on an evicting policy unless `allow_eviction`.
+    """
+    try:
+        reply: Any = await redis.config_get("maxmemory-policy")
+    except ResponseError as exc:
+        log.warning("%s: cannot read maxmemory-policy (%s); make sure the server uses "
+                    "noeviction, or history and queued messages can be lost", owner, exc)
+        return ""
+    policy = _text(reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy") or b"")
+    if not policy or policy == "noeviction":
+        return policy
+    if not allow_eviction:
+        raise EvictionPolicyError(
+            f"Redis maxmemory-policy is `{policy}`: it deletes history and queued messages when "
+            "memory runs out. Set `maxmemory-policy noeviction` on the server, or set "
+            "`redis.allow_eviction = true` to run anyway"
+        )
+    log.warning("%s: Redis maxmemory-policy is %s and redis.allow_eviction is set: history and "
+                "queued messages WILL BE LOST when the server runs out of memory", owner, policy)
+    return policy
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
