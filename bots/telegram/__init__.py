@@ -11,6 +11,7 @@ from bots.telegram.app import TelegramBot
 from bots.telegram.ratelimit import Limits
 from bots.telegram.tuning import Tuning
 from kullm_core.client import CoreClient
+from kullm_core.ops import READINESS
 from kullm_core.settings import Settings
 
 __all__ = ["Limits", "TelegramBot", "Tuning", "run_telegram"]
@@ -19,5 +20,14 @@ __all__ = ["Limits", "TelegramBot", "Tuning", "run_telegram"]
 async def run_telegram(settings: Settings, client: CoreClient, stop: asyncio.Event) -> None:
     """Serve Telegram (polling or webhook, per `telegram.mode`) until `stop` is set, then
     let replies in progress finish within `queue.shutdown_grace_s` and shut down."""
-    async with TelegramBot(settings, client):
-        await stop.wait()
+    bot = TelegramBot(settings, client)
+    with READINESS.registered("telegram", lambda: _connected(bot)):
+        async with bot:
+            await stop.wait()
+
+
+async def _connected(bot: TelegramBot) -> object:
+    """Ready once getMe answered and polling (or the webhook server) runs."""
+    updater = bot.app.updater
+    return (bot.app.running and updater is not None and updater.running) or "not connected"
+

@@ -9,6 +9,7 @@ from redis.exceptions import RedisError
 
 from bots.telegram.delivery import Env, ReplyTask
 from bots.telegram.state import DeliveryRecord
+from kullm_core import logctx
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Deliveries:
         await self.env.registry.finish(task.job_id)
 
     async def _run(self, task: ReplyTask) -> None:
+        logctx.bind(platform="telegram", job_id=task.job_id, conversation=task.rec.conv_key)
         try:
             await task.run()
         except asyncio.CancelledError:

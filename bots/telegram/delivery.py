@@ -21,6 +21,7 @@ from bots.telegram.state import DeliveryRecord, DeliveryRegistry
 from bots.telegram.texts import t
 from bots.telegram.tuning import Tuning
 from bots.telegram.view import ReplyView
+from kullm_core import metrics
 from kullm_core.client import CoreClient
 from kullm_core.texts import error_text, finish_note
 from kullm_core.wire import DoneEvent, ErrorEvent, Event
@@ -257,6 +258,8 @@ class ReplyTask:
         if not await self.view.final(pieces, plain):
             log.error("job %s: the reply could not be shown in chat %s", self.job_id,
                       self.rec.chat_id)
+        else:
+            self.view.when_settled(lambda edits: metrics.delivered("telegram", edits))
         log.info("job %s: delivered to chat %s in %d message(s) (%s)", self.job_id,
                  self.rec.chat_id, len(self.rec.message_ids), done.finish_reason)
 

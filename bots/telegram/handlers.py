@@ -40,6 +40,7 @@ from bots.telegram.routing import (
 )
 from bots.telegram.state import DeliveryRecord, Submit
 from bots.telegram.texts import t
+from kullm_core import logctx, metrics
 from kullm_core.settings import Settings
 from kullm_core.texts import lang_of
 from kullm_core.wire import Job
@@ -84,6 +85,7 @@ class Handlers:
 
     async def gate(self, update: Update, ctx: Ctx) -> None:
         """Drop an update seen before (redelivery, restart, another replica) or from a bot."""
+        logctx.bind(platform=PLATFORM)
         if await self.client.seen(PLATFORM, f"{self.bot.id}:{update.update_id}"):
             log.info("update %s: duplicate; ignored", update.update_id)
             raise ApplicationHandlerStop
@@ -124,6 +126,7 @@ class Handlers:
         kind: Literal["ask", "retry"] = "ask",
     ) -> None:
         uref = user_ref(user)
+        metrics.received(PLATFORM)
         if not await self.allowed(msg, user):
             return
         if kind == "ask" and not question.strip():
@@ -135,6 +138,7 @@ class Handlers:
         meta = {"chat_id": str(msg.chat.id), "reply_to": str(msg.message_id),
                 "thread_id": str(thread or "")}
         job_id = Job.id_for(src)
+        logctx.bind(job_id=job_id, conversation=conv.key)
         drafts = is_private(msg) and self.s.use_drafts and (
             msg.chat.id not in self.env.drafts_refused
         )

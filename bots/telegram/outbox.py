@@ -26,6 +26,7 @@ from telegram import Bot
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 
 from bots.telegram.ratelimit import RedisRateLimiter
+from kullm_core import metrics
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class Outbox:
         self, chat_id: int, thread_id: int | None, action: str = "typing"
     ) -> None:
         """Best effort, outside the lanes: an action is not a message and must not wait."""
+        metrics.call("telegram", "sendChatAction")
         try:
             await self.bot.send_chat_action(chat_id, action, message_thread_id=thread_id)
         except TelegramError as exc:
@@ -249,11 +251,13 @@ class Outbox:
 
     async def _call(self, op: Op) -> tuple[Outcome | None, float]:
         """(outcome, 0) when done; (None, seconds to wait) when the op must be tried again."""
+        metrics.call("telegram", op.label)
         try:
             value = await op.call(self.bot)
         except RetryAfter as exc:
             wait = _seconds(exc.retry_after)
             self.stats["retry_after"] += 1
+            metrics.rate_limited("telegram", op.label)
             log.warning("chat %s: %s hit flood control; pausing %.1f s", op.chat_id, op.label, wait)
             try:
                 await self.limiter.pause(op.chat_id, wait)

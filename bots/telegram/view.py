@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable
 
 from telegram import Bot, LinkPreviewOptions, ReplyParameters
@@ -19,6 +20,7 @@ from bots.telegram.outbox import Op, Outbox, Outcome
 from bots.telegram.render import plain_pieces, to_telegram
 from bots.telegram.split import Piece
 from bots.telegram.state import DeliveryRecord
+from kullm_core import metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,12 @@ class ReplyView:
         self.visible = asyncio.Event()
         if rec.message_ids:
             self.visible.set()
+        self.edits = 0
+        """Edits and drafts that changed what the user sees (`kullm_adapter_edits_per_reply`)."""
+        self._texting = False
+        self._timed = bool(rec.message_ids)  # a resumed reply was first shown by another run
+        self._unsettled = 0  # fire-and-forget calls not answered yet
+        self._on_settled: Callable[[int], None] | None = None
 
     @property
     def drafting(self) -> bool:
@@ -67,6 +75,7 @@ class ReplyView:
         if not pieces:
             return
         async with self._lock:
+            self._texting = True
             if self.drafting:
                 await self._show(pieces[:-1], must=False, trim=False)
                 self._draft(pieces[-1])
@@ -77,6 +86,7 @@ class ReplyView:
         """Show the finished reply; `plain` when Telegram refuses the formatting.
         Returns False when it could not be shown at all."""
         async with self._lock:
+            self._texting = True
             # A streamed draft still waiting must not land after the finished message.
             self.outbox.discard(self.rec.chat_id, f"d{self.rec.draft_id}")
             result = await self._show(pieces, must=True)
@@ -115,9 +125,11 @@ class ReplyView:
         self._shown[key] = fp
         future = self.outbox.submit(self._edit_op(mid, piece, key, fp, must))
         if not must:  # streaming: fire and forget, the outbox merges what piles up
+            self._unsettled += 1
             future.add_done_callback(lambda f: self._forget_failed(key, fp, f))
             return Outcome(True)
         outcome = await future
+        self._landed(outcome, edit=True)
         if not outcome.ok:
             self._shown.pop(key, None)
         if outcome.refused(*_GONE):  # deleted by someone: show the piece in a new message
@@ -126,8 +138,30 @@ class ReplyView:
         return outcome
 
     def _forget_failed(self, key: str, fp: Hashable, future: asyncio.Future[Outcome]) -> None:
+        self._landed(future.result(), edit=True, settles=True)
         if not future.result().ok and self._shown.get(key) == fp:
             self._shown.pop(key, None)
+
+    def when_settled(self, report: Callable[[int], None]) -> None:
+        """Call `report(edits)` once no streamed call of this reply is still in the outbox
+        (the final text may be on screen through an interim edit still in flight)."""
+        self._on_settled = report
+        self._report_if_settled()
+
+    def _landed(self, outcome: Outcome, edit: bool, settles: bool = False) -> None:
+        """A call was answered: count edits, time the reply's first text."""
+        self._unsettled -= settles
+        if outcome.ok and not outcome.skipped:
+            self.edits += edit
+            if self._texting and not self._timed:
+                self._timed = True
+                metrics.first_text("telegram", time.time() - self.rec.created_at)
+        self._report_if_settled()
+
+    def _report_if_settled(self) -> None:
+        if self._on_settled is not None and self._unsettled <= 0:
+            report, self._on_settled = self._on_settled, None
+            report(self.edits)
 
     async def _send(self, piece: Piece, must: bool, at: int | None = None) -> Outcome:
         ids = self.rec.message_ids
@@ -141,6 +175,7 @@ class ReplyView:
             self._shown[f"m{mid}"] = (piece.text, piece.entities)
             await self._save()
             self.visible.set()
+            self._landed(outcome, edit=False)
         return outcome
 
     def _draft(self, piece: Piece) -> None:
@@ -149,10 +184,12 @@ class ReplyView:
             return
         self._shown[key] = fp
         future = self.outbox.submit(self._draft_op(piece, key, fp))
+        self._unsettled += 1
         future.add_done_callback(self._draft_done)
 
     def _draft_done(self, future: asyncio.Future[Outcome]) -> None:
         outcome = future.result()
+        self._landed(outcome, edit=True, settles=True)
         if outcome.ok:
             self.visible.set()
         elif isinstance(outcome.error, BadRequest | EndPointNotFound):
