@@ -19,6 +19,7 @@ from kullm.runtime import open_redis, stop_on_signals
 from kullm_core.client import CoreClient
 from kullm_core.embedded import running_url
 from kullm_core.errors import ConfigError
+from kullm_core.ops import OpsServer, redis_ping
 from kullm_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ async def serve_adapter(settings: Settings, name: str) -> int:
     _need_shared_redis(settings, name)
     stop = asyncio.Event()
     stop_on_signals(stop)
-    async with open_redis(settings, reuse_running=True) as redis:
+    async with open_redis(settings, embedded="reuse") as redis, OpsServer(
+        settings.ops, checks={"redis": redis_ping(redis)}, expect=(name,)
+    ):
         client = CoreClient(redis, settings)
         log.info("running: %s adapter", name)
         await runner(name)(settings, client, stop)
@@ -63,7 +66,7 @@ async def check_telegram(settings: Settings) -> int:
     _need_shared_redis(settings, "telegram")
     tg = settings.telegram
     try:
-        async with open_redis(settings, reuse_running=True) as redis:
+        async with open_redis(settings, embedded="reuse") as redis:
             await redis.ping()
         async with Bot(tg.token.get_secret_value(), base_url=tg.base_url) as bot:
             log.info("telegram: @%s reachable", bot.username)

@@ -1,4 +1,4 @@
-"""`kullm`: serve | worker | chat | tiny-model | history."""
+"""`kullm`: serve | worker | chat | telegram | slack | tiny-model | history."""
 
 from __future__ import annotations
 
@@ -8,39 +8,73 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
 
-from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from kullm.logs import setup_logging
-from kullm.runtime import open_redis, stop_on_signals
+from kullm.runtime import open_redis
 from kullm_core.client import CoreClient
-from kullm_core.errors import KullmError
+from kullm_core.errors import KullmError, RedisUnavailable
 from kullm_core.keys import Keys
 from kullm_core.settings import Settings, load_settings
-from kullm_core.worker import Worker
 
 log = logging.getLogger("kullm")
 
+_SETTINGS_HELP = ("Settings: config/kullm.toml documents every one; environment variables "
+                  "KULLM_<SECTION>__<FIELD> and a .env file in the working directory override "
+                  "the file.")
+
+
+def _version() -> str:
+    try:
+        return version("kullm-chat")
+    except PackageNotFoundError:
+        return "unknown"
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kullm", description="KULLM3 for Slack and Telegram")
-    p.add_argument("--config", type=Path, help="TOML settings file (see config/kullm.toml)")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("serve", help="everything in one process (embedded Redis if no URL)")
-    w = sub.add_parser("worker", help="the generation worker alone")
-    w.add_argument("--check", action="store_true", help="exit 0 if a worker is healthy, else 1")
-    c = sub.add_parser("chat", help="chat in the terminal through the real pipeline")
-    c.add_argument("--once", metavar="TEXT", help="print one reply and exit")
-    c.add_argument("--lang", default="ko", choices=["ko", "en"])
-    t = sub.add_parser("tiny-model", help="build the tiny random test model offline")
-    t.add_argument("dir", type=Path)
-    tg = sub.add_parser("telegram", help="the Telegram adapter alone (shared Redis)")
-    tg.add_argument("--check", action="store_true", help="exit 0 if Redis and the Bot API answer")
-    sub.add_parser("slack", help="the Slack adapter alone (shared Redis)")
-    h = sub.add_parser("history", help="print a conversation as JSON (export)")
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: `--config` before the subcommand is not overwritten by the subcommand's default.
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="TOML settings file (see config/kullm.toml)")
+    p = argparse.ArgumentParser(prog="kullm", description="KULLM3 for Slack and Telegram",
+                                epilog=_SETTINGS_HELP, parents=[common])
+    p.add_argument("--version", action="version", version=f"kullm-chat {_version()}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def add(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description, epilog=_SETTINGS_HELP,
+                              parents=[common])
+
+    add("serve", "everything in one process (embedded Redis if no URL)",
+        "Run the worker and every configured chat adapter; with redis.url empty, also an "
+        "embedded Valkey server (data in <data_dir>/redis), stopped last. Ctrl-C or SIGTERM: "
+        "replies in flight finish or are handed back, then exit 0.")
+    w = add("worker", "the generation worker alone",
+            "Run the generation worker alone (several workers may share one Redis). With "
+            "redis.url empty it joins the embedded server of a running `kullm serve`.")
+    w.add_argument("--check", action="store_true",
+                   help="probe only: exit 0 if a worker heartbeat is fresh, else 1")
+    c = add("chat", "chat in the terminal through the real pipeline",
+            "Chat in the terminal through the real queue, worker and store. Joins a running "
+            "`kullm serve` (same data_dir or redis.url), or starts its own server and worker.")
+    c.add_argument("--once", metavar="TEXT", help="print one reply to TEXT and exit")
+    c.add_argument("--lang", default="ko", choices=["ko", "en"],
+                   help="language of the bot's own messages (default: ko)")
+    t = add("tiny-model", "build the tiny random test model offline",
+            "Build the tiny random-weight KULLM3-shaped model (for tests and trying it out).")
+    t.add_argument("dir", type=Path, help="output folder")
+    tg = add("telegram", "the Telegram adapter alone (shared Redis)",
+             "Run the Telegram adapter alone (no worker, no torch) against the Redis its "
+             "workers use.")
+    tg.add_argument("--check", action="store_true",
+                    help="probe only: exit 0 if Redis and the Bot API answer")
+    add("slack", "the Slack adapter alone (shared Redis)",
+        "Run the Slack adapter alone (no worker, no torch) against the Redis its workers use.")
+    h = add("history", "list conversations, or print one as JSON",
+            "List stored conversation keys, or print one conversation as JSON (export).")
     h.add_argument("conversation", nargs="?", help="conversation key; omit to list keys")
     return p
 
@@ -48,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(getattr(args, "config", None))
         setup_logging(settings.log_level, settings.log_format)
         if args.cmd == "chat" and args.once is not None and settings.log_level == "INFO":
             logging.getLogger().setLevel(logging.WARNING)
@@ -58,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except RedisError as exc:  # lost for good while a command that cannot wait was running
+        log.debug("redis", exc_info=True)
+        print(f"kullm: error: lost the connection to Redis ({exc})", file=sys.stderr)
+        return 1
     except (OSError, RuntimeError) as exc:
         log.debug("fatal", exc_info=True)
         print(f"kullm: error: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -65,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from kullm import serve
+
     if args.cmd == "tiny-model":
         from kullm_core.tinymodel import build_tiny_model
 
@@ -81,24 +121,27 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if args.cmd == "telegram" and args.check:
             return await adapters.check_telegram(settings)
         return await adapters.serve_adapter(settings, args.cmd)
-    if args.cmd == "worker":
-        return await _serve(settings, adapters=False)
-    if args.cmd == "serve":
-        return await _serve(settings, adapters=True)
+    if args.cmd in ("worker", "serve"):
+        return await serve.serve(settings, with_adapters=args.cmd == "serve")
     return await _chat(settings, args.once, args.lang)
 
 
 async def _check(settings: Settings) -> int:
-    async with open_redis(settings, reuse_running=True) as redis, CoreClient(
-        redis, settings
-    ) as client:
-        alive = await client.workers_alive()
+    """A probe: never starts a server of its own. 0 healthy, 1 not (Redis down included)."""
+    try:
+        async with open_redis(settings, embedded="reuse") as redis, CoreClient(
+            redis, settings
+        ) as client:
+            alive = await client.workers_alive()
+    except (RedisUnavailable, RedisError, OSError) as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
     print(f"{alive} healthy worker(s)")
     return 0 if alive else 1
 
 
 async def _history(settings: Settings, conversation: str | None) -> int:
-    async with open_redis(settings, reuse_running=True) as redis:
+    async with open_redis(settings) as redis:
         keys = Keys(settings.redis.prefix)
         if conversation is None:
             prefix = keys.conv("")
@@ -111,81 +154,32 @@ async def _history(settings: Settings, conversation: str | None) -> int:
     return 0
 
 
-@contextlib.asynccontextmanager
-async def _worker(settings: Settings, redis: Redis) -> AsyncIterator[Worker]:
-    from kullm_core.engine.loader import build_engine
-
-    engine, tokenizer = await asyncio.to_thread(build_engine, settings)
-    worker = Worker(settings, redis, engine, tokenizer)
-    await engine.start()
-    try:
-        yield worker
-    finally:
-        await engine.stop()
-
-
-def _adapters(settings: Settings) -> list[tuple[str, Callable[..., Coroutine[Any, Any, None]]]]:
-    found: list[tuple[str, Callable[..., Coroutine[Any, Any, None]]]] = []
-    if settings.telegram.token.get_secret_value():
-        from bots.telegram import run_telegram
-
-        found.append(("telegram", run_telegram))
-    s = settings.slack
-    if s.bot_token.get_secret_value() and (
-        s.app_token.get_secret_value() or s.signing_secret.get_secret_value()
-    ):
-        from bots.slack import run_slack
-
-        found.append(("slack", run_slack))
-    return found
-
-
-async def _serve(settings: Settings, adapters: bool) -> int:
-    from kullm_core import metrics
-
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    metrics.serve(settings.metrics_port)
-    async with open_redis(settings) as redis, _worker(settings, redis) as worker:
-        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(worker.run(stop), name="worker")]
-        names = [f"worker ({worker.engine.name})"]
-        if adapters:
-            client = CoreClient(redis, settings)
-            for name, run in _adapters(settings):
-                tasks.append(asyncio.create_task(run(settings, client, stop), name=name))
-                names.append(name)
-        log.info("running: %s", ", ".join(names))
-        if adapters and len(names) == 1:
-            log.info("no chat platform configured (set TELEGRAM_BOT_TOKEN or SLACK_BOT_TOKEN + "
-                     "SLACK_APP_TOKEN); talk to it with `kullm chat` in another terminal")
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        stop.set()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    failed = [r for r in results if isinstance(r, BaseException)]
-    for exc in failed:  # a known error is one line; anything else keeps its traceback
-        log.error("stopped with an error: %s", exc,
-                  exc_info=None if isinstance(exc, KullmError) else exc)
-    return 1 if failed else 0
-
-
 async def _chat(settings: Settings, once: str | None, lang: str) -> int:
     from bots.terminal import TerminalChat
+    from kullm.serve import load_engine
+    from kullm_core.worker import Worker
 
-    async with open_redis(settings, reuse_running=True) as redis, CoreClient(
-        redis, settings
-    ) as client:
-        own_worker = await client.workers_alive() == 0
+    async with open_redis(settings) as redis, CoreClient(redis, settings) as client:
         stop = asyncio.Event()
-        ctx = _worker(settings, redis) if own_worker else contextlib.nullcontext(None)
-        async with ctx as worker:
-            task = asyncio.create_task(worker.run(stop)) if worker else None
-            try:
-                chat = TerminalChat(client, lang)
-                return await (chat.ask(once) if once is not None else chat.repl())
-            finally:
-                stop.set()
-                if task:
+        task: asyncio.Task[None] | None = None
+        engine = None
+        if await client.workers_alive() == 0:
+            built = await load_engine(settings, redis, stop)
+            if built is None:
+                return 130
+            engine, tokenizer = built
+            await engine.start()
+            task = asyncio.create_task(Worker(settings, redis, engine, tokenizer).run(stop))
+        try:
+            chat = TerminalChat(client, lang)
+            return await (chat.ask(once) if once is not None else chat.repl())
+        finally:
+            stop.set()
+            if task:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if engine is not None:
+                await engine.stop()
 
 
 if __name__ == "__main__":

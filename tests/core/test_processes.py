@@ -140,10 +140,8 @@ async def test_embedded_redis_sigkill_restarts_with_history_intact(
         task = asyncio.create_task(w.run(stop))
         async with CoreClient(r, s) as client:
             first = await ask(client, "기억해 주세요: 고양이", "e1")
-            assert server.proc is not None
-            os.kill(server.proc.pid, signal.SIGKILL)
-            while server.restarts == 0 or not server._ping():
-                await asyncio.sleep(0.05)
+            os.kill(server.server_pid, signal.SIGKILL)
+            assert await asyncio.to_thread(server.wait_restarted, 1, 30)
             [turn] = await client.history(CONV)
             assert turn.assistant == first.text
             await ask(client, "두 번째", "e2")  # and it keeps working
