@@ -10,6 +10,7 @@ import asyncio
 from bots.slack.app import SlackBot
 from bots.slack.config import SlackTuning
 from kullm_core.client import CoreClient
+from kullm_core.ops import READINESS
 from kullm_core.settings import Settings
 
 __all__ = ["SlackBot", "SlackTuning", "run_slack"]
@@ -27,4 +28,6 @@ async def run_slack(
     Raises:
         ConfigError: a required token or secret is missing.
     """
-    await SlackBot(settings, client, tuning).run(stop)
+    bot = SlackBot(settings, client, tuning)
+    with READINESS.registered("slack", bot.connected):
+        await bot.run(stop)

@@ -21,7 +21,7 @@ from bots.slack.delivery import Deliveries
 from bots.slack.handlers import Inbound
 from bots.slack.receivers import HttpReceiver, Receiver, SocketModeReceiver
 from bots.slack.reply import Env
-from bots.slack.scheduler import Scheduler, api_error
+from bots.slack.scheduler import CountingWebClient, Scheduler, api_error
 from bots.slack.store import SlackStore
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError
@@ -91,11 +91,12 @@ class SlackBot:
         self.store = SlackStore(client.redis, settings.redis.prefix, self.tuning, self.owner,
                                 settings.history.retention_hours * 3600)
         self.deliveries: Deliveries | None = None
+        self.receiver: Receiver | None = None
 
     def _web(self, session: aiohttp.ClientSession) -> AsyncWebClient:
         s = self.settings.slack
         base = s.base_url if s.base_url.endswith("/") else s.base_url + "/"
-        return AsyncWebClient(
+        return CountingWebClient(
             token=s.bot_token.get_secret_value(), base_url=base, session=session,
             timeout=int(self.tuning.api_timeout_s), logger=logging.getLogger("bots.slack.sdk"),
             retry_handlers=[self.scheduler.rate_limit_handler(self.tuning.max_429_retries)],
@@ -144,7 +145,7 @@ class SlackBot:
             inbound = Inbound(self.settings, self.client, web, self.scheduler, self.store,
                               self.deliveries)
             commands = Commands(self.client, self.store, self.deliveries, inbound)
-            receiver = self._receiver(self._app(web, inbound, commands), web)
+            receiver = self.receiver = self._receiver(self._app(web, inbound, commands), web)
             await self._check_tokens(web)
             await self.deliveries.start()
             if not await _until_stopped(receiver.start(), stop):
@@ -162,6 +163,12 @@ class SlackBot:
                 await receiver.stop()
                 await self.deliveries.stop(self.tuning.shutdown_grace_s)
                 log.info("slack: stopped")
+
+    async def connected(self) -> object:
+        """Readiness: Socket Mode connected, or the HTTP events server listening."""
+        if not self.ready.is_set() or self.receiver is None:
+            return "not connected"
+        return await self.receiver.connected() or "not connected"
 
     async def _check_tokens(self, web: AsyncWebClient) -> None:
         """Fail fast on a token Slack refuses; a network problem only warns (Slack may be

@@ -20,6 +20,7 @@ from slack_sdk.errors import SlackApiError
 from bots.slack.render import message_payload
 from bots.slack.reply import METADATA_EVENT, Msg, Reply
 from bots.slack.scheduler import Op, api_error
+from kullm_core import metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ TRANSIENT = frozenset({
     "messaging_processing_failed", "team_added_to_org",
 })
 SIDE_CALLS = frozenset({"status", "react"})
+EDITS = frozenset({"update", "append", "stop"})
 
 
 def _metadata(reply: Reply, part: int) -> dict[str, Any]:
@@ -86,6 +88,7 @@ async def run_op(reply: Reply, op: Op) -> None:
         await _persist(reply)
     elif op.kind == "reconcile":
         await _reconcile(reply, op.index)
+    reply.edits += op.kind in EDITS
     reply.failures = 0
     reply.retry_at = 0.0
 
@@ -102,6 +105,8 @@ async def _persist(reply: Reply) -> None:
 def _visible(reply: Reply) -> None:
     if reply.first_visible_at is None:
         reply.first_visible_at = time.monotonic()
+        if reply.received_at is not None:
+            metrics.first_text("slack", reply.first_visible_at - reply.received_at)
 
 
 async def _post(reply: Reply, op: Op) -> None:

@@ -19,6 +19,7 @@ from bots.slack.scheduler import Scheduler
 from bots.slack.store import Entry, SlackStore
 from bots.slack.target import Target, conversation
 from bots.slack.texts import st
+from kullm_core import logctx, metrics
 from kullm_core.client import CoreClient, Submission
 from kullm_core.streams import ReplyStreams
 from kullm_core.texts import error_text, finish_note
@@ -164,6 +165,9 @@ class Deliveries:
 
     async def _follow(self, reply: SlackReply, source_id: str, resumed: bool) -> None:
         job_id, finished = reply.job_id, False
+        t = reply.target
+        logctx.bind(platform="slack", job_id=job_id,
+                    conversation=conversation(t.team, t.channel, t.thread_ts).key)
         try:
             state = await self.client.job_state(job_id, source_id) if resumed else "live"
             if state == "never":
@@ -177,6 +181,8 @@ class Deliveries:
             await reply.done.wait()
             finished = True
             self.delivered += 1
+            if not reply.gave_up:
+                metrics.delivered("slack", reply.edits)
             if reply.reacted:
                 self._unreact(reply)
         except asyncio.CancelledError:

@@ -22,6 +22,7 @@ from bots.slack.scheduler import Scheduler
 from bots.slack.store import SlackStore
 from bots.slack.target import Target, conversation, source_id
 from bots.slack.texts import st, suggested_prompts
+from kullm_core import logctx, metrics
 from kullm_core.client import CoreClient
 from kullm_core.settings import Settings
 from kullm_core.texts import error_text, lang_of
@@ -145,6 +146,8 @@ class Inbound:
                         reply_thread: str, assistant: bool = False) -> None:
         team = self._team({}, context)
         channel, ts, user = event["channel"], event["ts"], event["user"]
+        metrics.received("slack")
+        logctx.bind(platform="slack", conversation=conversation(team, channel, thread).key)
         text = inbound_text(event.get("text") or "", context.bot_user_id)
         known = await self.cached_profile(team, user)
         # A question never waits for users.info (Tier 4: a burst of new users would queue

@@ -23,6 +23,8 @@ class Receiver(Protocol):
 
     async def stop(self) -> None: ...
 
+    async def connected(self) -> bool: ...
+
 
 class SocketModeReceiver:
     def __init__(self, app: AsyncApp, app_token: str, web_client: AsyncWebClient,
@@ -38,6 +40,9 @@ class SocketModeReceiver:
                                                ping_interval=self._ping)
         await self._handler.connect_async()
         log.info("slack: connected in Socket Mode")
+
+    async def connected(self) -> bool:
+        return self._handler is not None and await self._handler.client.is_connected()
 
     async def stop(self) -> None:
         if self._handler is not None:
@@ -75,6 +80,9 @@ class HttpReceiver:
                 self.port = int(address[1])
                 break
         log.info("slack: HTTP events on %s:%d%s", self._host, self.port, self._path)
+
+    async def connected(self) -> bool:
+        return self._runner is not None
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -104,6 +104,10 @@ class Reply:
         self.gave_up = False
         self.done = asyncio.Event()
         self.first_visible_at: float | None = None
+        self.received_at = time.monotonic() if not self.msgs else None
+        """When the question arrived (None: resumed, first shown by an earlier run)."""
+        self.edits = 0
+        """Calls that changed text already shown (update, append, stop)."""
 
     # -- inputs from the reply stream ----------------------------------------------------
 

@@ -32,6 +32,10 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+from kullm_core import metrics
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,9 @@ class PausingRateLimitHandler(AsyncRateLimitErrorRetryHandler):
         error: Exception | None = None,
     ) -> None:
         if response is not None:
+            method = request.url.rsplit("/", 1)[-1].split("?", 1)[0]
+            metrics.rate_limited("slack", method)
+            metrics.call("slack", method)  # the repeat that follows
             buckets = _BUCKETS.get()
             if buckets:
                 self._on_pause(buckets, retry_after_of(response.headers) + 1.0)
@@ -166,6 +173,23 @@ def api_error(exc: BaseException) -> tuple[int, str]:
 def is_rate_limited(exc: BaseException) -> bool:
     status, error = api_error(exc)
     return status == 429 or error in ("ratelimited", "rate_limited")
+
+
+class CountingWebClient(AsyncWebClient):
+    """The Web API client, counting calls and the 429s that reach the caller by method
+    (`kullm_adapter_platform_calls_total`, `..._429_total`; the retry handler counts the
+    429s it retries)."""
+
+    async def api_call(  # type: ignore[override]
+        self, api_method: str, **kwargs: Any
+    ) -> AsyncSlackResponse:
+        metrics.call("slack", api_method)
+        try:
+            return await super().api_call(api_method, **kwargs)
+        except SlackApiError as exc:
+            if is_rate_limited(exc):
+                metrics.rate_limited("slack", api_method)
+            raise
 
 
 class Scheduler:
