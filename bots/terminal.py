@@ -11,6 +11,7 @@ import uuid
 from typing import TextIO
 
 from kullm_core.client import CoreClient
+from kullm_core.text_clean import clean_text
 from kullm_core.texts import error_text, finish_note, t
 from kullm_core.wire import ConversationRef, UserRef
 
@@ -39,6 +40,7 @@ class TerminalChat:
 
     async def ask(self, text: str) -> int:
         """Send one message and print its streamed reply. Returns an exit status."""
+        text = clean_text(text)
         sub = await self.client.submit(self.conv, self.user, text, f"cli:{uuid.uuid4().hex}")
         if sub.error is not None:
             self._print(error_text(sub.error, self.lang), "\n")
@@ -72,8 +74,12 @@ class TerminalChat:
         loop = asyncio.get_running_loop()
 
         def _read() -> None:
-            for line in sys.stdin:
-                loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
+            # Bytes that are not UTF-8 (or a pasted lone surrogate) must not kill the reader:
+            # they arrive as U+FFFD, and the question is still answered.
+            stream = getattr(sys.stdin, "buffer", None)
+            for line in stream if stream is not None else sys.stdin:
+                text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+                loop.call_soon_threadsafe(lines.put_nowait, clean_text(text.rstrip("\r\n")))
             loop.call_soon_threadsafe(lines.put_nowait, None)
 
         threading.Thread(target=_read, daemon=True).start()

@@ -18,6 +18,7 @@ from kullm_core.queue import EnqueueResult, RedisJobQueue
 from kullm_core.settings import Settings
 from kullm_core.store import RedisConversationStore
 from kullm_core.streams import ReplyStreams
+from kullm_core.text_clean import clean_text
 from kullm_core.wire import ConversationRef, ErrorEvent, Event, Job, Turn, UserRef
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class CoreClient:
     ) -> Submission:
         """Queue a message for an answer. Idempotent on `source_id` (the platform message id)."""
         job_id = Job.id_for(source_id)
-        text = text.strip()
+        text = clean_text(text).strip()
         if not text:
             return Submission(job_id, "rejected", error=ErrorEvent(kind="bad_input"))
         if len(text) > MAX_USER_TEXT:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from kullm_core.errors import UserFacingError
+from kullm_core.text_clean import clean_name
 from kullm_core.wire import Turn
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,36 @@ def sanitize(text: str, special_tokens: tuple[str, ...] = ("<s>", "</s>", "<unk>
 
 Speaker = tuple[str, str]
 """(user id, display name) of the author of the new message."""
+
+_LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
+
+
+def speaker_names(speakers: list[Speaker]) -> dict[str, str]:
+    """One clean, distinct display name per user id (a name already taken by another user
+    gets that user's id appended, so nobody can appear under someone else's name)."""
+    names: dict[str, str] = {}
+    taken: dict[str, str] = {}
+    for uid, raw in speakers:
+        if uid in names:
+            continue
+        name = clean_name(raw) or clean_name(uid) or "user"
+        if taken.get(name.casefold(), uid) != uid:
+            name = f"{name} #{clean_name(uid)}"
+        taken.setdefault(name.casefold(), uid)
+        names[uid] = name
+    return names
+
+
+def quote_speaker(name: str, text: str, names: list[str]) -> str:
+    """`name: text` on one line that no text can break out of: line breaks are written as
+    `\\n`, and a speaker's `Name:` inside the text is escaped (`Name\\:`), so a message can
+    never show a line, or a line start, of another speaker."""
+    one_line = _LINE_BREAKS.sub(lambda _m: "\\n", text)
+    for other in sorted(set(names), key=len, reverse=True):
+        pattern = re.compile(re.escape(other) + r"(\s*)([:：])", re.IGNORECASE)
+        one_line = pattern.sub(lambda m: m.group(0)[: -len(m.group(2))] + "\\" + m.group(2),
+                               one_line)
+    return f"{name}: {one_line}"
 
 
 @dataclass(frozen=True)
@@ -82,15 +114,19 @@ class PromptBuilder:
         """Chat messages. In a conversation several people share (a helpdesk thread), each
         user message is prefixed with its author's name so the model knows who asks."""
         shared = speaker is not None and len({t.user_id for t in history} | {speaker[0]}) > 1
+        names: dict[str, str] = {}
+        if shared and speaker is not None:
+            names = speaker_names([*((t.user_id, t.user_name) for t in history), speaker])
+        known = list(names.values())
         msgs = [{"role": "system", "content": self.system_prompt}]
         for turn in history:
-            said = f"{turn.user_name or turn.user_id}: {turn.user}" if shared else turn.user
+            said = quote_speaker(names[turn.user_id], turn.user, known) if shared else turn.user
             msgs.append({"role": "user", "content": sanitize(said, self.special_tokens)})
             msgs.append(
                 {"role": "assistant", "content": sanitize(turn.assistant, self.special_tokens)}
             )
         if shared and speaker is not None:
-            text = f"{speaker[1] or speaker[0]}: {text}"
+            text = quote_speaker(names[speaker[0]], text, known)
         msgs.append({"role": "user", "content": sanitize(text, self.special_tokens)})
         return msgs
 

@@ -25,6 +25,7 @@ from bots.slack.texts import st, suggested_prompts
 from kullm_core import logctx, metrics
 from kullm_core.client import CoreClient
 from kullm_core.settings import Settings
+from kullm_core.text_clean import clean_text
 from kullm_core.texts import error_text, lang_of
 from kullm_core.texts import t as core_t
 from kullm_core.wire import ErrorEvent, UserRef
@@ -148,7 +149,7 @@ class Inbound:
         channel, ts, user = event["channel"], event["ts"], event["user"]
         metrics.received("slack")
         logctx.bind(platform="slack", conversation=conversation(team, channel, thread).key)
-        text = inbound_text(event.get("text") or "", context.bot_user_id)
+        text = inbound_text(clean_text(event.get("text") or ""), context.bot_user_id)
         known = await self.cached_profile(team, user)
         # A question never waits for users.info (Tier 4: a burst of new users would queue
         # behind it); only a refusal needs the language first (allowlists name ids).

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import socket
 import uuid
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +29,7 @@ from bots.telegram.texts import COMMANDS, t
 from bots.telegram.tuning import Tuning
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError
+from kullm_core.limits import RefusalThrottle
 from kullm_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,29 +37,69 @@ log = logging.getLogger(__name__)
 ALLOWED_UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
 
 
-class ChatOrderedProcessor(BaseUpdateProcessor):
-    """Updates of different chats run concurrently; those of one chat run in order."""
+CHAT_BACKLOG = 64
+"""Updates of one chat held while an earlier one of that chat is processed; a flood beyond
+this is dropped (counted in the log), so one chat's backlog stays bounded."""
+_PTB_UNBOUNDED = 1 << 30
 
-    def __init__(self, max_concurrent_updates: int) -> None:
-        super().__init__(max_concurrent_updates)
-        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+
+@dataclass
+class _Chat:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    held: int = 0
+    """Updates of this chat running or waiting for `lock`."""
+    dropped: int = 0
+
+
+class ChatOrderedProcessor(BaseUpdateProcessor):
+    """Updates of different chats run concurrently; those of one chat run in order.
+
+    A processing slot is taken only once the chat's turn has come: an update waiting behind
+    an earlier one of its chat holds no slot, so one flooding chat can use at most one slot
+    and never stalls the others. PTB's own semaphore (taken before `do_process_update`)
+    would be held while waiting, so it is left unbounded and the slots are ours.
+    """
+
+    def __init__(self, max_concurrent_updates: int, backlog: int = CHAT_BACKLOG) -> None:
+        super().__init__(_PTB_UNBOUNDED)
+        self.slots = max_concurrent_updates
+        self.backlog = backlog
+        self._slots = asyncio.Semaphore(max_concurrent_updates)
+        self._chats: dict[int, _Chat] = {}
+        self.dropped = 0
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         chat = update.effective_chat if isinstance(update, Update) else None
         if chat is None:
-            await coroutine
+            async with self._slots:
+                await coroutine
             return
-        lock, users = self._locks.get(chat.id, (asyncio.Lock(), 0))
-        self._locks[chat.id] = (lock, users + 1)
+        state = self._chats.setdefault(chat.id, _Chat())
+        if state.held >= self.backlog:
+            if inspect.iscoroutine(coroutine):
+                coroutine.close()  # never run: PTB's processing of this update
+            self.dropped += 1
+            if not state.dropped:
+                log.warning("chat %s: more than %d updates waiting; dropping the excess",
+                            chat.id, self.backlog)
+            state.dropped += 1
+            return
+        state.held += 1
         try:
-            async with lock:
+            async with state.lock, self._slots:
                 await coroutine
         finally:
-            lock, users = self._locks[chat.id]
-            if users <= 1:
-                del self._locks[chat.id]
-            else:
-                self._locks[chat.id] = (lock, users - 1)
+            state.held -= 1
+            if state.held == 0 and self._chats.get(chat.id) is state:
+                del self._chats[chat.id]
+                if state.dropped:
+                    log.warning("chat %s: %d update(s) dropped in a flood", chat.id,
+                                state.dropped)
+
+    def waiting(self, chat_id: int) -> int:
+        """Updates of a chat running or waiting (0 when none)."""
+        state = self._chats.get(chat_id)
+        return state.held if state else 0
 
     async def initialize(self) -> None:
         return None
@@ -117,12 +160,13 @@ class TelegramBot:
         self.limits = limits or Limits.from_settings(s)
         self.tuning = tuning or Tuning.from_settings(settings)
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.processor = ChatOrderedProcessor(256)
         self.app: Application = (  # type: ignore[type-arg]
             ApplicationBuilder()
             .token(_token(settings))
             .base_url(s.base_url)
             .base_file_url(s.base_file_url)
-            .concurrent_updates(ChatOrderedProcessor(256))
+            .concurrent_updates(self.processor)
             .connection_pool_size(128)
             .pool_timeout(30.0)
             .get_updates_read_timeout(self.tuning.poll_timeout_s + 10)
@@ -137,7 +181,8 @@ class TelegramBot:
         registry = DeliveryRegistry(client.redis, settings.redis.prefix, self.owner,
                                     self.tuning.lease_s)
         streams, self._own_redis = _stream_client(client, settings)
-        self.env = Env(client, self.outbox, registry, self.tuning, streams=streams)
+        self.env = Env(client, self.outbox, registry, self.tuning, streams=streams,
+                       refusals=RefusalThrottle(settings.limits.refusal_interval_s))
         self.deliveries = Deliveries(self.env)
         self.handlers = Handlers(settings, self.env, self.deliveries, bot)
         self.handlers.install(self.app)

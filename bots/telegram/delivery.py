@@ -23,6 +23,7 @@ from bots.telegram.tuning import Tuning
 from bots.telegram.view import ReplyView
 from kullm_core import metrics
 from kullm_core.client import CoreClient
+from kullm_core.limits import RefusalThrottle
 from kullm_core.texts import error_text, finish_note
 from kullm_core.wire import DoneEvent, ErrorEvent, Event
 
@@ -42,6 +43,8 @@ class Env:
     drafts_refused: set[int] = field(default_factory=set)
     streams: CoreClient | None = None
     """Follows reply streams (its own connection pool); `client` when None."""
+    refusals: RefusalThrottle = field(default_factory=lambda: RefusalThrottle(10.0))
+    """One refusal per chat per interval (`limits.refusal_interval_s`), shared by all."""
 
 
 class _Pump:
@@ -141,7 +144,11 @@ class ReplyTask:
                 await self.save()
             await self.view.status(t("busy_waiting", rec.lang, waiting=sub.position))
             return "busy"
-        await self.notice(error_text(sub.error or ErrorEvent(kind="internal"), rec.lang))
+        err = sub.error or ErrorEvent(kind="internal")
+        if self.env.refusals.allow(f"tg:{rec.chat_id}"):
+            await self.notice(error_text(err, rec.lang))
+        else:
+            log.debug("job %s: refusal (%s) dropped: one was sent just now", self.job_id, err.kind)
         return "refused"
 
     async def _submit_until_accepted(self) -> bool:

@@ -42,6 +42,7 @@ from bots.telegram.state import DeliveryRecord, Submit
 from bots.telegram.texts import t
 from kullm_core import logctx, metrics
 from kullm_core.settings import Settings
+from kullm_core.text_clean import clean_text
 from kullm_core.texts import lang_of
 from kullm_core.wire import Job
 
@@ -62,6 +63,7 @@ class Handlers:
 
     def __init__(self, settings: Settings, env: Env, deliveries: Deliveries, bot: Bot) -> None:
         self.s = settings.telegram
+        self.limits = settings.limits
         self.env = env
         self.client = env.client
         self.deliveries = deliveries
@@ -84,17 +86,50 @@ class Handlers:
     # -- gate: duplicates and other bots -----------------------------------------------------
 
     async def gate(self, update: Update, ctx: Ctx) -> None:
-        """Drop an update seen before (redelivery, restart, another replica) or from a bot."""
+        """Drop what needs no answer before any Redis or network work: updates from bots,
+        from people not allowed (one merged refusal per chat), and then duplicates
+        (redelivery, restart, another replica)."""
         logctx.bind(platform=PLATFORM)
-        if await self.client.seen(PLATFORM, f"{self.bot.id}:{update.update_id}"):
-            log.info("update %s: duplicate; ignored", update.update_id)
-            raise ApplicationHandlerStop
         user = update.effective_user
         if user is not None and user.is_bot:
             raise ApplicationHandlerStop
         if update.message is None and update.callback_query is None:
             log.debug("update %s: nothing to answer", update.update_id)
             raise ApplicationHandlerStop
+        msg = update.message
+        if user is not None and not self._permitted(update, user):
+            if msg is not None and self._speaks_to_me(msg):
+                log.info("chat %s: user %s is not allowed", msg.chat.id, user.id)
+                self.refuse(msg, t("error.forbidden", lang_of(user.language_code)))
+            raise ApplicationHandlerStop
+        if await self.client.seen(PLATFORM, f"{self.bot.id}:{update.update_id}"):
+            log.info("update %s: duplicate; ignored", update.update_id)
+            raise ApplicationHandlerStop
+
+    def _permitted(self, update: Update, user: TgUser) -> bool:
+        """The allowlists (pure, no I/O). /forget is for everyone, allowlisted or not."""
+        chat = update.effective_chat
+        if self.client.limiter.allowed(user_ref(user), chat=str(chat.id) if chat else ""):
+            return True
+        query = update.callback_query
+        if query is not None:
+            return (query.data or "").startswith("forget:")
+        msg = update.message
+        return msg is not None and (msg.text or "").split("@", 1)[0].split(" ", 1)[0] == "/forget"
+
+    def _speaks_to_me(self, msg: Message) -> bool:
+        """Private, a command, or a group message that mentions or answers the bot."""
+        return is_private(msg) or (msg.text or "").startswith("/") or (
+            addressed_text(msg, self.bot.id, self.bot.username) is not None
+        )
+
+    def refuse(self, msg: Message, text: str, kind: str = "") -> None:
+        """A refusal or hint, at most one per chat (and `kind`) per refusal interval; the
+        rest are dropped (counted in the log). Not awaited: the chat's next update need not
+        wait for the send."""
+        place = f"tg:{msg.chat.id}" + (f":{kind}" if kind else "")
+        if self.env.refusals.allow(place):
+            self.env.outbox.submit(self._reply_op(msg, text))
 
     # -- questions -------------------------------------------------------------------------
 
@@ -119,7 +154,7 @@ class Handlers:
         if msg is None or msg.from_user is None:
             return
         if is_private(msg) or addressed_text(msg, self.bot.id, self.bot.username) is not None:
-            await self.reply(msg, t("text_only", lang_of(msg.from_user.language_code)))
+            self.refuse(msg, t("text_only", lang_of(msg.from_user.language_code)))
 
     async def ask(
         self, msg: Message, user: TgUser, question: str, usage: str = "empty_mention",
@@ -127,10 +162,14 @@ class Handlers:
     ) -> None:
         uref = user_ref(user)
         metrics.received(PLATFORM)
-        if not await self.allowed(msg, user):
-            return
+        question = clean_text(question)
         if kind == "ask" and not question.strip():
-            await self.reply(msg, t(usage, uref.lang))
+            self.refuse(msg, t(usage, uref.lang), kind=usage)
+            return
+        cap = self.limits.max_pending_per_user
+        pending = self._pending(msg.chat.id, user.id)
+        if cap and pending >= cap and not self.client.limiter.is_admin(uref):
+            self.refuse(msg, t("too_many_pending", uref.lang, pending=pending))
             return
         conv = conversation(msg, user.id, self.s.group_scope)
         src = source_id(msg, self.bot.id)
@@ -165,24 +204,21 @@ class Handlers:
                  ", behind another reply" if task.behind else "")
         self.deliveries.spawn(task)
 
-    async def allowed(self, msg: Message, user: TgUser) -> bool:
-        uref = user_ref(user)
-        if self.client.limiter.allowed(uref, chat=str(msg.chat.id)):
-            return True
-        log.info("chat %s: user %s is not on the allowlist", msg.chat.id, user.id)
-        await self.reply(msg, t("error.forbidden", uref.lang))
-        return False
+    def _pending(self, chat_id: int, user_id: int) -> int:
+        """This user's questions in this chat not answered yet (waiting or being written)."""
+        return sum(1 for x in self.deliveries.tasks.values()
+                   if x.rec.chat_id == chat_id and x.rec.user_id == user_id and not x.answered)
 
     # -- commands --------------------------------------------------------------------------
 
     async def cmd_start(self, update: Update, ctx: Ctx) -> None:
         msg = update.message
-        if msg is not None and msg.from_user is not None and await self.allowed(msg, msg.from_user):
+        if msg is not None and msg.from_user is not None:
             await self.reply(msg, t("start", lang_of(msg.from_user.language_code)))
 
     async def cmd_help(self, update: Update, ctx: Ctx) -> None:
         msg = update.message
-        if msg is None or msg.from_user is None or not await self.allowed(msg, msg.from_user):
+        if msg is None or msg.from_user is None:
             return
         lang = lang_of(msg.from_user.language_code)
         text = t("help", lang) + "\n\n" + t("help_group", lang, bot=self.bot.username)
@@ -190,7 +226,7 @@ class Handlers:
 
     async def cmd_reset(self, update: Update, ctx: Ctx) -> None:
         msg = update.message
-        if msg is None or msg.from_user is None or not await self.allowed(msg, msg.from_user):
+        if msg is None or msg.from_user is None:
             return
         conv = conversation(msg, msg.from_user.id, self.s.group_scope)
         await self.client.reset(conv)
@@ -199,7 +235,7 @@ class Handlers:
 
     async def cmd_stop(self, update: Update, ctx: Ctx) -> None:
         msg = update.message
-        if msg is None or msg.from_user is None or not await self.allowed(msg, msg.from_user):
+        if msg is None or msg.from_user is None:
             return
         conv = conversation(msg, msg.from_user.id, self.s.group_scope)
         stopped = await self.client.cancel(conv)
@@ -261,6 +297,10 @@ class Handlers:
         self, msg: Message, text: str, markup: InlineKeyboardMarkup | None = None
     ) -> Outcome:
         """Answer a message (threaded to it) through the outbox."""
+        return await self.env.outbox.run(self._reply_op(msg, text, markup))
+
+    @staticmethod
+    def _reply_op(msg: Message, text: str, markup: InlineKeyboardMarkup | None = None) -> Op:
         chat_id, thread = msg.chat.id, thread_of(msg)
         reply = ReplyParameters(msg.message_id, allow_sending_without_reply=True)
 
@@ -268,9 +308,7 @@ class Handlers:
             return await bot.send_message(chat_id, text, message_thread_id=thread,
                                           reply_parameters=reply, reply_markup=markup)
 
-        return await self.env.outbox.run(
-            Op(chat_id, call, "sendMessage", must=True, priority=0)
-        )
+        return Op(chat_id, call, "sendMessage", must=True, priority=0)
 
     async def edit(self, msg: Message, text: str) -> Outcome:
         chat_id, mid = msg.chat.id, msg.message_id

@@ -22,6 +22,7 @@ _TEXTS: dict[str, dict[str, str]] = {
         "empty_reply": "(빈 답변)",
         "ask_usage": "/ask 뒤에 질문을 적어 주세요. 예: /ask 서울의 명소를 알려줘",
         "forget_not_yours": "/forget 을 보낸 사람만 누를 수 있습니다.",
+        "too_many_pending": "⏳ 아직 답하지 않은 질문이 {pending}개 있습니다. 답변이 끝난 뒤에 다시 보내 주세요.",
     },
     "en": {
         "cmd.start": "Greeting and how to use the bot",
@@ -39,6 +40,7 @@ _TEXTS: dict[str, dict[str, str]] = {
         "empty_reply": "(empty answer)",
         "ask_usage": "Write your question after /ask, e.g. /ask What should I see in Seoul?",
         "forget_not_yours": "Only the person who sent /forget can press this.",
+        "too_many_pending": "⏳ {pending} of your questions are still waiting for an answer. Please send this again once they are answered.",
     },
 }
 
