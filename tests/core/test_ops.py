@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
@@ -20,6 +26,7 @@ from kullm_core.worker import Worker
 from tests.core.helpers import ask
 
 ON = OpsSettings(port=0)
+TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 def ops_settings() -> OpsSettings:
@@ -31,8 +38,10 @@ def ops_settings() -> OpsSettings:
         return OpsSettings(host="127.0.0.1", port=s.getsockname()[1])
 
 
-async def get(ops: OpsServer, path: str, method: str = "GET") -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", ops.port)
+async def get(ops: OpsServer | int, path: str, method: str = "GET") -> tuple[int, str]:
+    """(status, body) of one request to a running ops server (or to a port)."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", ops if isinstance(ops, int) else ops.port)
     writer.write(f"{method} {path} HTTP/1.1\r\nHost: probe\r\n\r\n".encode())
     await writer.drain()
     raw = await asyncio.wait_for(reader.read(), 10)
@@ -147,3 +156,41 @@ async def test_metrics_count_a_real_job_through_the_worker(
     assert after[("kullm_inflight_jobs", ())] == 0
     assert after[("kullm_queue_depth", ())] == 0
     assert after[("kullm_dead_letters", ())] == 1
+
+
+@pytest.mark.slow
+async def test_kullm_worker_process_serves_ops_and_logs_only_json_lines(
+    settings: Settings, client: CoreClient, tmp_path: Path
+) -> None:
+    ops = ops_settings()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KULLM_")}
+    env.update({
+        "KULLM_REDIS__URL": settings.redis.url, "KULLM_MODEL__PATH": settings.model.path,
+        "KULLM_DATA_DIR": str(tmp_path), "KULLM_QUEUE__HEARTBEAT_S": "1.0",
+        "KULLM_QUEUE__RECLAIM_IDLE_S": "5.0", "KULLM_GENERATION__MAX_NEW_TOKENS": "8",
+        "KULLM_LOG_FORMAT": "json", "KULLM_OPS__HOST": ops.host, "KULLM_OPS__PORT": str(ops.port),
+    })
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kullm.cli", "worker", env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(120):
+            while not any("running: worker" in x for x in lines):
+                line = await proc.stderr.readline()
+                assert line, "".join(lines)
+                lines.append(line.decode())
+        assert await get(ops.port, "/healthz") == (200, "ok\n")
+        await ask(client, "프로세스 메트릭", "ops-proc-1")
+        assert await get(ops.port, "/readyz") == (200, "ready\n")  # it just answered: fresh
+        status, body = await get(ops.port, "/metrics")
+        assert status == 200 and set(WORKER_METRICS) <= {n for n, _ in samples(body)}
+        assert samples(body)[("kullm_jobs_total", (("result", "length"),))] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = await asyncio.wait_for(proc.communicate(), 60)
+    lines += rest.decode().splitlines(keepends=True)
+    assert proc.returncode == 0, "".join(lines)
+    for line in lines:  # no progress bar or stray print between the JSON lines
+        assert TS_RE.match(json.loads(line)["ts"]), line
