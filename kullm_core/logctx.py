@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 
 FIELDS = ("job_id", "conversation", "platform")
 
@@ -39,6 +39,16 @@ def bound(**fields: str | None) -> Iterator[None]:
         yield
     finally:
         _CONTEXT.reset(token)
+
+
+def fresh(**fields: str | None) -> Context:
+    """A context holding only `fields`, for a long-lived task that serves many jobs (e.g.
+    `asyncio.create_task(..., context=fresh(platform="telegram"))`): it must not carry the
+    job of whichever task happened to start it."""
+    ctx = copy_context()
+    ctx.run(_CONTEXT.set, ())
+    ctx.run(bind, **fields)
+    return ctx
 
 
 class ContextFilter(logging.Filter):

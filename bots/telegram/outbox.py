@@ -26,7 +26,7 @@ from telegram import Bot
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 
 from bots.telegram.ratelimit import RedisRateLimiter
-from kullm_core import metrics
+from kullm_core import logctx, metrics
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ class Outbox:
         else:
             lane.ops.append(op)
         if lane.task is None:
-            lane.task = asyncio.create_task(self._run(lane), name=f"tg-lane-{op.chat_id}")
+            lane.task = asyncio.create_task(self._run(lane), name=f"tg-lane-{op.chat_id}",
+                                            context=logctx.fresh(platform="telegram"))
         return op.future
 
     async def run(self, op: Op) -> Outcome:

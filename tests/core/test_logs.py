@@ -82,12 +82,18 @@ async def test_context_fields_stay_in_the_task_that_bound_them(log_lines: io.Str
         await asyncio.sleep(0)
         log.info("working on %s", name)
 
+    async def serves_many_jobs() -> None:
+        log.info("lane")
+
     await asyncio.gather(job("a"), job("b"))
     log.info("outside")
+    with logctx.bound(job_id="c", platform="telegram"):  # a long-lived task started by job c
+        await asyncio.create_task(serves_many_jobs(), context=logctx.fresh(platform="telegram"))
     by_message = {x["message"]: x for x in parsed(log_lines)}
     assert by_message["working on a"]["job_id"] == "a"
     assert by_message["working on b"]["job_id"] == "b"
     assert "job_id" not in by_message["outside"] and "platform" not in by_message["outside"]
+    assert "job_id" not in by_message["lane"] and by_message["lane"]["platform"] == "telegram"
 
 
 async def test_a_bad_slack_signature_does_not_put_the_body_in_the_log(
