@@ -20,9 +20,11 @@ from kullm_core.logctx import FIELDS, ContextFilter
 
 # Libraries that log at INFO what must not be in a log: slack_bolt's request verification
 # logs the whole body of a request with a bad signature (the message text) at INFO; the
-# HTTP clients log URLs holding the Telegram token. They stay at WARNING whatever the level.
+# HTTP clients log URLs holding the Telegram token, and tornado (PTB's webhook server) every
+# request path, where a webhook path often holds a secret. They stay at WARNING whatever the
+# level.
 QUIET = ("httpx", "httpcore", "urllib3", "asyncio", "slack_bolt", "slack_sdk",
-         "bots.slack.bolt", "bots.slack.sdk")
+         "bots.slack.bolt", "bots.slack.sdk", "tornado.access")
 
 
 def utc_ms(created: float) -> str:
