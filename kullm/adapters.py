@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from kullm.runtime import open_redis, stop_on_signals
 from kullm_core.client import CoreClient
 from kullm_core.embedded import running_url
-from kullm_core.errors import ConfigError
+from kullm_core.errors import ConfigError, PlatformError
 from kullm_core.ops import OpsServer, redis_ping
 from kullm_core.settings import Settings
 
@@ -39,10 +39,58 @@ def runner(name: str) -> Runner:
     if name == "telegram":
         from bots.telegram import run_telegram
 
-        return run_telegram
+        return guarded(name, run_telegram)
     from bots.slack import run_slack
 
-    return run_slack
+    return guarded(name, run_slack)
+
+
+_SLACK_AUTH = {"invalid_auth", "not_authed", "account_inactive", "token_revoked",
+               "token_expired", "not_allowed_token_type"}
+
+
+def platform_error(name: str, settings: Settings, exc: BaseException) -> PlatformError | None:
+    """A person's one-line account of a platform that refused us or cannot be reached."""
+    if name == "telegram":
+        from telegram.error import Forbidden, InvalidToken, NetworkError
+
+        where = settings.telegram.base_url.split("/bot")[0]
+        if isinstance(exc, InvalidToken | Forbidden):
+            return PlatformError("telegram: the Bot API rejected the token (TELEGRAM_BOT_TOKEN): "
+                                 "copy it again from @BotFather")
+        if isinstance(exc, NetworkError):
+            return PlatformError(f"telegram: cannot reach the Bot API at {where} ({exc}); "
+                                 "check the network or telegram.base_url")
+        return None
+    import aiohttp
+    from slack_sdk.errors import SlackApiError
+
+    if isinstance(exc, SlackApiError):
+        code = str((exc.response.data or {}).get("error", "")) if exc.response else ""
+        if code in _SLACK_AUTH:
+            return PlatformError(f"slack: the token was rejected ({code}): check SLACK_BOT_TOKEN "
+                                 "(xoxb-...) and SLACK_APP_TOKEN (xapp-..., connections:write)")
+        return PlatformError(f"slack: the Web API refused at start: {code or exc}")
+    if isinstance(exc, aiohttp.ClientError | TimeoutError):
+        return PlatformError(f"slack: cannot reach {settings.slack.base_url} ({exc}); check "
+                             "the network or slack.base_url")
+    return None
+
+
+def guarded(name: str, run: Runner) -> Runner:
+    """`run`, with a rejected token or an unreachable platform raised as one clear line."""
+
+    async def _run(settings: Settings, client: CoreClient, stop: asyncio.Event) -> None:
+        try:
+            await run(settings, client, stop)
+        except Exception as exc:
+            known = platform_error(name, settings, exc)
+            if known is None:
+                raise
+            log.debug("%s failed", name, exc_info=True)
+            raise known from None
+
+    return _run
 
 
 async def serve_adapter(settings: Settings, name: str) -> int:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from kullm.runtime import open_redis, stop_on_signals
+from kullm.runtime import Embedded, open_redis, stop_on_signals
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError, KullmError
 from kullm_core.keys import Keys
@@ -35,11 +35,11 @@ WARMING_TTL_S = 30
 def configured_adapters(settings: Settings) -> list[tuple[str, Runner]]:
     """The platforms whose credentials are set. A half-configured one is a `ConfigError`
     naming what is missing (not silently "no chat platform configured")."""
+    from kullm.adapters import runner
+
     found: list[tuple[str, Runner]] = []
     if settings.telegram.token.get_secret_value():
-        from bots.telegram import run_telegram
-
-        found.append(("telegram", run_telegram))
+        found.append(("telegram", runner("telegram")))
     s = settings.slack
     bot, app, secret = (v.get_secret_value() for v in (s.bot_token, s.app_token, s.signing_secret))
     if bot or app or secret:
@@ -53,9 +53,7 @@ def configured_adapters(settings: Settings) -> list[tuple[str, Runner]]:
             missing.append("SLACK_SIGNING_SECRET (for slack.mode = \"http\")")
         if missing:
             raise ConfigError("Slack is half configured: missing " + " and ".join(missing))
-        from bots.slack import run_slack
-
-        found.append(("slack", run_slack))
+        found.append(("slack", runner("slack")))
     return found
 
 
@@ -118,7 +116,7 @@ async def serve(settings: Settings, *, with_adapters: bool) -> int:
     plan = configured_adapters(settings) if with_adapters else []
     stop = asyncio.Event()
     stop_on_signals(stop)
-    embedded = "start" if with_adapters else "reuse_or_start"
+    embedded: Embedded = "start" if with_adapters else "reuse_or_start"
     async with open_redis(settings, embedded=embedded) as redis:
         client = CoreClient(redis, settings)
         tasks = {name: asyncio.create_task(run(settings, client, stop), name=name)
@@ -136,7 +134,8 @@ async def serve(settings: Settings, *, with_adapters: bool) -> int:
         async with OpsServer(settings.ops, checks={"redis": redis_ping(redis)}) as ops:
             if worker is not None:
                 ops.watch_worker(worker)
-            names = [f"worker ({worker.engine.name})" if n == "worker" else n for n in tasks]
+            names = [f"worker ({worker.engine.name})" if n == "worker" and worker else n
+                     for n in tasks]
             log.info("running: %s", ", ".join(names) or "nothing (stopping)")
             try:
                 if tasks:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from kullm_core.errors import EmbeddedRedisError
 from kullm_core.redisd import LOCK_FILE, STATE_FILE
@@ -146,7 +146,7 @@ def _readline(out: IO[str], timeout_s: float) -> str:
     return result[0] if result else ""
 
 
-def _parse(line: str) -> dict[str, object]:
+def _parse(line: str) -> dict[str, Any]:
     try:
         msg = json.loads(line)
     except ValueError:

@@ -74,7 +74,7 @@ class Worker:
         self.store = RedisConversationStore(redis, self.keys, h.retention_hours * 3600, h.max_turns)
         g = settings.generation
         self.prompt = PromptBuilder(tokenizer, g.system_prompt, g.context_window, g.max_new_tokens)
-        self.capacity = settings.batching.max_batch_size
+        self.capacity = engine.slots or settings.batching.max_batch_size
         self.sessions: dict[str, tuple[JobSession, asyncio.Task[None]]] = {}
         self.deferred: list[Delivery] = []
         self.max_deferred = max(64, 4 * self.capacity)

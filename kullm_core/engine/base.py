@@ -63,6 +63,9 @@ class Engine(Protocol):
     """Generates. Never touches Redis, history, or platforms."""
 
     name: str
+    slots: int | None
+    """Requests it serves well at once (the worker's concurrency); None: the local engine's
+    `batching.max_batch_size`."""
 
     async def start(self) -> None: ...
 
@@ -79,6 +82,8 @@ class Engine(Protocol):
 
 class EngineBase:
     """`async with engine:` for every engine: start on enter, stop on exit."""
+
+    slots: int | None = None
 
     async def start(self) -> None:
         return None

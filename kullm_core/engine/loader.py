@@ -33,8 +33,16 @@ def resolve_model_path(settings: Settings) -> tuple[str, bool]:
         return str(_ensure_tiny(tiny_dir)), True
     if Path(m.path).is_dir():
         return m.path, (Path(m.path) / "TINY_MODEL").exists()
-    if m.allow_download or _in_hf_cache(m.path):
+    if m.allow_download or _in_hf_cache(m.path, "tokenizer_config.json" if m.engine == "openai"
+                                        else "config.json"):
         return m.path, False
+    if m.engine == "openai":  # its history fitting needs the real tokenizer: never the tiny one
+        raise ModelLoadError(
+            f"the openai engine needs the tokenizer of `{m.path}` (setting model.path) to fit "
+            "history into the context; only its small tokenizer files are needed: "
+            f"`hf download {m.path} --include '*.json' --include '*.jinja' --include "
+            "'tokenizer.model'`, or set model.path to a folder that has them"
+        )
     if m.tiny_fallback == "auto" and not _has_cuda():
         log.warning(
             "model %s is not on this machine and there is no CUDA GPU: using the TINY RANDOM "
@@ -43,16 +51,16 @@ def resolve_model_path(settings: Settings) -> tuple[str, bool]:
         )
         return str(_ensure_tiny(tiny_dir)), True
     raise ModelLoadError(
-        f"model `{m.path}` not found locally (setting model.path); download it first, e.g. "
-        f"`huggingface-cli download {m.path}`, or set model.allow_download=true"
+        f"model `{m.path}` not found locally (setting model.path); download it first "
+        f"(about 21.4 GB): `hf download {m.path}`, or set model.allow_download=true"
     )
 
 
-def _in_hf_cache(repo_id: str) -> bool:
+def _in_hf_cache(repo_id: str, filename: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(repo_id, "config.json")
+        found = try_to_load_from_cache(repo_id, filename)
         return isinstance(found, str)
     except Exception:
         return False
@@ -99,16 +107,68 @@ def load_model(path: str, settings: Settings) -> Any:
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": not m.allow_download}
     if device.startswith("cuda"):
         kwargs["device_map"] = "auto" if device == "cuda" else {"": device}
+        if not m.allow_offload:
+            check_fits(weight_bytes(path, dtype, m.allow_download), gpu_bytes(device),
+                       str(dtype).replace("torch.", ""))
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load the model from `{path}`: {exc}") from None
+    if device.startswith("cuda") and not m.allow_offload:
+        check_placement(getattr(model, "hf_device_map", None) or {})
     if not device.startswith("cuda"):
         model = model.to(device)  # type: ignore[arg-type]
     model.eval()
     n = sum(p.numel() for p in model.parameters())
     log.info("model loaded: %.2fB parameters", n / 1e9)
     return model
+
+
+def weight_bytes(path: str, dtype: Any, allow_download: bool) -> int:
+    """Bytes of the model's weights in `dtype`, counted on the meta device (nothing loaded)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, local_files_only=not allow_download)
+    with init_empty_weights():
+        meta = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in meta.parameters()) * dtype.itemsize
+
+
+def gpu_bytes(device: str) -> int:
+    """Memory of the GPU(s) the model may use: all visible ones for `cuda`, else one."""
+    import torch
+
+    if device == "cuda":
+        ids = range(torch.cuda.device_count())
+    else:
+        ids = range(int(device.partition(":")[2] or 0), int(device.partition(":")[2] or 0) + 1)
+    return sum(torch.cuda.get_device_properties(i).total_memory for i in ids)
+
+
+_HEADROOM = 0.92  # CUDA context, activations and some KV cache need the rest
+
+
+def check_fits(weights: int, gpu: int, dtype: str) -> None:
+    """A GPU too small for the weights is an error at start: accelerate would otherwise put
+    layers on the CPU silently (and the bot would be very slow)."""
+    if weights > gpu * _HEADROOM:
+        raise ModelLoadError(
+            f"the model needs {weights / 2**30:.1f} GiB in {dtype} but the GPU memory is "
+            f"{gpu / 2**30:.1f} GiB: use a larger GPU (or several), a quantized model behind "
+            "the openai engine (vLLM/TGI/SGLang), or set model.allow_offload=true to put layers "
+            "on the CPU on purpose (very slow)"
+        )
+
+
+def check_placement(device_map: dict[str, Any]) -> None:
+    """After loading: no layer may have landed on the CPU or disk unless offload is allowed."""
+    off = sorted({str(d) for d in device_map.values() if str(d) in ("cpu", "disk")})
+    if off:
+        raise ModelLoadError(
+            f"accelerate placed some layers on {' and '.join(off)}: the GPU memory is too "
+            "small for this model and dtype (set model.allow_offload=true to accept that)"
+        )
 
 
 def build_engine(settings: Settings) -> tuple[Any, Any]:
@@ -118,6 +178,9 @@ def build_engine(settings: Settings) -> tuple[Any, Any]:
     if settings.model.engine == "openai":
         from kullm_core.engine.openai import OpenAIEngine
 
+        if tiny:
+            log.warning("openai engine: fitting history with the TINY test tokenizer "
+                        "(model.tiny_fallback = always); token counts will be wrong")
         return OpenAIEngine.from_settings(settings.model), tokenizer
     from kullm_core.engine.local import LocalEngine
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from kullm_core.engine.base import EngineBase, EngineOutput, GenerationRequest
+from kullm_core.errors import ModelLoadError
 from kullm_core.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,9 @@ class OpenAIEngine(EngineBase):
 
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, api_key: str = "", timeout_s: float = 60.0):
+    def __init__(self, base_url: str, model: str, api_key: str = "", timeout_s: float = 60.0,
+                 slots: int = 128):
+        self.slots = slots
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key = api_key
@@ -37,14 +40,44 @@ class OpenAIEngine(EngineBase):
     @classmethod
     def from_settings(cls, m: ModelSettings) -> OpenAIEngine:
         return cls(m.openai_base_url, m.openai_model, m.openai_api_key.get_secret_value(),
-                   m.openai_timeout_s)
+                   m.openai_timeout_s, m.openai_concurrency)
 
     async def start(self) -> None:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        slots = self.slots or 128
         self._client = httpx.AsyncClient(
             base_url=self.base_url, headers=headers,
             timeout=httpx.Timeout(self.timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=slots + 8, max_keepalive_connections=slots),
         )
+        try:
+            await self._check_server()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _check_server(self) -> None:
+        """Before saying ready: the endpoint answers, accepts the key and serves the model."""
+        assert self._client is not None
+        where = f"{self.base_url}/models (setting model.openai_base_url)"
+        try:
+            resp = await self._client.get("/models", timeout=10.0)
+        except httpx.HTTPError as exc:
+            raise ModelLoadError(
+                f"openai engine: cannot reach {where}: {type(exc).__name__} {exc}".rstrip()
+            ) from None
+        if resp.status_code in (401, 403):
+            raise ModelLoadError(f"openai engine: {where} rejected the API key "
+                                 "(setting model.openai_api_key)")
+        if resp.status_code >= 400:
+            raise ModelLoadError(f"openai engine: {where} answered {resp.status_code}")
+        try:
+            served = [str(m.get("id")) for m in resp.json().get("data", [])]
+        except (ValueError, AttributeError):
+            served = []
+        if served and self.model not in served:
+            log.warning("openai engine: the server serves %s, not %s (setting "
+                        "model.openai_model)", ", ".join(served[:5]), self.model)
 
     async def stop(self) -> None:
         if self._client is not None:

@@ -81,3 +81,35 @@ def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("kullm: error: model `no-such-org/no-such-model` not found locally")
     assert "Traceback" not in proc.stderr
+
+
+def test_relative_paths_resolve_once_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "kullm3").mkdir(parents=True)
+    monkeypatch.setenv("KULLM_MODEL__PATH", "models/kullm3")
+    s = load_settings()
+    assert s.data_dir == tmp_path / "data"  # the default "data", made absolute at load
+    assert s.model.path == str(tmp_path / "models" / "kullm3")
+    monkeypatch.setenv("KULLM_MODEL__PATH", "nlpai-lab/KULLM3")
+    assert load_settings().model.path == "nlpai-lab/KULLM3"  # a hub id stays one
+
+
+def test_dotenv_lists_and_log_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "# tokens and settings of this deployment\nTELEGRAM_BOT_TOKEN=123:from-dotenv\n"
+        "KULLM_LOG_LEVEL=debug\nKULLM_LIMITS__ADMINS=tg:1, tg:2\n"
+    )
+    monkeypatch.setenv("KULLM_GENERATION__STOP_STRINGS", '["###", "END"]')
+    s = load_settings()
+    assert s.telegram.token.get_secret_value() == "123:from-dotenv"
+    assert s.log_level == "DEBUG"
+    assert s.limits.admins == ["tg:1", "tg:2"]  # `a,b` as well as JSON
+    assert s.generation.stop_strings == ["###", "END"]
+    monkeypatch.setenv("KULLM_LOG_LEVEL", "warning")  # the environment wins over .env
+    assert load_settings().log_level == "WARNING"
+    (tmp_path / ".env").write_text("KULLM_LOG_LEVL=debug\n")  # a typo is named, not ignored
+    with pytest.raises(ConfigError, match="log_levl"):
+        load_settings()
