@@ -45,7 +45,9 @@ class TerminalChat:
         if sub.error is not None:
             self._print(error_text(sub.error, self.lang), "\n")
             return 1
-        if sub.position > 1:
+        if await self.client.warming():
+            self._print(t("warming_up", self.lang), "\n")
+        elif sub.position > 1:
             self._print(t("queued", self.lang, position=sub.position), "\n")
         shown, attempt = "", 0
         async for _, event in self.client.events(sub.job_id):

@@ -121,6 +121,9 @@ async def serve(settings: Settings, *, with_adapters: bool) -> int:
         client = CoreClient(redis, settings)
         tasks = {name: asyncio.create_task(run(settings, client, stop), name=name)
                  for name, run in plan}
+        if plan:
+            log.info("online: %s (users are told it warms up until the model is loaded)",
+                     ", ".join(tasks))
         if with_adapters and not plan:
             log.info("no chat platform configured (set TELEGRAM_BOT_TOKEN, or SLACK_BOT_TOKEN "
                      "with SLACK_APP_TOKEN); talk to it with `kullm chat` in another terminal")

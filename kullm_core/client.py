@@ -5,8 +5,9 @@ Adapters never touch keys or streams directly; everything goes through `CoreClie
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,11 @@ from kullm_core.wire import ConversationRef, ErrorEvent, Event, Job, Turn, UserR
 log = logging.getLogger(__name__)
 
 MAX_USER_TEXT = 16000
+_USER_JOBS_TTL_S = 86400
+_SETTLE_S = 10.0
+
+ForgetHook = Callable[[str, str], Awaitable[object]]
+"""An adapter's own part of /forget: called with (platform, user id)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class CoreClient:
             redis, self.keys, retention_s, settings.history.max_turns
         )
         self.limiter = Limiter(redis, self.keys, settings.limits)
+        self._forget_hooks: list[ForgetHook] = []
 
     async def __aenter__(self) -> CoreClient:
         await self.queue.ensure_group()
@@ -113,6 +120,8 @@ class CoreClient:
                 job_id, "busy", res.position,
                 ErrorEvent(kind="busy", params={"waiting": res.position}),
             )
+        if res.status == "queued":
+            await self._index_job(user, res.job_id)
         log.info("job %s: %s for %s (position %d)", res.job_id, res.status, conv.key, res.position)
         return Submission(res.job_id, res.status, res.position)
 
@@ -179,8 +188,52 @@ class CoreClient:
     async def reset(self, conv: ConversationRef) -> bool:
         return await self.store.reset(conv)
 
+    async def _index_job(self, user: UserRef, job_id: str) -> None:
+        """Remember the user's job, so /forget finds its reply stream (and can stop it)."""
+        key = self.keys.user_jobs(user.platform, user.id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(key, job_id)
+            pipe.expire(key, _USER_JOBS_TTL_S + self.settings.queue.reply_ttl_s)
+            await pipe.execute()
+
+    async def _settle(self, job_ids: list[str]) -> None:
+        """Wait (bounded) until cancelled jobs have ended: a job stopped mid-reply stores the
+        text written so far, and that must happen before the erasure, not after it."""
+
+        async def _end(job_id: str) -> None:
+            async for _ in self.events(job_id, block_ms=500):
+                pass
+
+        try:
+            async with asyncio.timeout(_SETTLE_S):
+                await asyncio.gather(*(_end(j) for j in job_ids))
+        except TimeoutError:
+            log.warning("forget: %d stopped job(s) still running after %.0f s", len(job_ids),
+                        _SETTLE_S)
+
+    def on_forget(self, hook: ForgetHook) -> None:
+        """Add an adapter's own cleanup (its records holding the user's text) to `forget`."""
+        self._forget_hooks.append(hook)
+
     async def forget(self, platform: str, user_id: str) -> int:
-        return await self.store.forget_user(platform, user_id)
+        """Erase everything stored of a user (see `ConversationStore.forget_user` for what is
+        kept and why): their unanswered jobs are stopped first, so that no reply written
+        after this brings their text back. Returns the turns removed."""
+        raw = await self.redis.smembers(self.keys.user_jobs(platform, user_id))
+        jobs = sorted(j.decode() if isinstance(j, bytes) else j for j in raw)
+        if jobs:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in jobs:
+                    pipe.exists(self.keys.done(job_id))
+                done = await pipe.execute()
+            running = [j for j, finished in zip(jobs, done, strict=True) if not finished]
+            for job_id in running:
+                await self.cancel_job(job_id)
+            await self._settle(running)
+        turns = await self.store.forget_user(platform, user_id, jobs)
+        for hook in self._forget_hooks:
+            await hook(platform, user_id)
+        return turns
 
     async def history(self, conv: ConversationRef) -> list[Turn]:
         return await self.store.history(conv)
@@ -191,6 +244,10 @@ class CoreClient:
             self.keys.seen(platform, item_id), "1", nx=True, ex=self.settings.queue.dedupe_ttl_s
         )
         return not first
+
+    async def warming(self) -> bool:
+        """True while a worker is still loading its model (`kullm serve` just started)."""
+        return bool(await self.redis.exists(self.keys.warming))
 
     async def workers_alive(self) -> int:
         n = 0

@@ -24,6 +24,7 @@ from bots.slack.target import Target, conversation, source_id
 from bots.slack.texts import st, suggested_prompts
 from kullm_core import logctx, metrics
 from kullm_core.client import CoreClient
+from kullm_core.limits import RefusalThrottle
 from kullm_core.settings import Settings
 from kullm_core.text_clean import clean_text
 from kullm_core.texts import error_text, lang_of
@@ -57,6 +58,8 @@ class Inbound:
         self.store = store
         self.deliveries = deliveries
         self.locale_ttl_s = store.tuning.locale_ttl_s
+        self.refusals = RefusalThrottle(settings.limits.refusal_interval_s)
+        client.on_forget(self._forget)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- Bolt listeners --------------------------------------------------------------------
@@ -64,6 +67,9 @@ class Inbound:
     async def on_mention(self, body: dict[str, Any], event: dict[str, Any],
                          context: Any) -> None:
         if not is_from_person(event, context.bot_user_id):
+            return
+        if not self._permitted(body, event, context):
+            await self._forbidden(body, event, context, event.get("thread_ts") or event["ts"])
             return
         if not await self._fresh(body, event, context):
             return
@@ -75,7 +81,11 @@ class Inbound:
         if not is_from_person(event, context.bot_user_id):
             return
         bot = context.bot_user_id
+        permitted = self._permitted(body, event, context)
         if event.get("channel_type") == "im":
+            if not permitted:
+                await self._forbidden(body, event, context, event.get("thread_ts") or "")
+                return
             if not await self._fresh(body, event, context):
                 return
             thread = event.get("thread_ts") or ""
@@ -86,8 +96,8 @@ class Inbound:
             return  # a top-level channel message without a mention is not for the bot
         if bot and f"<@{bot}>" in (event.get("text") or ""):
             return  # the app_mention event answers it
-        if self.settings.slack.require_mention_in_threads:
-            return
+        if self.settings.slack.require_mention_in_threads or not permitted:
+            return  # someone not allowed in a thread the bot follows: no Redis work at all
         team = self._team(body, context)
         if not await self.store.in_thread(team, event["channel"], thread):
             return
@@ -98,6 +108,9 @@ class Inbound:
     async def on_assistant_message(self, body: dict[str, Any], event: dict[str, Any],
                                    context: Any) -> None:
         if not is_from_person(event, context.bot_user_id):
+            return
+        if not self._permitted(body, event, context):
+            await self._forbidden(body, event, context, event.get("thread_ts") or "")
             return
         if not await self._fresh(body, event, context):
             return
@@ -126,8 +139,31 @@ class Inbound:
 
     # -- the common path -------------------------------------------------------------------
 
+    async def _forget(self, platform: str, user: str) -> None:
+        if platform == "slack":
+            await self.store.forget_user(user)
+
     def _team(self, body: dict[str, Any], context: Any) -> str:
         return str(context.team_id or body.get("team_id") or "")
+
+    def _permitted(self, body: dict[str, Any], event: dict[str, Any], context: Any) -> bool:
+        """The allowlists, before any Redis or network work (pure)."""
+        who = UserRef(platform="slack", id=str(event.get("user") or ""))
+        return self.client.limiter.allowed(who, chat=str(event.get("channel") or ""),
+                                           workspace=self._team(body, context))
+
+    def _may_refuse(self, team: str, channel: str) -> bool:
+        """One refusal per channel per refusal interval; the rest are dropped (counted)."""
+        return self.refusals.allow(f"slack:{team}:{channel}")
+
+    async def _forbidden(self, body: dict[str, Any], event: dict[str, Any], context: Any,
+                         thread: str) -> None:
+        team, channel, user = self._team(body, context), event["channel"], event["user"]
+        log.info("slack %s/%s: user %s not allowed", team, channel, user)
+        if self._may_refuse(team, channel):
+            lang, _ = await self.profile(team, user)
+            await self.ephemeral(team, channel, user, thread,
+                                 error_text(ErrorEvent(kind="forbidden"), lang))
 
     async def _fresh(self, body: dict[str, Any], event: dict[str, Any], context: Any) -> bool:
         """False for an event (or a message) this adapter has already taken."""
@@ -157,13 +193,6 @@ class Inbound:
             known = await self.profile(team, user)
         lang, name = known or ("ko", "")
         who = UserRef(platform="slack", id=user, name=name, lang=lang)
-        if not self.client.limiter.allowed(who, chat=channel, workspace=team):
-            log.info("slack %s/%s: user %s not allowed", team, channel, user)
-            if known is None:
-                lang, _ = await self.profile(team, user)
-            await self.ephemeral(team, channel, user, reply_thread,
-                                 error_text(ErrorEvent(kind="forbidden"), lang))
-            return
         if not text:
             key = "text_only" if event.get("files") else "empty_mention"
             await self.say(team, channel, reply_thread, st(key, lang))
@@ -177,10 +206,14 @@ class Inbound:
         if known is None:
             self._background(self._learn_lang(team, user, sub.job_id))
         if sub.error is not None:
+            if not self._may_refuse(team, channel):
+                return
             if known is None:
                 lang, _ = await self.profile(team, user)
             await self.ephemeral(team, channel, user, reply_thread, error_text(sub.error, lang))
             return
+        if await self.client.warming():
+            await self.ephemeral(team, channel, user, reply_thread, st("warming_up", lang))
         if not target.is_dm:
             await self.store.join_thread(team, channel, thread)
         await self.store.set_last(team, channel, user, thread)

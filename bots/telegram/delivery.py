@@ -98,6 +98,8 @@ class ReplyTask:
         self._typing: asyncio.Task[None] | None = None
         self.answered = False
         """The job is over (done or error): the conversation is free for the next question."""
+        self.refusal: ErrorEvent | None = None
+        """Why the core refused the question (rate limit, quota...), once `submit_once` did."""
         self.finished = False
 
     @property
@@ -144,7 +146,7 @@ class ReplyTask:
                 await self.save()
             await self.view.status(t("busy_waiting", rec.lang, waiting=sub.position))
             return "busy"
-        err = sub.error or ErrorEvent(kind="internal")
+        err = self.refusal = sub.error or ErrorEvent(kind="internal")
         if self.env.refusals.allow(f"tg:{rec.chat_id}"):
             await self.notice(error_text(err, rec.lang))
         else:
@@ -232,7 +234,9 @@ class ReplyTask:
         if self.started or (self.view.visible.is_set() and not self.behind):
             return
         self._waiting_shown = True
-        if self.behind:
+        if await self.env.client.warming():
+            await self.view.status(t("warming_up", self.rec.lang))
+        elif self.behind:
             await self.view.status(t("queued_behind", self.rec.lang))
         else:
             await self.view.status(t("queued", self.rec.lang, position=max(1, self.position)))
