@@ -14,6 +14,8 @@
 | {p}:active:{conversation}   | string | 1 day; the job now answering this conversation      |
 | {p}:conv:{conversation}     | list   | history.retention_hours, sliding                    |
 | {p}:uidx:{platform}:{user}  | set    | history.retention_hours, sliding (for /forget)      |
+| {p}:ujobs:{platform}:{user} | set    | 1 day + queue.reply_ttl_s, sliding: the user's job  |
+|                             |        | ids, so /forget finds their reply streams           |
 | {p}:worker:{worker_id}      | string | 3 heartbeats (health)                               |
 | {p}:rate:{user}:{minute}    | string | 2 minutes                                           |
 | {p}:quota:{user}:{day}      | string | 2 days                                              |
@@ -83,6 +85,9 @@ class Keys:
 
     def user_index(self, platform: str, user_id: str) -> str:
         return f"{self.prefix}:uidx:{platform}:{user_id}"
+
+    def user_jobs(self, platform: str, user_id: str) -> str:
+        return f"{self.prefix}:ujobs:{platform}:{user_id}"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"

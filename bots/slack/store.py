@@ -169,6 +169,14 @@ class SlackStore:
             return None
         return "" if raw == "-" else raw
 
+    async def forget_user(self, user: str) -> int:
+        """/forget: drop what names this user (their cached profile: locale and name, and
+        the thread of their last question) in every workspace. Returns keys deleted."""
+        patterns = [self.locale_key("*", user), self.last_key("*", "*", user)]
+        doomed = [key for pattern in patterns
+                  async for key in self.r.scan_iter(match=pattern, count=1000)]
+        return int(await self.r.delete(*doomed)) if doomed else 0
+
     async def locale(self, team: str, user: str) -> str | None:
         raw = await self.r.get(self.locale_key(team, user))
         return None if raw is None else _s(raw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Literal
 
 from telegram import (
@@ -44,9 +45,11 @@ from kullm_core import logctx, metrics
 from kullm_core.settings import Settings
 from kullm_core.text_clean import clean_text
 from kullm_core.texts import lang_of
-from kullm_core.wire import Job
+from kullm_core.wire import ErrorEvent, Job
 
 log = logging.getLogger(__name__)
+
+_MAX_REFUSED = 4096
 
 Ctx = ContextTypes.DEFAULT_TYPE
 
@@ -64,10 +67,17 @@ class Handlers:
     def __init__(self, settings: Settings, env: Env, deliveries: Deliveries, bot: Bot) -> None:
         self.s = settings.telegram
         self.limits = settings.limits
+        self._refused_until: dict[tuple[int, int], float] = {}
+        self.dropped_while_limited = 0
         self.env = env
         self.client = env.client
         self.deliveries = deliveries
         self.bot = bot
+        self.client.on_forget(self._forget_records)
+
+    async def _forget_records(self, platform: str, user_id: str) -> None:
+        if platform == PLATFORM and user_id.isdigit():
+            await self.env.registry.forget_user(int(user_id))
 
     def install(self, app: Application) -> None:  # type: ignore[type-arg]
         app.add_handler(TypeHandler(Update, self.gate), group=-1)
@@ -101,6 +111,8 @@ class Handlers:
             if msg is not None and self._speaks_to_me(msg):
                 log.info("chat %s: user %s is not allowed", msg.chat.id, user.id)
                 self.refuse(msg, t("error.forbidden", lang_of(user.language_code)))
+            raise ApplicationHandlerStop
+        if msg is not None and self._told_to_wait(msg):
             raise ApplicationHandlerStop
         if await self.client.seen(PLATFORM, f"{self.bot.id}:{update.update_id}"):
             log.info("update %s: duplicate; ignored", update.update_id)
@@ -195,6 +207,7 @@ class Handlers:
         task.start_typing()
         result = await task.submit_once()
         if result == "refused":
+            self._remember_refusal(msg.chat.id, user.id, task.refusal)
             await self.deliveries.drop(task)
             return
         others = [x for x in self.deliveries.for_conversation(conv.key) if x.job_id != job_id]
@@ -203,6 +216,30 @@ class Handlers:
         log.info("job %s: chat %s user %s (%s%s)", job_id, msg.chat.id, user.id, result,
                  ", behind another reply" if task.behind else "")
         self.deliveries.spawn(task)
+
+    def _remember_refusal(self, chat_id: int, user_id: int, err: ErrorEvent | None) -> None:
+        """A user told to wait (rate limit, quota) is not asked about again until then: their
+        questions meanwhile are dropped before any Redis work (the refusal said when)."""
+        wait = err.params.get("retry_after") if err is not None else None
+        if err is None or err.kind not in ("rate_limited", "quota") or not isinstance(wait, int):
+            return
+        now = time.monotonic()
+        if len(self._refused_until) > _MAX_REFUSED:
+            self._refused_until = {k: v for k, v in self._refused_until.items() if v > now}
+        self._refused_until[(chat_id, user_id)] = now + wait
+
+    def _told_to_wait(self, msg: Message) -> bool:
+        user = msg.from_user
+        if user is None or (msg.text or "").startswith("/"):
+            return False
+        until = self._refused_until.get((msg.chat.id, user.id))
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            self.dropped_while_limited += 1
+            return True
+        del self._refused_until[(msg.chat.id, user.id)]
+        return False
 
     def _pending(self, chat_id: int, user_id: int) -> int:
         """This user's questions in this chat not answered yet (waiting or being written)."""

@@ -136,6 +136,18 @@ class DeliveryRegistry:
             await pipe.execute()
         await self.release([job_id])
 
+    async def forget_user(self, user_id: int) -> int:
+        """/forget: drop the delivery records of this user's replies (a record not yet
+        accepted by the queue holds the question's text). Returns how many."""
+        raw: list[bytes | str] = await self.r.zrange(self.index, 0, -1)  # type: ignore[assignment]
+        dropped = 0
+        for job_id in (m.decode() if isinstance(m, bytes) else m for m in raw):
+            rec = await self.load(job_id)
+            if rec is not None and rec.user_id == user_id:
+                await self.finish(job_id)
+                dropped += 1
+        return dropped
+
     async def orphans(self, exclude: set[str]) -> list[str]:
         """Deliveries no live process holds (their lease expired or was handed back)."""
         await self.r.zremrangebyscore(self.index, "-inf", time.time() - RECORD_TTL_S)
