@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -164,3 +166,25 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
             out.append((word.upper(), rest.strip()))
             buf = ""
     return out
+
+
+def docker_context(dest: Path) -> Path:
+    """Copy what `docker build .` sends: this repo's `.dockerignore` (`**`, then `!` keeps,
+    then excludes) applied to the working tree."""
+    keep: list[str] = []
+    drop: list[str] = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and line != "**":
+            (keep if line.startswith("!") else drop).append(line.lstrip("!").rstrip("/"))
+    for path in ROOT.rglob("*"):
+        rel = path.relative_to(ROOT).as_posix()
+        if not path.is_file() or rel.split("/")[0] not in keep:
+            continue
+        if any(fnmatch.fnmatch(rel, d) or fnmatch.fnmatch(rel, d.removeprefix("**/") + "/*")
+               or any(fnmatch.fnmatch(part, d.removeprefix("**/")) for part in rel.split("/"))
+               for d in drop):
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest / rel)
+    return dest

@@ -87,10 +87,8 @@ def _plain(value: Any) -> Any:
 
 def _example_env() -> dict[str, str]:
     """.env.example with every example set; an empty token gets a stand-in value."""
-    env = {k: v or f"test-{k.lower()}" for k, v in h.env_example().items()
-           if k not in h.COMPOSE_ONLY_VARS}
-    env["KULLM_DATA_DIR"] = "/tmp/kullm-deploy-test"  # absolute, never created by a load
-    return env
+    return {k: v or f"test-{k.lower()}" for k, v in h.env_example().items()
+            if k not in h.COMPOSE_ONLY_VARS}
 
 
 @pytest.fixture

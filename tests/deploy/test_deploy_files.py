@@ -331,6 +331,29 @@ def test_dockerfile_runs_as_non_root_with_a_data_volume_and_a_probe() -> None:
     assert next(a for i, a in ins if i == "CMD") == '["kullm", "serve"]'
 
 
+@pytest.mark.slow
+def test_project_installs_from_the_docker_context_and_runs(tmp_path: Path) -> None:
+    """The image's last install step, offline: `pip install --no-deps` of what `.dockerignore`
+    lets through, then the installed copy (not this checkout) runs and has its data files."""
+    context = h.docker_context(tmp_path / "context")
+    assert not list(context.rglob("__pycache__")) and not (context / "tests").exists()
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--no-build-isolation", "--target", str(target), str(context)],
+                   check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = ("import kullm_core, kullm_core.settings as s; print(kullm_core.__file__); "
+            "print(len(s.kullm3_system_prompt()))")
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, check=True)
+    where, prompt_chars = run.stdout.split()
+    assert where.startswith(str(target)) and int(prompt_chars) > 100
+    assert (target / "kullm_core" / "data" / "tiny_tokenizer.json").is_file()
+    helped = subprocess.run([sys.executable, "-m", "kullm.cli", "--help"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "telegram" in helped.stdout
+
+
 def test_dockerignore_keeps_what_the_install_needs() -> None:
     kept = {line[1:].rstrip("/") for line in (h.ROOT / ".dockerignore").read_text().splitlines()
             if line.startswith("!")}
