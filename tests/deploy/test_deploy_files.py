@@ -70,6 +70,9 @@ def test_compose_services_share_redis_env_file_and_stop_gracefully() -> None:
         env = {k: h.interpolate(str(v)) for k, v in svc["environment"].items()}
         assert env["KULLM_REDIS__URL"] == "redis://valkey:6379/0", name
         assert (env["KULLM_OPS__HOST"], env["KULLM_OPS__PORT"]) == ("0.0.0.0", "9100"), name
+        assert env["KULLM_DATA_DIR"] == "/app/data", name  # the image's volume
+        assert "./config/kullm.toml:/app/config/kullm.toml:ro" in svc["volumes"], name
+        assert svc["command"][1:3] == ["--config", "/app/config/kullm.toml"], name
         assert [e["path"] for e in svc["env_file"]] == [".env"], name
         assert svc["depends_on"]["valkey"]["condition"] == "service_healthy", name
         assert h.seconds(svc["stop_grace_period"]) > GRACE_S, name
