@@ -11,13 +11,6 @@
 # and in a second terminal: docker exec -it <container> kullm chat
 FROM python:3.12-slim
 
-# `all` = worker + telegram + slack. `telegram` or `slack` alone never installs torch.
-ARG EXTRAS=all
-# torch comes from the PyTorch wheel index so pip never pulls a multi-GB CUDA build by accident;
-# the spec is the pin scripts/setup.sh (and so CI) installs.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG TORCH_SPEC=torch==2.13.0
-
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -26,9 +19,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 
 RUN python -m venv /opt/venv
+# Non-root; the only writable place is the data volume (embedded Valkey, tiny model, caches).
+RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin kullm \
+    && mkdir -p /app/data /app/config \
+    && chown kullm:kullm /app/data
 
-# Layers from the least to the most often changed: torch (only with its build args), the
-# dependencies (only with pyproject.toml), then the project's own code.
+# Layers from the least to the most often changed: the above (shared by every image), torch
+# (only with its build args), the dependencies (only with pyproject.toml), the project's code.
+# The build args are declared here: a different value misses the cache from here on only.
+# `all` = worker + telegram + slack. `telegram` or `slack` alone never installs torch.
+ARG EXTRAS=all
+# torch comes from the PyTorch wheel index so pip never pulls a multi-GB CUDA build by accident;
+# the spec is the pin scripts/setup.sh (and so CI) installs.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_SPEC=torch==2.13.0
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
     case ",${EXTRAS}," in \
@@ -53,10 +57,6 @@ RUN --mount=type=bind,source=.,target=/tmp/src \
     && rm -rf /tmp/build \
     && kullm --help >/dev/null
 
-# Non-root; the only writable place is the data volume (embedded Valkey, tiny model, caches).
-RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin kullm \
-    && mkdir -p /app/data /app/config \
-    && chown kullm:kullm /app/data
 COPY --chown=root:root config/kullm.toml /app/config/kullm.toml
 WORKDIR /app
 ENV KULLM_DATA_DIR=/app/data \
