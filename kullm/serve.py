@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
@@ -87,8 +87,11 @@ async def _keep_warming_flag(redis: Redis, keys: Keys) -> None:
         await asyncio.sleep(WARMING_TTL_S / 3)
 
 
-async def load_engine(settings: Settings, redis: Redis, stop: asyncio.Event) -> Any:
-    """(engine, tokenizer), or None when stopped before the model was loaded."""
+async def load_engine(
+    settings: Settings, redis: Redis, stop: asyncio.Event,
+    watch: Collection[asyncio.Task[Any]] = (),
+) -> Any:
+    """(engine, tokenizer), or None when stopped (or a `watch`ed task ended) first."""
     from kullm_core.engine.loader import build_engine
 
     keys = Keys(settings.redis.prefix)
@@ -96,7 +99,7 @@ async def load_engine(settings: Settings, redis: Redis, stop: asyncio.Event) -> 
     load = asyncio.ensure_future(in_daemon_thread(build_engine, settings))
     stopped = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({load, stopped, *watch}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         flag.cancel()
         stopped.cancel()
@@ -117,37 +120,37 @@ async def serve(settings: Settings, *, with_adapters: bool) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
     embedded: Embedded = "start" if with_adapters else "reuse_or_start"
-    async with open_redis(settings, embedded=embedded) as redis:
+    tasks: dict[str, asyncio.Task[Any]] = {}
+    async with open_redis(settings, embedded=embedded) as redis, OpsServer(
+        settings.ops, checks={"redis": redis_ping(redis)}, expect=("worker",)
+    ) as ops:  # alive at once; ready once the model is loaded and the worker heartbeats
         client = CoreClient(redis, settings)
-        tasks = {name: asyncio.create_task(run(settings, client, stop), name=name)
-                 for name, run in plan}
+        tasks.update({name: asyncio.create_task(run(settings, client, stop), name=name)
+                      for name, run in plan})
         if plan:
             log.info("online: %s (users are told it warms up until the model is loaded)",
                      ", ".join(tasks))
-        if with_adapters and not plan:
+        elif with_adapters:
             log.info("no chat platform configured (set TELEGRAM_BOT_TOKEN, or SLACK_BOT_TOKEN "
                      "with SLACK_APP_TOKEN); talk to it with `kullm chat` in another terminal")
-        built = await load_engine(settings, redis, stop)
         worker: Worker | None = None
-        if built is not None:
-            engine, tokenizer = built
-            worker = Worker(settings, redis, engine, tokenizer)
-            await engine.start()
-            tasks["worker"] = asyncio.create_task(worker.run(stop), name="worker")
-        async with OpsServer(settings.ops, checks={"redis": redis_ping(redis)}) as ops:
-            if worker is not None:
+        try:
+            built = await load_engine(settings, redis, stop, watch=list(tasks.values()))
+            if built is not None and not stop.is_set():
+                engine, tokenizer = built
+                worker = Worker(settings, redis, engine, tokenizer)
+                await engine.start()
                 ops.watch_worker(worker)
-            names = [f"worker ({worker.engine.name})" if n == "worker" and worker else n
-                     for n in tasks]
-            log.info("running: %s", ", ".join(names) or "nothing (stopping)")
-            try:
-                if tasks:
-                    await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
-            finally:
-                stop.set()
-                results = await asyncio.gather(*tasks.values(), return_exceptions=True)
-                if worker is not None:
-                    await worker.engine.stop()
+                tasks["worker"] = asyncio.create_task(worker.run(stop), name="worker")
+                log.info("running: %s", ", ".join(
+                    f"worker ({engine.name})" if n == "worker" else n for n in tasks))
+            if tasks and not stop.is_set():
+                await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            stop.set()  # adapters finish or hand back while Redis is still there
+            results = await asyncio.gather(*tasks.values(), return_exceptions=True)
+            if worker is not None:
+                await worker.engine.stop()
     return _report(dict(zip(tasks, results, strict=True)))
 
 

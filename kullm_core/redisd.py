@@ -12,6 +12,8 @@ Files are private to the bot's user: umask 077 (AOF and logs 0600), directories 
 Valkey listens on a unix socket only (never TCP); a data path too long for a socket address uses
 a short private directory under the system temp dir instead.
 
+SIGINT is ignored; SIGTERM waits (at most `OWNER_GRACE_S`) for the owner to close stdin.
+
 Protocol on stdout, one JSON object a line: `{"ready": url, "server_pid": N}` once,
 `{"restarted": N, "server_pid": N, "exit": code}` after each watchdog restart, `{"error": text}`
 when it cannot start. Exit 0 after a clean stop.
@@ -35,6 +37,8 @@ from typing import IO, Any
 STATE_FILE = "embedded-redis.json"
 LOCK_FILE = "server.lock"
 _MAX_UNIX_PATH = 100
+OWNER_GRACE_S = 60.0
+"""On SIGTERM, how long the server waits for its owner to finish with it."""
 _CONFIG = {
     "appendonly": "yes", "appendfsync": "everysec", "save": "", "loglevel": "warning",
     # History and the queue must never be evicted: a full server refuses writes (OOM) instead.
@@ -188,21 +192,23 @@ def serve(redis_dir: Path, binary: str, out: IO[str]) -> int:
     _write_state(redis_dir, version=list(version), url=url, pid=os.getpid(),
                  server_pid=sup.server_pid)
     _say(out, ready=url, server_pid=sup.server_pid, stopped_stale=stale)
-    stopping = False
+    term_deadline = 0.0
 
     def _on_term(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
+        # A stop of the whole service: the owner is being stopped too and hands its work back
+        # through this server first, so wait (bounded) for it to close our stdin.
+        nonlocal term_deadline
+        term_deadline = term_deadline or time.monotonic() + OWNER_GRACE_S
 
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when the server stops
     sel = selectors.DefaultSelector()
     sel.register(sys.stdin, selectors.EVENT_READ)
-    while not stopping:
+    while not (term_deadline and time.monotonic() > term_deadline):
         if sel.select(timeout=0.2) and not sys.stdin.readline():
             break  # EOF: the owner is done (or gone)
         code = sup.server_exit_code()
-        if code is not None and not stopping:
+        if code is not None:
             sup.server._process = None  # it died: let the same ValkeyServer start it again
             sup.restarts += 1
             url = sup.start_server()
