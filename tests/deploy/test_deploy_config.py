@@ -322,3 +322,38 @@ async def test_probe_paths_are_served_by_the_ops_endpoint() -> None:
     async with OpsServer(OpsSettings(host="127.0.0.1", port=port), readiness=Readiness()):
         answers = {p: await _get(port, p) for p in sorted(paths)}
     assert answers == {p: "200" for p in paths}
+
+
+def _http_probe_commands() -> list[list[str]]:
+    """The compose healthchecks that probe over HTTP (python, the images have no curl)."""
+    return [svc["healthcheck"]["test"][1:] for svc in h.compose()["services"].values()
+            if "urllib" in json.dumps(svc.get("healthcheck", {}))]
+
+
+async def test_http_healthcheck_command_fails_while_not_ready() -> None:
+    from kullm_core.ops import OpsServer, Readiness
+    from kullm_core.settings import OpsSettings
+
+    cmds = _http_probe_commands()
+    assert cmds
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ready = asyncio.Event()
+
+    async def check() -> object:
+        return True if ready.is_set() else "starting"
+
+    readiness = Readiness()
+    readiness.add("slack", check)
+    async with OpsServer(OpsSettings(host="127.0.0.1", port=port), readiness=readiness):
+        for cmd in cmds:
+            argv = [sys.executable if cmd[0] == "python" else cmd[0],
+                    *(a.replace(":9100/", f":{port}/") for a in cmd[1:])]
+            starting = await asyncio.create_subprocess_exec(
+                *argv, stderr=asyncio.subprocess.DEVNULL)
+            assert await starting.wait() == 1, cmd  # 503 from /readyz: unhealthy
+            ready.set()
+            up = await asyncio.create_subprocess_exec(*argv)
+            assert await up.wait() == 0, cmd
+            ready.clear()
