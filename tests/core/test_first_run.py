@@ -148,3 +148,35 @@ async def test_group_signal_mid_reply_exits_0_and_the_reply_is_finished_once_aft
     [[turn]] = (await stored_turns(data)).values()  # exactly once
     assert turn.user == "길게 답해 주세요" and turn.assistant == final.text
     assert final.attempt >= 2  # handed back by the first serve, answered by the second
+
+
+async def test_sigkill_of_serve_leaves_no_server_behind_and_the_next_start_has_the_data(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    data = tmp_path / "d"
+    env = serve_env(data, tiny_model_dir, KULLM_GENERATION__MAX_NEW_TOKENS="8")
+    settings = load_settings(None, data_dir=data, model={"path": str(tiny_model_dir)},
+                             limits={"requests_per_minute": 0, "daily_tokens": 0})
+    cmd = [sys.executable, "-m", "kullm.cli", "serve"]
+    with _group(cmd, REPO, env) as serve:
+        _wait_running(serve)
+        r = Redis.from_url(running_url(data))
+        async with CoreClient(r, settings) as client:
+            sub = await client.submit(CONV, USER, "기억해 주세요", "kill-serve-1")
+            first = done(await collect(client, sub.job_id, timeout=60))
+        await r.aclose()
+        serve.kill()  # SIGKILL: no hand-back, no clean stop
+        serve.wait()
+        deadline = asyncio.get_running_loop().time() + 30
+        while _ours(data) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert _ours(data) == []  # its supervisor stopped the server (AOF flushed)
+    with _group(cmd, REPO, env) as again:
+        _wait_running(again)
+        r = Redis.from_url(running_url(data))
+        async with CoreClient(r, settings) as client:
+            [turn] = await client.history(CONV)
+        await r.aclose()
+        code, err = await asyncio.to_thread(_stop_group, again, signal.SIGTERM)
+    assert code == 0, err
+    assert turn.assistant == first.text
