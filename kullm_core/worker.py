@@ -80,6 +80,9 @@ class Worker:
         self.max_deferred = max(64, 4 * self.capacity)
         """Jobs held waiting for their conversation's previous reply (beyond it: read less)."""
         self.guard = RedisGuard(f"worker {self.id}")
+        self._starting = asyncio.Lock()
+        self._kicks: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._taking = True
@@ -118,8 +121,9 @@ class Worker:
             await stop.wait()
             await asyncio.wait([taker], timeout=_STOP_READ_S)
         finally:
+            self._stopping = True
             taker.cancel()
-            await asyncio.gather(taker, return_exceptions=True)
+            await asyncio.gather(taker, *self._kicks, return_exceptions=True)
             await self._drain()
             for task in background:
                 task.cancel()
@@ -188,16 +192,32 @@ class Worker:
         return True
 
     async def _start_deferred(self) -> bool:
-        free = self.capacity - len(self.sessions)
-        if not self.deferred or free <= 0:
-            return False
-        waiting = list(self.deferred)
-        allowed = await self.queue.may_start(waiting)
-        ready = [d for d, ok in zip(waiting, allowed, strict=True) if ok]
-        for d in ready[:free]:
-            self.deferred.remove(d)
-            self._start(d)
-        return True
+        """Start the held jobs that are first in their conversation. True if Redis was asked."""
+        async with self._starting:
+            free = self.capacity - len(self.sessions)
+            if not self.deferred or free <= 0 or self._stopping:
+                return False
+            waiting = list(self.deferred)
+            allowed = await self.queue.may_start(waiting)
+            ready = [d for d, ok in zip(waiting, allowed, strict=True) if ok]
+            for d in ready[:free]:
+                if d in self.deferred and not self._stopping:
+                    self.deferred.remove(d)
+                    self._start(d)
+            return True
+
+    def _kick(self) -> None:
+        """A reply ended here: start what waited for it now, not at the take loop's next turn
+        (its read may be blocking)."""
+        if self._stopping or not self.deferred:
+            return
+        task = asyncio.create_task(self._start_deferred_quietly(), name="start-deferred")
+        self._kicks.add(task)
+        task.add_done_callback(self._kicks.discard)
+
+    async def _start_deferred_quietly(self) -> None:
+        with contextlib.suppress(*REDIS_TROUBLE):  # the take loop tries again and logs
+            await self._start_deferred()
 
     def _start(self, d: Delivery) -> None:
         session = JobSession(
@@ -223,6 +243,7 @@ class Worker:
             self.sessions.pop(job_id, None)
             metrics.INFLIGHT.set(len(self.sessions))
             self._wake.set()
+            self._kick()
 
     async def _drain(self) -> None:
         """Shutdown: give running jobs the grace period, then hand the rest back."""
