@@ -89,12 +89,14 @@ def test_project_installs_from_the_docker_context_and_runs(tmp_path: Path) -> No
     assert helped.returncode == 0 and "telegram" in helped.stdout
 
 
-def test_dockerignore_keeps_what_the_install_needs() -> None:
-    kept = {line[1:].rstrip("/") for line in (h.ROOT / ".dockerignore").read_text().splitlines()
-            if line.startswith("!")}
+def test_dockerignore_keeps_what_the_install_needs_and_never_the_tokens() -> None:
+    rules = [r for r in (h.ROOT / ".dockerignore").read_text().splitlines()
+             if r.strip() and not r.startswith("#")]
+    kept = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
     packages = {p.rstrip("*") for p in h.pyproject()["tool"]["setuptools"]["packages"]["find"]
                 ["include"]}
     assert {"pyproject.toml", "README.md", "config"} | packages <= kept
+    assert rules[0] == "**" and not any(k.startswith((".env", "data")) for k in kept)
 
 
 # -- systemd ---------------------------------------------------------------------------------
