@@ -15,9 +15,14 @@ if [ -f "$stamp" ] && { grep -qx "$key $want" "$stamp" || grep -qx "$key dev" "$
   exit 0
 fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip >/dev/null
+log=.venv/setup.log
+pip_q() {  # quiet unless it fails: then the whole pip output
+  python -m pip install -q "$@" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+}
+echo "setting up .venv (kullm-chat[$want]; once, or after pyproject.toml changes)..." >&2
+pip_q --upgrade pip
 if ! python -c "import torch" 2>/dev/null; then
-  python -m pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+  pip_q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
-python -m pip install -q -e ".[$want]"
+pip_q -e ".[$want]"
 echo "$key $want" > "$stamp"
