@@ -18,12 +18,30 @@ from kullm_core.client import CoreClient
 from kullm_core.engine.scripted import ScriptedEngine
 from kullm_core.keys import GROUP, Keys
 from kullm_core.settings import Settings
-from kullm_core.wire import ConversationRef, Event
+from kullm_core.wire import ConversationRef, DoneEvent, Event
 from tests.conftest import test_settings_for
 from tests.core.helpers import CONV, USER, collect, done
 from tests.core.scripted_worker import spawn, worker_env
 
-pytestmark = pytest.mark.slow
+
+async def test_only_the_oldest_unfinished_job_of_a_conversation_may_start(
+    client: CoreClient, redis: Redis
+) -> None:
+    other = CONV.model_copy(update={"chat": "other"})
+    for n, conv in enumerate([CONV, CONV, other, CONV]):
+        await client.submit(conv, USER, f"m{n}", f"rule-{n}")
+    q = client.queue
+    await q.ensure_group()
+    got = await q.read("rule-worker", 10, 100)
+    assert await q.may_start(got) == [True, False, True, False]
+    await q.commit(got[0], None, DoneEvent(text=""), 0)
+    assert await q.may_start(got[1:]) == [True, True, False]
+    # a job whose entry left the stream without a commit does not block the next one
+    await redis.xdel(Keys().jobs, got[1].entry_id)
+    assert await q.may_start(got[3:]) == [True]
+    # nor does a conversation whose order list is gone (expired, or an older version)
+    await redis.delete(Keys().order(CONV.key))
+    assert await q.may_start([got[3]]) == [True]
 
 
 async def _first_delta(client: CoreClient, job_id: str) -> str:
@@ -41,12 +59,13 @@ async def _held_by(redis: Redis, consumer: str, n: int) -> None:
     """Wait until `consumer` holds `n` jobs of the stream."""
     async with asyncio.timeout(30):
         while True:
-            info = await redis.xpending_range(Keys().jobs, GROUP, "-", "+", 100)
-            if sum(1 for p in info if p["consumer"].decode() == consumer) >= n:
+            info: Any = await redis.xpending_range(Keys().jobs, GROUP, "-", "+", 100)
+            if sum(1 for p in info if p["consumer"] == consumer.encode()) >= n:
                 return
             await asyncio.sleep(0.02)
 
 
+@pytest.mark.slow
 async def test_m2_waits_for_m1_taken_over_from_a_killed_worker(
     settings: Settings, client: CoreClient, make_worker: Any, tmp_path: Path
 ) -> None:
@@ -72,6 +91,7 @@ async def test_m2_waits_for_m1_taken_over_from_a_killed_worker(
     assert [t.user for t in await client.history(CONV)] == ["첫 번째", "두 번째"]
 
 
+@pytest.mark.slow
 async def test_random_worker_kills_keep_every_conversation_in_send_order(
     settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
@@ -124,10 +144,10 @@ async def _follow_and_kill(
             if e.type == "started":
                 started.put_nowait(e.worker)
 
-    followers = asyncio.gather(*(follow(j) for j in events))
+    followers: asyncio.Future[Any] = asyncio.gather(*(follow(j) for j in events))
     try:
         while kills < max_kills:
-            getter = asyncio.ensure_future(started.get())
+            getter: asyncio.Future[Any] = asyncio.ensure_future(started.get())
             finished, _ = await asyncio.wait([getter, followers], timeout=60,
                                              return_when=asyncio.FIRST_COMPLETED)
             if getter not in finished:
