@@ -23,6 +23,12 @@
 | {p}:chan:cancel             | pubsub | (channel, nothing stored)                           |
 | {p}:positions               | string | 1.5 s (one worker at a time announces positions)    |
 | {p}:warming                 | string | 30 s, renewed while a worker loads its model        |
+| {p}:{ns}:rindex             | zset   | REPLY_INDEX_TTL_S after the last new reply; members|
+|                             |        | older than REPLY_RECORD_TTL_S pruned on each scan   |
+| {p}:{ns}:rrec:{job_id}      | string | REPLY_RECORD_TTL_S (deleted once delivered)         |
+| {p}:{ns}:rlease:{job_id}    | string | the adapter's lease, renewed by its owner           |
+| {p}:{ns}:budget:{bucket}    | zset   | 2 x the bucket's period + in-flight bound, renewed  |
+|                             |        | by each send (`kullm_core.budget`; no text)         |
 | {p}:tg:* / {p}:slack:*      | any    | adapter state, built with `Keys.adapter`; each key's |
 |                             |        | lifetime is documented where the adapter defines it |
 """
@@ -34,6 +40,10 @@ from dataclasses import dataclass
 GROUP = "workers"
 ORDER_TTL_S = 7 * 86400
 """Lifetime of a conversation's order list, renewed by each enqueue."""
+REPLY_RECORD_TTL_S = 86400
+"""A reply record outlives its job's reply stream (1 day before `done`)."""
+REPLY_INDEX_TTL_S = 2 * 86400
+"""The index of an adapter's reply records, renewed by each new reply."""
 
 
 @dataclass(frozen=True)
@@ -107,3 +117,17 @@ class Keys:
     def adapter(self, namespace: str) -> str:
         """Root of one adapter's own keys (`tg`, `slack`): ``{prefix}:{namespace}``."""
         return f"{self.prefix}:{namespace}"
+
+    def reply_index(self, namespace: str) -> str:
+        """`kullm_core.replies`: the replies an adapter (`tg`, `slack`) is delivering."""
+        return f"{self.prefix}:{namespace}:rindex"
+
+    def reply_record(self, namespace: str, job_id: str) -> str:
+        return f"{self.prefix}:{namespace}:rrec:{job_id}"
+
+    def reply_lease(self, namespace: str, job_id: str) -> str:
+        return f"{self.prefix}:{namespace}:rlease:{job_id}"
+
+    def budget(self, namespace: str, bucket: str) -> str:
+        """`kullm_core.budget`: one send-budget bucket of a platform account (bot, app)."""
+        return f"{self.prefix}:{namespace}:budget:{bucket}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -151,6 +151,55 @@ Event = Annotated[
 ]
 _EVENT = TypeAdapter(Event)
 TERMINAL = ("done", "error")
+
+
+class ReplyRequest(_Wire):
+    """A question not yet accepted by the queue, kept so that a restarted adapter submits it."""
+
+    kind: Literal["ask", "retry"] = "ask"
+    text: str = ""
+    meta: dict[str, str] = Field(default_factory=dict)
+
+
+class ReplyRecord(_Wire):
+    """One reply on its way to a chat: what a restarted adapter needs to finish delivering it.
+
+    `target` (where the reply goes: chat, thread, message answered) and `shown` (the
+    platform's messages showing it so far) are owned by the platform's sink and opaque here.
+    """
+
+    v: Literal[1] = 1
+    job_id: str
+    source_id: str
+    conversation: ConversationRef
+    user: UserRef
+    target: dict[str, Any] = Field(default_factory=dict)
+    shown: dict[str, Any] = Field(default_factory=dict)
+    state: Literal["submitting", "following"] = "submitting"
+    """submitting: `request` still has to be accepted by the queue; following: the job's reply
+    events are being shown."""
+    request: ReplyRequest | None = None
+    attempt: int = 0
+    """The job attempt last shown (a worker that died restarts the job with a higher one)."""
+    last_id: str = "0-0"
+    """The reply stream entry last shown. A resumed reply reads its stream from the start
+    anyway: the text is rebuilt from every delta; this only tells how far the user had got."""
+    busy_since: float = 0.0
+    """When the queue first answered busy (0: it did not); bounds the retries."""
+    created_at: float = Field(default_factory=time.time)
+
+    @classmethod
+    def ask(cls, conv: ConversationRef, user: UserRef, source_id: str, text: str,
+            target: dict[str, Any], *, kind: Literal["ask", "retry"] = "ask",
+            meta: dict[str, str] | None = None) -> ReplyRecord:
+        """A new reply to a user's message (`kind="retry"`: regenerate the last answer)."""
+        return cls(job_id=Job.id_for(source_id), source_id=source_id, conversation=conv,
+                   user=user, target=target,
+                   request=ReplyRequest(kind=kind, text=text, meta=meta or {}))
+
+
+def parse_reply_record(raw: str | bytes) -> ReplyRecord:
+    return ReplyRecord.model_validate_json(raw)
 
 
 def parse_event(raw: str | bytes) -> Event:

@@ -1,0 +1,222 @@
+"""Every reply one adapter process delivers: leases kept alive, orphans adopted, clean stop.
+
+    async with Deliveries(client, platform, tuning) as deliveries:
+        await deliveries.deliver(ReplyRecord.ask(conv, user, source_id, text, target))
+
+`deliver` claims the reply's lease, stores its record, and runs it (`ReplyRun`): submit with
+the one busy policy, follow through the one shared reply-stream reader, fold, drive the
+platform's sink. Every `renew_every_s` the leases are renewed; a reply whose lease another
+process took over (this one paused past its lease) is dropped here without touching its
+record. Every `rescan_every_s` replies no live process holds are adopted and resumed.
+`stop(grace)` lets replies finish for `grace` seconds, then hands the rest back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from kullm_core import logctx
+from kullm_core.client import CoreClient
+from kullm_core.limits import RefusalThrottle
+from kullm_core.replies.registry import ReplyRegistry
+from kullm_core.replies.run import DeliveryContext, ReplyRun, retrying
+from kullm_core.replies.sink import ChatPlatform
+from kullm_core.replies.tuning import DeliveryTuning
+from kullm_core.wire import ConversationRef, ReplyRecord
+
+log = logging.getLogger(__name__)
+
+
+def owner_id() -> str:
+    """This process's identity on the leases it holds."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _Running:
+    run: ReplyRun
+    task: asyncio.Task[None]
+
+
+class Deliveries:
+    """Runs `ReplyRun`s for one platform; renews their leases; adopts those of dead
+    processes (see module doc)."""
+
+    def __init__(self, client: CoreClient, platform: ChatPlatform,
+                 tuning: DeliveryTuning | None = None, *, owner: str | None = None) -> None:
+        self.client = client
+        self.platform = platform
+        self.tuning = tuning or DeliveryTuning.from_settings(client.settings)
+        self.registry = ReplyRegistry(client.redis, client.keys, platform.namespace,
+                                      owner or owner_id(), self.tuning.lease_s)
+        self._streams = client.reply_streams()
+        self._ctx = DeliveryContext(client, self.registry, self._streams, self.tuning,
+                                    RefusalThrottle(self.tuning.refusal_interval_s))
+        self._running: dict[str, _Running] = {}
+        self._stopping = asyncio.Event()
+        self._maintainer: asyncio.Task[None] | None = None
+        self.adopted = 0
+        self.delivered = 0
+
+    async def __aenter__(self) -> Deliveries:
+        await self._streams.__aenter__()
+        await self.adopt()
+        self._maintainer = asyncio.create_task(self._maintain(), name="reply-leases")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(self.tuning.grace_s)
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def in_flight(self, conv: ConversationRef) -> list[str]:
+        """Replies of this conversation whose job is not over yet, oldest first."""
+        return [j for j, r in self._running.items()
+                if r.run.rec.conversation.key == conv.key and not r.run.answered]
+
+    async def deliver(self, rec: ReplyRecord) -> bool:
+        """Start delivering a new reply. False: this or another process delivers it already
+        (a redelivered platform event)."""
+        if self._stopping.is_set() or rec.job_id in self._running:
+            return False
+        if not await self.registry.claim(rec.job_id):
+            return False
+        await self.registry.save(rec)
+        self._launch(rec, resumed=False, behind=bool(self.in_flight(rec.conversation)))
+        return True
+
+    async def wait(self, job_id: str) -> None:
+        """Until this process no longer delivers `job_id` (delivered, handed back, lost)."""
+        running = self._running.get(job_id)
+        if running is not None:
+            await asyncio.gather(running.task, return_exceptions=True)
+
+    async def stop_conversation(self, conv: ConversationRef) -> str | None:
+        """The one `/stop`: stop the answer being written in this conversation (it finishes
+        with the "stopped" note), and drop its questions still waiting for room in a full
+        queue. Returns the stopped job's id, None when nothing was being answered."""
+        for job_id in self.in_flight(conv):
+            running = self._running[job_id]
+            if running.run.rec.state == "submitting":
+                running.task.cancel()
+                await asyncio.gather(running.task, return_exceptions=True)
+                await self.registry.finish(job_id)
+        return await self.client.cancel(conv)
+
+    def _launch(self, rec: ReplyRecord, *, resumed: bool, behind: bool) -> None:
+        run = ReplyRun(self._ctx, rec, self.platform.sink, resumed=resumed, behind=behind)
+        task = asyncio.create_task(self._run(run), name=f"reply-{rec.job_id}")
+        self._running[rec.job_id] = _Running(run, task)
+
+    async def _run(self, run: ReplyRun) -> None:
+        rec = run.rec
+        logctx.bind(platform=self.platform.namespace, job_id=rec.job_id,
+                    conversation=rec.conversation.key)
+        finished = False
+        try:
+            await run.run()
+            finished = True
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError) as exc:
+            # Never an error for the user: the orphan scan resumes it once Redis is back.
+            log.warning("job %s: delivery interrupted (%s); handed back", rec.job_id,
+                        type(exc).__name__)
+        finally:
+            running = self._running.get(rec.job_id)
+            if running is not None and running.run is run:
+                del self._running[rec.job_id]
+            if finished:
+                self.delivered += 1
+                await asyncio.shield(retrying("dropping the record", rec.job_id,
+                                              lambda: self.registry.finish(rec.job_id),
+                                              self.tuning.redis_retry_max_s))
+            elif not self._stopping.is_set() and not _cancelling():
+                await asyncio.shield(self._release_quietly([rec.job_id]))
+
+    async def _release_quietly(self, job_ids: list[str]) -> None:
+        try:
+            await self.registry.release(job_ids)
+        except (RedisError, OSError) as exc:
+            log.warning("handing back %d repl(ies) failed (%s); their leases lapse",
+                        len(job_ids), type(exc).__name__)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def adopt(self) -> int:
+        """Resume replies that no live process delivers. Returns how many."""
+        n = 0
+        for job_id in await self.registry.orphans(set(self._running)):
+            if self._stopping.is_set() or not await self.registry.claim(job_id):
+                continue
+            rec = await self.registry.load(job_id)
+            if rec is None:
+                await self.registry.finish(job_id)
+                continue
+            log.info("job %s: resuming delivery (%s, attempt %d shown)", job_id, rec.state,
+                     rec.attempt)
+            self._launch(rec, resumed=True, behind=False)
+            self.adopted += 1
+            n += 1
+        return n
+
+    async def _maintain(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_scan = loop.time() + self.tuning.rescan_every_s
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.tuning.renew_every_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self._renew()
+                if loop.time() >= next_scan:
+                    next_scan = loop.time() + self.tuning.rescan_every_s
+                    await self.adopt()
+            except (RedisError, OSError) as exc:
+                log.warning("reply leases: Redis unavailable (%s)", type(exc).__name__)
+
+    async def _renew(self) -> None:
+        lost = await self.registry.renew(list(self._running))
+        for job_id in lost:
+            running = self._running.pop(job_id, None)
+            if running is None:
+                continue
+            # Another process took it over: leave record and lease alone, stop showing it.
+            log.warning("job %s: lease lost to another process; delivery dropped here", job_id)
+            running.task.cancel()
+            await asyncio.gather(running.task, return_exceptions=True)
+
+    async def stop(self, grace_s: float) -> None:
+        """Let replies in progress finish for `grace_s`, then hand the rest back."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._maintainer is not None:
+            await self._maintainer
+        tasks = [r.task for r in self._running.values()]
+        if tasks and grace_s > 0:
+            log.info("finishing %d repl(ies) (grace %.0f s)", len(tasks), grace_s)
+            await asyncio.wait(tasks, timeout=grace_s)
+        left = list(self._running)
+        for job_id in left:
+            self._running[job_id].task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if left:
+            log.info("handing back %d unfinished repl(ies)", len(left))
+            await self._release_quietly(left)
+        self._running.clear()
+        await self._streams.__aexit__(None, None, None)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return bool(task is not None and task.cancelling())

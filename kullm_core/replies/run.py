@@ -1,0 +1,306 @@
+"""One reply on its way to a chat: submit, follow the job's reply events, drive the sink.
+
+The reply stream is read from its start, so a reply resumed after a restart rebuilds the
+whole text and its sink edits the messages it finds in `ReplyRecord.shown`: nothing lost,
+nothing doubled. Every Redis call of the core is retried with bounded backoff (the shared
+reader resumes from its last entry on its own), so a Redis blip delays a reply and never
+turns it into an error; what still escapes hands the reply back to the orphan scan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from redis.exceptions import RedisError
+
+from kullm_core.client import CoreClient, Submission
+from kullm_core.limits import RefusalThrottle
+from kullm_core.replies.fold import Change, ReplyFold
+from kullm_core.replies.registry import ReplyRegistry
+from kullm_core.replies.sink import ReplySink, Save
+from kullm_core.replies.tuning import DeliveryTuning
+from kullm_core.streams import ReplyStreams
+from kullm_core.texts import error_text, finish_note, t
+from kullm_core.wire import ErrorEvent, Event, ReplyRecord
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class DeliveryContext:
+    """What every reply of one `Deliveries` shares."""
+
+    client: CoreClient
+    registry: ReplyRegistry
+    streams: ReplyStreams
+    tuning: DeliveryTuning
+    refusals: RefusalThrottle = field(default_factory=lambda: RefusalThrottle(10.0))
+
+
+async def retrying(what: str, job_id: str, fn: Callable[[], Awaitable[T]],
+                   max_delay_s: float) -> T:
+    """`fn()`, repeated with bounded backoff while Redis is unreachable."""
+    delay = 0.05
+    while True:
+        try:
+            return await fn()
+        except (RedisError, OSError) as exc:
+            log.warning("job %s: %s failed (%s); retry in %.2f s", job_id, what,
+                        type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(max_delay_s, delay * 2)
+
+
+class _Pump:
+    """Hands the growing text to the sink at most once per tick, never two calls at once."""
+
+    def __init__(self, sink: ReplySink, lock: asyncio.Lock, tick_s: float) -> None:
+        self.sink, self.lock, self.tick_s = sink, lock, tick_s
+        self._text = ""
+        self._changed = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(), name="reply-pump")
+
+    def update(self, text: str) -> None:
+        self._text = text
+        self._changed.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._changed.wait()
+            if self._closing.is_set():
+                return
+            self._changed.clear()
+            async with self.lock:
+                await self.sink.progress(self._text)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.tick_s)
+                return
+
+    async def close(self) -> None:
+        """Stop after the call in progress (never cut a send whose message id is needed)."""
+        self._closing.set()
+        self._changed.set()
+        await self._task
+
+
+class ReplyRun:
+    """Delivers one reply; `run()` returns once the user has the answer (or was told why
+    not). Cancelled, it leaves the record for whoever resumes it."""
+
+    def __init__(self, ctx: DeliveryContext, rec: ReplyRecord,
+                 make_sink: Callable[[ReplyRecord, Save], ReplySink], *,
+                 resumed: bool = False, behind: bool = False) -> None:
+        self.ctx = ctx
+        self.rec = rec
+        self.sink = make_sink(rec, self.save)
+        self.resumed = resumed
+        self.behind = behind
+        self.fold = ReplyFold(rec.user.lang)
+        self.started = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._waiting_shown = False
+
+    @property
+    def job_id(self) -> str:
+        return self.rec.job_id
+
+    @property
+    def answered(self) -> bool:
+        """The job is over (or the question never got in): the conversation is free."""
+        return self.fold.over
+
+    async def save(self) -> None:
+        """The sink's `save`: store what it shows now."""
+        self.rec = self.rec.model_copy(update={
+            "shown": self.sink.state(), "attempt": self.fold.attempt,
+            "last_id": self.fold.last_id})
+        await self._redis("saving the record", lambda: self.ctx.registry.save(self.rec))
+
+    async def _redis(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        return await retrying(what, self.job_id, fn, self.ctx.tuning.redis_retry_max_s)
+
+    async def run(self) -> None:
+        try:
+            if self.rec.state == "submitting" and not await self._submit():
+                return
+            await self._follow()
+        except (asyncio.CancelledError, RedisError, OSError):
+            raise
+        except Exception:
+            log.exception("job %s: delivery failed", self.job_id)
+            with contextlib.suppress(Exception):
+                await self.sink.fail(self.fold.text, error_text(ErrorEvent(kind="internal"),
+                                                                self.fold.lang))
+        finally:
+            with contextlib.suppress(Exception):
+                await self.sink.close()
+
+    # -- submitting ------------------------------------------------------------------------
+
+    async def _submit_once(self) -> Submission | None:
+        rec, client = self.rec, self.ctx.client
+        req = rec.request
+        if req is not None and req.kind == "retry":
+            return await client.retry(rec.conversation, rec.user, rec.source_id, req.meta)
+        text, meta = (req.text, req.meta) if req is not None else ("", {})
+        return await client.submit(rec.conversation, rec.user, text, rec.source_id, meta)
+
+    async def _submit(self) -> bool:
+        """Submit until accepted; while the queue is full the user sees their place."""
+        tuning, lang = self.ctx.tuning, self.fold.lang
+        while True:
+            sub = await self._redis("submitting", self._submit_once)
+            if sub is None:
+                await self.sink.notice(t("nothing_to_retry", lang))
+                return False
+            if sub.status in ("queued", "duplicate"):
+                self.fold.position = sub.position
+                self.rec = self.rec.model_copy(update={"state": "following", "request": None,
+                                                       "busy_since": 0.0})
+                await self._redis("saving the record", lambda: self.ctx.registry.save(self.rec))
+                return True
+            if sub.status != "busy":
+                return await self._refused(sub.error or ErrorEvent(kind="internal"))
+            if not self.rec.busy_since:
+                self.rec = self.rec.model_copy(update={"busy_since": time.time()})
+                await self._redis("saving the record", lambda: self.ctx.registry.save(self.rec))
+            elif time.time() - self.rec.busy_since > tuning.busy_give_up_s:
+                log.warning("job %s: queue still full; giving up", self.job_id)
+                await self.sink.notice(error_text(ErrorEvent(kind="busy", params={
+                    "waiting": sub.position}), lang))
+                return False
+            self._waiting_shown = True
+            await self.sink.waiting(sub.position + 1)
+            await asyncio.sleep(tuning.busy_retry_s)
+
+    async def _refused(self, err: ErrorEvent) -> bool:
+        place = f"{self.rec.conversation.platform}:{self.rec.conversation.chat}"
+        if self.ctx.refusals.allow(place):
+            await self.sink.notice(error_text(err, self.fold.lang))
+        else:
+            log.debug("job %s: refusal (%s) dropped: one was sent just now", self.job_id,
+                      err.kind)
+        return False
+
+    # -- following -------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        client = self.ctx.client
+        if self.resumed:
+            state = await self._redis("reading the job state",
+                                      lambda: client.job_state(self.job_id, self.rec.source_id))
+            if state != "live":
+                await self._without_stream(state)
+                return
+        pump = _Pump(self.sink, self._lock, self.ctx.tuning.tick_s)
+        placeholder = asyncio.create_task(self._placeholder(), name=f"reply-wait-{self.job_id}")
+        try:
+            gone = await self._consume(pump)
+            self.started.set()
+            await placeholder
+            await pump.close()
+            if gone is not None:
+                await self._without_stream(gone)
+            elif self.fold.phase == "done":
+                await self._finish(self.fold.text, self.fold.note)
+            else:
+                await self.sink.fail(self.fold.text, self.fold.note)
+        finally:
+            self.started.set()
+            placeholder.cancel()
+            await asyncio.gather(placeholder, return_exceptions=True)
+            await pump.close()
+
+    async def _consume(self, pump: _Pump) -> str | None:
+        """Fold the reply events until done/error. Returns the job's state instead when its
+        reply stream is gone (expired while nobody followed it)."""
+        tuning = self.ctx.tuning
+        events: asyncio.Queue[tuple[str, Event] | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(events), name=f"reply-read-{self.job_id}")
+        silent = 0.0
+        try:
+            while not self.fold.over:
+                try:
+                    item = await asyncio.wait_for(events.get(), tuning.state_check_s)
+                except TimeoutError:
+                    silent += tuning.state_check_s
+                    state = await self._redis("reading the job state", lambda: self.ctx.client
+                                              .job_state(self.job_id, self.rec.source_id))
+                    if state != "live":
+                        return state
+                    if silent >= tuning.idle_timeout_s:
+                        log.warning("job %s: no reply events for %.0f s", self.job_id, silent)
+                        self.fold.apply(ErrorEvent(kind="timeout"))
+                    continue
+                if item is None:
+                    break
+                silent = 0.0
+                await self._apply(self.fold.apply(item[1], item[0]), pump)
+            return None
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _read(self, out: asyncio.Queue[tuple[str, Event] | None]) -> None:
+        async for item in self.ctx.streams.follow(self.job_id, "0-0"):
+            out.put_nowait(item)
+        out.put_nowait(None)
+
+    async def _apply(self, change: Change | None, pump: _Pump) -> None:
+        if change == "position" and self._waiting_shown and not self.started.is_set():
+            async with self._lock:
+                await self.sink.waiting(max(1, self.fold.position), behind=self.behind)
+        elif change in ("started", "reset", "text"):
+            self.started.set()
+            if self.fold.text:
+                pump.update(self.fold.text)
+
+    async def _placeholder(self) -> None:
+        """Tell the user the question waits: at once when it is behind another reply of the
+        conversation, otherwise when no answer started within a moment."""
+        if not self.behind:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.started.wait(), self.ctx.tuning.placeholder_delay_s)
+        if self.started.is_set():
+            return
+        warming = await self._redis("reading the warming flag", self.ctx.client.warming)
+        async with self._lock:
+            if self.started.is_set():
+                return
+            self._waiting_shown = True
+            if warming:
+                await self.sink.warming()
+            else:
+                await self.sink.waiting(max(1, self.fold.position), behind=self.behind)
+
+    async def _without_stream(self, state: str) -> None:
+        """The reply stream expired (answered while no adapter followed it): the answer is in
+        the history. 'never': the job was never queued."""
+        lang = self.fold.lang
+        if state == "gone":
+            turns = await self._redis("reading the history",
+                                      lambda: self.ctx.client.history(self.rec.conversation))
+            for turn in reversed(turns):
+                if turn.job_id == self.job_id:
+                    self.fold.phase, self.fold.text = "done", turn.assistant
+                    await self._finish(turn.assistant, finish_note(turn.finish_reason, lang))
+                    return
+        log.warning("job %s: reply stream gone and no answer stored (%s)", self.job_id, state)
+        self.fold.phase = "failed"
+        await self.sink.fail("", error_text(ErrorEvent(kind="failed"), lang))
+
+    async def _finish(self, text: str, note: str) -> None:
+        if not await self.sink.finish(text, note):
+            log.error("job %s: the reply could not be shown", self.job_id)
+        else:
+            log.info("job %s: delivered (attempt %d)", self.job_id, self.fold.attempt)
+
