@@ -6,13 +6,14 @@ flight finished exactly once after the next start."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import psutil
@@ -37,7 +38,16 @@ def _bare_env() -> dict[str, str]:
 
 
 def _fresh_copy(dest: Path) -> Path:
-    """The repo's tracked and new files (what a clone has), and this machine's set-up .venv."""
+    """The repo's tracked and new files (what a clone has), and this machine's set-up .venv.
+
+    That .venv must be set up for this pyproject.toml (`scripts/test.sh` does it first):
+    otherwise start.sh would reinstall the project into it from the temporary copy.
+    """
+    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    stamp = REPO / ".venv" / ".kullm-setup"
+    if not stamp.is_file() or stamp.read_text().split()[:1] != [key]:
+        pytest.fail(".venv is not set up for this pyproject.toml: run scripts/test.sh "
+                    "(it runs scripts/setup.sh dev first)")
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
@@ -113,36 +123,43 @@ def test_first_run_start_sh_with_no_settings_then_chat_then_ctrl_c(tmp_path: Pat
     assert _ours(repo / "data") == []
 
 
+@asynccontextmanager
+async def _serve(
+    data: Path, model_dir: Path, **env: str
+) -> AsyncIterator[tuple[subprocess.Popen[str], CoreClient]]:
+    """`kullm serve` (its own process group) on `data`, and a client of its embedded Redis."""
+    settings = load_settings(None, data_dir=data, model={"path": str(model_dir)},
+                             limits={"requests_per_minute": 0, "daily_tokens": 0})
+    cmd = [sys.executable, "-m", "kullm.cli", "serve"]
+    with _group(cmd, REPO, serve_env(data, model_dir, **env)) as proc:
+        _wait_running(proc)
+        r = Redis.from_url(running_url(data))
+        try:
+            async with CoreClient(r, settings) as client:
+                yield proc, client
+        finally:
+            await r.aclose()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_group_signal_mid_reply_exits_0_and_the_reply_is_finished_once_after_restart(
     sig: int, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     data = tmp_path / "d"
-    env = serve_env(data, tiny_model_dir, KULLM_GENERATION__MAX_NEW_TOKENS="3000",
-                    KULLM_GENERATION__TEMPERATURE="0", KULLM_QUEUE__SHUTDOWN_GRACE_S="0",
-                    KULLM_QUEUE__HEARTBEAT_S="0.2", KULLM_QUEUE__RECLAIM_IDLE_S="1.0")
-    settings = load_settings(None, data_dir=data, model={"path": str(tiny_model_dir)},
-                             limits={"requests_per_minute": 0, "daily_tokens": 0})
-    cmd = [sys.executable, "-m", "kullm.cli", "serve"]
-    with _group(cmd, REPO, env) as serve:
-        _wait_running(serve)
-        r = Redis.from_url(running_url(data))
-        async with CoreClient(r, settings) as client:
-            sub = await client.submit(CONV, USER, "길게 답해 주세요", "sig-1")
-            async for _, ev in client.events(sub.job_id):
-                if ev.type == "delta":
-                    break
-            code, err = await asyncio.to_thread(_stop_group, serve, sig)
-        await r.aclose()
+    env = {"KULLM_GENERATION__MAX_NEW_TOKENS": "3000", "KULLM_GENERATION__TEMPERATURE": "0",
+           "KULLM_QUEUE__SHUTDOWN_GRACE_S": "0", "KULLM_QUEUE__HEARTBEAT_S": "0.2",
+           "KULLM_QUEUE__RECLAIM_IDLE_S": "1.0"}
+    async with _serve(data, tiny_model_dir, **env) as (serve, client):
+        sub = await client.submit(CONV, USER, "길게 답해 주세요", "sig-1")
+        async for _, ev in client.events(sub.job_id):
+            if ev.type == "delta":
+                break
+        code, err = await asyncio.to_thread(_stop_group, serve, sig)
     assert code == 0, err
     assert "Traceback" not in err
     assert _ours(data) == []
-    with _group(cmd, REPO, env) as again:
-        _wait_running(again)
-        r = Redis.from_url(running_url(data))
-        async with CoreClient(r, settings) as client:
-            final = done(await collect(client, sub.job_id, timeout=90))
-        await r.aclose()
+    async with _serve(data, tiny_model_dir, **env) as (again, client):
+        final = done(await collect(client, sub.job_id, timeout=90))
         code, err = await asyncio.to_thread(_stop_group, again, signal.SIGTERM)
     assert code == 0, err
     [[turn]] = (await stored_turns(data)).values()  # exactly once
@@ -154,29 +171,19 @@ async def test_sigkill_of_serve_leaves_no_server_behind_and_the_next_start_has_t
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     data = tmp_path / "d"
-    env = serve_env(data, tiny_model_dir, KULLM_GENERATION__MAX_NEW_TOKENS="8")
-    settings = load_settings(None, data_dir=data, model={"path": str(tiny_model_dir)},
-                             limits={"requests_per_minute": 0, "daily_tokens": 0})
-    cmd = [sys.executable, "-m", "kullm.cli", "serve"]
-    with _group(cmd, REPO, env) as serve:
-        _wait_running(serve)
-        r = Redis.from_url(running_url(data))
-        async with CoreClient(r, settings) as client:
-            sub = await client.submit(CONV, USER, "기억해 주세요", "kill-serve-1")
-            first = done(await collect(client, sub.job_id, timeout=60))
-        await r.aclose()
+    async with _serve(data, tiny_model_dir, KULLM_GENERATION__MAX_NEW_TOKENS="8") as (
+        serve, client
+    ):
+        sub = await client.submit(CONV, USER, "기억해 주세요", "kill-serve-1")
+        first = done(await collect(client, sub.job_id, timeout=60))
         serve.kill()  # SIGKILL: no hand-back, no clean stop
         serve.wait()
-        deadline = asyncio.get_running_loop().time() + 30
-        while _ours(data) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        assert _ours(data) == []  # its supervisor stopped the server (AOF flushed)
-    with _group(cmd, REPO, env) as again:
-        _wait_running(again)
-        r = Redis.from_url(running_url(data))
-        async with CoreClient(r, settings) as client:
-            [turn] = await client.history(CONV)
-        await r.aclose()
+    deadline = asyncio.get_running_loop().time() + 30
+    while _ours(data) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert _ours(data) == []  # its supervisor stopped the server (AOF flushed)
+    async with _serve(data, tiny_model_dir) as (again, client):
+        [turn] = await client.history(CONV)
         code, err = await asyncio.to_thread(_stop_group, again, signal.SIGTERM)
     assert code == 0, err
     assert turn.assistant == first.text
