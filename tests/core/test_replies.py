@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from kullm_core.client import CoreClient
@@ -18,7 +19,14 @@ from kullm_core.engine.scripted import ScriptedEngine
 from kullm_core.replies import Deliveries, DeliveryTuning, fold
 from kullm_core.settings import Settings
 from kullm_core.texts import t
-from kullm_core.wire import DeltaEvent, DoneEvent, ErrorEvent, QueuedEvent, ReplyRecord, StartedEvent
+from kullm_core.wire import (
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    QueuedEvent,
+    ReplyRecord,
+    StartedEvent,
+)
 from tests.conftest import test_settings_for
 from tests.core.helpers import CONV, USER, collect
 from tests.core.replies_chat import Chat, RecordingPlatform
@@ -214,7 +222,7 @@ async def test_stop_ends_the_reply_with_the_stopped_note(
 
 
 async def test_a_redis_blip_mid_reply_leaves_the_reply_complete(
-    client: CoreClient, make_worker: Any, redis_url: str
+    client: CoreClient, make_worker: Any, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     chat = Chat()
     killer = Redis.from_url(redis_url)
@@ -227,3 +235,5 @@ async def test_a_redis_blip_mid_reply_leaves_the_reply_complete(
     await killer.aclose()
     assert _one_message(chat) == ANSWER
     assert "fail" not in chat.kinds()
+    assert any(r.name == "kullm_core.streams" and "failed" in r.getMessage()
+               for r in caplog.records)  # the blip did cut the reply's reader
