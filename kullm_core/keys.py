@@ -28,7 +28,9 @@
 | {p}:{ns}:rrec:{job_id}      | string | REPLY_RECORD_TTL_S (deleted once delivered)         |
 | {p}:{ns}:rlease:{job_id}    | string | the adapter's lease, renewed by its owner           |
 | {p}:{ns}:budget:{bucket}    | zset   | 2 x the bucket's period + in-flight bound, renewed  |
-|                             |        | by each send (`kullm_core.budget`; no text)         |
+|                             |        | by each send (`kullm_core.budget`; no text); with   |
+|                             |        | `:pause` (Retry-After), `:line`/`:alive` (stale_s + |
+|                             |        | 1 s) and `:served` (window + stale_s) beside it     |
 | {p}:tg:* / {p}:slack:*      | any    | adapter state, built with `Keys.adapter`; each key's |
 |                             |        | lifetime is documented where the adapter defines it |
 """

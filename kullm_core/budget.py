@@ -1,0 +1,308 @@
+"""One send budget for platform writes, shared through Redis by every adapter replica.
+
+A platform declares its limits as named `Bucket`s (a sliding window: at most `limit` sends per
+`period_s`) and, for each call, the buckets it counts against (`TelegramScopes`,
+`SlackScopes`). `SendBudget.acquire` waits until every bucket of the call has room, reserves
+a slot in each atomically (one Lua script, Redis's own clock), and `release` stamps the slot
+with the time the platform's response arrived, so the platform, which counts arrivals, never
+sees more than the limit inside one window, whichever replica sent. A slot in flight is
+scored in the future (now + `inflight_s`) so that a replica dying mid-call frees it alone.
+
+A 429 pauses exactly the scope the platform paused (`pause`; `*.on_429` says which): every
+replica's next acquire on a paused bucket waits out the Retry-After, checked inside the same
+script, so no call is granted inside the window once the pause is written (a call already in
+flight when the 429 arrived cannot be recalled).
+
+Fair sharing: a non-urgent call names its `reply`. When a bucket has fewer free slots than
+replies waiting for it, the slots go to the replies served least recently (a waiting line
+per bucket, in Redis, so it holds across replicas), so every streaming reply visibly
+progresses while the budget allows, however often one of them asks. Urgent calls (a final
+answer, the first visible text) skip the line, and `Bucket.reserve` keeps slots that only
+urgent calls may take. A waiter that stops asking leaves the line after `stale_s`.
+
+Why hand-written and not `limits` (its Redis moving window): `limits` keeps a list of client
+timestamps per key (LPUSH, LTRIM to the limit) and tests one key per call; it takes the time
+from each client (replicas' clocks differ), cannot reserve several keys at once (a call
+counted against chat, group and global would be checked key by key, with races between
+them), counts a call when it is asked for rather than when its response arrived, has no
+notion of a slot held by a call in flight, of a pause by Retry-After, or of whose turn it is,
+and answers a refusal without the time to wait (a second round-trip). The sorted set here
+costs the same O(log n) per entry and answers all of it in one script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from kullm_core.keys import Keys
+
+_US = 1_000_000
+
+# Per bucket i, KEYS[5i-4..5i]: window zset, pause string, line zset (score: last served),
+# alive zset (score: last ask), served hash. ARGV: poll_us, stale_us, token, inflight_us,
+# reply ('' = no line), urgent (0/1), then per bucket: limit, period_us, reserve.
+# Returns {wait_us, blocking bucket index, reason 0 granted/1 full/2 paused/3 turn, now_us}.
+_ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local poll, stale = tonumber(ARGV[1]), tonumber(ARGV[2])
+local token, inflight, reply = ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local urgent = ARGV[6] == '1'
+local nb = #KEYS / 5
+local wait, by, why = 0, 0, 0
+local free = {}
+for i = 1, nb do
+  local w, p = KEYS[5*i-4], KEYS[5*i-3]
+  local limit, period = tonumber(ARGV[3+3*i+1]), tonumber(ARGV[3+3*i+2])
+  if not urgent then limit = math.max(1, limit - tonumber(ARGV[3+3*i+3])) end
+  redis.call('ZREMRANGEBYSCORE', w, '-inf', now - period)
+  local paused = redis.call('PTTL', p) * 1000
+  if paused > wait then wait, by, why = paused, i, 2 end
+  local n = redis.call('ZCARD', w)
+  free[i] = limit - n
+  if n >= limit then
+    local kth = redis.call('ZRANGE', w, n - limit, n - limit, 'WITHSCORES')
+    local score = tonumber(kth[2])
+    local ww = score + period - now
+    if score > now then ww = poll end
+    if ww > wait then wait, by, why = ww, i, 1 end
+  end
+end
+if reply ~= '' and not urgent then
+  for i = 1, nb do
+    local line, alive, served = KEYS[5*i-2], KEYS[5*i-1], KEYS[5*i]
+    local gone = redis.call('ZRANGEBYSCORE', alive, '-inf', now - stale)
+    for _, m in ipairs(gone) do redis.call('ZREM', line, m); redis.call('ZREM', alive, m) end
+    if wait > 0 and free[i] > 0 then
+      redis.call('ZREM', line, reply); redis.call('ZREM', alive, reply)
+    else
+      local last = tonumber(redis.call('HGET', served, reply) or '0')
+      redis.call('ZADD', line, 'NX', last, reply)
+      redis.call('ZADD', alive, now, reply)
+      local ttl = math.floor(stale / 1000) + 1000
+      redis.call('PEXPIRE', line, ttl); redis.call('PEXPIRE', alive, ttl)
+      if wait == 0 and redis.call('ZRANK', line, reply) >= free[i] then
+        wait, by, why = poll, i, 3
+      end
+    end
+  end
+end
+if wait > 0 then return {wait, by, why, now} end
+for i = 1, nb do
+  local w, period = KEYS[5*i-4], tonumber(ARGV[3+3*i+2])
+  redis.call('ZADD', w, now + inflight, token)
+  local ttl = math.floor((2 * period + inflight) / 1000)
+  if redis.call('PTTL', w) < ttl then redis.call('PEXPIRE', w, ttl) end
+  if reply ~= '' then
+    redis.call('ZREM', KEYS[5*i-2], reply); redis.call('ZREM', KEYS[5*i-1], reply)
+    redis.call('HSET', KEYS[5*i], reply, now)
+    redis.call('PEXPIRE', KEYS[5*i], ttl + math.floor(stale / 1000))
+  end
+end
+return {0, 0, 0, now}
+"""
+
+# KEYS: window zsets; ARGV[1]: token. The call's response arrived: its slot counts from now.
+_RELEASE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i, key in ipairs(KEYS) do redis.call('ZADD', key, 'XX', now, ARGV[1]) end
+return now
+"""
+
+# KEYS: pause keys; ARGV[1]: ms. Extends (never shortens) each pause. Returns Redis now (us).
+_PAUSE_LUA = """
+local t = redis.call('TIME')
+for i, key in ipairs(KEYS) do
+  if redis.call('PTTL', key) < tonumber(ARGV[1]) then
+    redis.call('SET', key, '1', 'PX', ARGV[1])
+  end
+end
+return tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A platform limit: at most `limit` sends per `period_s` (sliding) in scope `name`."""
+
+    name: str
+    limit: int
+    period_s: float
+    reserve: int = 0
+    """Slots only urgent calls may take (new replies, final answers)."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    token: str
+    buckets: tuple[Bucket, ...]
+    at_us: int
+    """Redis time of the grant, in microseconds."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    wait_s: float
+    bucket: Bucket
+    reason: str
+    """full | paused | turn (others waiting were served less recently)"""
+
+
+_REASONS = {1: "full", 2: "paused", 3: "turn"}
+
+
+class SendBudget:
+    """Named sliding-window buckets of one platform account, in Redis (see module doc)."""
+
+    def __init__(self, redis: Redis, keys: Keys, namespace: str, *, inflight_s: float = 15.0,
+                 poll_s: float = 0.02, stale_s: float = 2.0) -> None:
+        """`namespace`: one account's budget (e.g. ``tg:<bot id>``, ``slack:<app id>``)."""
+        self.r = redis
+        self.keys = keys
+        self.namespace = namespace
+        self.inflight_us = int(inflight_s * _US)
+        self.poll_us = int(poll_s * _US)
+        self.stale_us = int(stale_s * _US)
+        self._acquire = redis.register_script(_ACQUIRE_LUA)
+        self._release = redis.register_script(_RELEASE_LUA)
+        self._pause = redis.register_script(_PAUSE_LUA)
+
+    def key(self, bucket: Bucket) -> str:
+        return self.keys.budget(self.namespace, bucket.name)
+
+    async def try_acquire(self, buckets: Sequence[Bucket], *, reply: str = "",
+                          urgent: bool = False) -> Grant | Refusal:
+        """A slot in every bucket now, or how long to wait and why."""
+        keys: list[str] = []
+        args: list[int | str] = [self.poll_us, self.stale_us, uuid.uuid4().hex,
+                                 self.inflight_us, reply, int(urgent)]
+        for b in buckets:
+            base = self.key(b)
+            keys += [base, f"{base}:pause", f"{base}:line", f"{base}:alive", f"{base}:served"]
+            args += [b.limit, int(b.period_s * _US), b.reserve]
+        wait_us, by, why, now = (int(x) for x in await self._acquire(keys=keys, args=args))
+        if wait_us <= 0:
+            return Grant(str(args[2]), tuple(buckets), now)
+        return Refusal(wait_us / _US, buckets[by - 1], _REASONS.get(why, "full"))
+
+    async def acquire(self, buckets: Sequence[Bucket], *, reply: str = "",
+                      urgent: bool = False) -> Grant:
+        """Wait for a slot in every bucket of the call (a waiter keeps its place in line by
+        asking again at least every `stale_s / 4`)."""
+        most = self.stale_us / _US / 4
+        while True:
+            got = await self.try_acquire(buckets, reply=reply, urgent=urgent)
+            if isinstance(got, Grant):
+                return got
+            await asyncio.sleep(min(got.wait_s, most))
+
+    async def release(self, grant: Grant) -> int:
+        """The call's response arrived: its slots count from now. Returns Redis time (us)."""
+        keys = [self.key(b) for b in grant.buckets]
+        return int(await self._release(keys=keys, args=[grant.token]))
+
+    async def cancel(self, grant: Grant) -> None:
+        """Nothing was sent after all: the slots are free again."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for b in grant.buckets:
+                pipe.zrem(self.key(b), grant.token)
+            await pipe.execute()
+
+    async def pause(self, buckets: Sequence[Bucket], seconds: float) -> int:
+        """The platform said 429 with Retry-After `seconds`: no replica sends in these
+        scopes before then. Returns the Redis time (us) the pause starts from."""
+        ms = max(1, int(seconds * 1000))
+        return int(await self._pause(keys=[f"{self.key(b)}:pause" for b in buckets],
+                                     args=[ms]))
+
+    @asynccontextmanager
+    async def slot(self, buckets: Sequence[Bucket], *, reply: str = "",
+                   urgent: bool = False) -> AsyncIterator[Grant]:
+        """`async with budget.slot(...)`: one platform call; it counts from its response."""
+        grant = await self.acquire(buckets, reply=reply, urgent=urgent)
+        try:
+            yield grant
+        finally:
+            await self.release(grant)
+
+
+@dataclass(frozen=True)
+class TelegramScopes:
+    """Telegram's published limits: about one send per second into a chat, 20 per minute
+    into a group, 30 per second over all chats. Edits and drafts count like messages."""
+
+    chat_interval_s: float = 1.0
+    group_limit: int = 20
+    group_period_s: float = 60.0
+    global_limit: int = 30
+    global_period_s: float = 1.0
+    global_reserve: int = 6
+    """A fifth of the overall budget is kept for new replies and final answers."""
+
+    def send(self, chat_id: int) -> tuple[Bucket, ...]:
+        """The buckets of one send into `chat_id` (groups have negative ids). Groups are
+        paced evenly: a burst would spend the minute's budget in seconds."""
+        glob = Bucket("all", self.global_limit, self.global_period_s, self.global_reserve)
+        if chat_id >= 0:
+            return Bucket(f"chat:{chat_id}", 1, self.chat_interval_s), glob
+        paced = max(self.chat_interval_s, self.group_period_s / self.group_limit)
+        return (Bucket(f"chat:{chat_id}", 1, paced),
+                Bucket(f"group:{chat_id}", self.group_limit, self.group_period_s), glob)
+
+    def on_429(self, chat_id: int) -> tuple[Bucket, ...]:
+        """A RetryAfter answering a send into `chat_id` pauses that chat (and group)."""
+        return tuple(b for b in self.send(chat_id) if b.name != "all")
+
+
+_SLACK_TIER_PER_MINUTE = {1: 1, 2: 20, 3: 50, 4: 100}
+_SLACK_TIERS = {
+    "chat.update": 3, "chat.delete": 3, "reactions.add": 3, "reactions.remove": 3,
+    "chat.startStream": 4, "chat.appendStream": 4, "chat.stopStream": 4,
+    "chat.postEphemeral": 4, "users.info": 4, "conversations.replies": 3,
+    "assistant.threads.setStatus": 3,
+}
+_SLACK_POSTS = ("chat.postMessage", "chat.startStream")
+
+
+@dataclass(frozen=True)
+class SlackScopes:
+    """Slack's limits: each Web API method per workspace by its tier, and messages posted
+    into a channel about one per second (`chat.postMessage` has no tier of its own)."""
+
+    updates_per_minute: int = 50
+    stream_calls_per_minute: int = 100
+    posts_per_second_per_channel: float = 1.0
+
+    def _method(self, team: str, method: str) -> Bucket:
+        if method == "chat.update":
+            per_minute = self.updates_per_minute
+        elif method.endswith("Stream"):
+            per_minute = self.stream_calls_per_minute
+        else:
+            per_minute = _SLACK_TIER_PER_MINUTE[_SLACK_TIERS.get(method, 3)]
+        return Bucket(f"m:{team}:{method}", per_minute, 60.0)
+
+    def _post(self, team: str, channel: str) -> Bucket:
+        return Bucket(f"post:{team}:{channel}", 1, 1.0 / self.posts_per_second_per_channel)
+
+    def call(self, team: str, method: str, channel: str = "") -> tuple[Bucket, ...]:
+        """The buckets of one call of `method` in workspace `team` (into `channel`)."""
+        if method == "chat.postMessage":
+            return (self._post(team, channel),)
+        if method in _SLACK_POSTS and channel:
+            return self._method(team, method), self._post(team, channel)
+        return (self._method(team, method),)
+
+    def on_429(self, team: str, method: str, channel: str = "") -> tuple[Bucket, ...]:
+        """What a 429 paused: the method in the whole workspace; for `chat.postMessage`,
+        the channel."""
+        if method == "chat.postMessage":
+            return (self._post(team, channel),)
+        return (self._method(team, method),)

@@ -1,0 +1,107 @@
+"""The shared send budget (`kullm_core.budget`): two instances on one Redis are two replicas.
+
+Times compared here are Redis's own clock (the grants' and pauses' stamps), the clock the
+budget enforces its windows with; nothing is asserted about how fast anything ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from redis.asyncio import Redis
+
+from kullm_core.budget import Bucket, Grant, Refusal, SendBudget, SlackScopes, TelegramScopes
+from kullm_core.keys import Keys
+
+KEYS = Keys("kullm")
+
+
+def _replicas(redis: Redis, n: int = 2, **kw: float) -> list[SendBudget]:
+    return [SendBudget(redis, KEYS, "tg:bot", **kw) for _ in range(n)]
+
+
+def _most_in_any_window(stamps: list[int], period_us: int) -> int:
+    stamps = sorted(stamps)
+    return max(sum(1 for s in stamps[i:] if s < start + period_us)
+               for i, start in enumerate(stamps))
+
+
+async def test_two_replicas_never_exceed_a_bucket(redis: Redis) -> None:
+    bucket = Bucket("chat:1", 4, 0.2)
+    grants: list[int] = []
+
+    async def sender(budget: SendBudget, n: int) -> None:
+        for _ in range(n):
+            async with budget.slot([bucket], urgent=True) as grant:
+                grants.append(grant.at_us)
+
+    await asyncio.gather(*(sender(b, 5) for b in _replicas(redis) for _ in range(4)))
+    assert len(grants) == 40
+    assert _most_in_any_window(grants, int(0.2 * 1_000_000)) == 4
+
+
+async def test_a_slot_counts_from_the_response_and_a_cancelled_one_is_free(
+    redis: Redis
+) -> None:
+    a, b = _replicas(redis)
+    bucket = Bucket("chat:2", 1, 60.0)
+    grant = await a.try_acquire([bucket])
+    assert isinstance(grant, Grant)
+    refused = await b.try_acquire([bucket])
+    assert isinstance(refused, Refusal) and refused.reason == "full"
+    await a.cancel(grant)
+    assert isinstance(await b.try_acquire([bucket]), Grant)
+
+
+async def test_a_429_pauses_exactly_its_scope_on_every_replica(redis: Redis) -> None:
+    a, b = _replicas(redis)
+    scopes = TelegramScopes()
+    group, other = scopes.send(-100), scopes.send(-200)
+    paused_at = await a.pause(scopes.on_429(-100), 0.3)
+    refused = await b.try_acquire(group, urgent=True)
+    assert isinstance(refused, Refusal) and refused.reason == "paused"
+    assert isinstance(await b.try_acquire(other, urgent=True), Grant)  # another chat sends
+    grant = await b.acquire(group, urgent=True)
+    assert grant.at_us >= paused_at + 300_000  # never a call inside the Retry-After window
+
+
+async def test_a_slack_429_pauses_the_method_in_the_whole_workspace(redis: Redis) -> None:
+    a, b = (SendBudget(redis, KEYS, "slack:app") for _ in range(2))
+    slack = SlackScopes()
+    await a.pause(slack.on_429("T1", "chat.startStream", "C1"), 30)
+    for channel in ("C1", "C2"):
+        refused = await b.try_acquire(slack.call("T1", "chat.startStream", channel))
+        assert isinstance(refused, Refusal) and refused.reason == "paused"
+    assert isinstance(await b.try_acquire(slack.call("T1", "chat.update")), Grant)
+    assert isinstance(await b.try_acquire(slack.call("T2", "chat.startStream", "C1")), Grant)
+    assert isinstance(await b.try_acquire(slack.call("T1", "chat.postMessage", "C3")), Grant)
+
+
+async def test_replies_share_a_full_bucket_in_turn_across_replicas(redis: Redis) -> None:
+    a, b = _replicas(redis)
+    bucket = Bucket("all", 1, 0.05)
+    order: list[str] = []
+    stop = asyncio.Event()
+
+    async def streaming(budget: SendBudget, reply: str) -> None:
+        while not stop.is_set():  # a reply that always has more text to show
+            async with budget.slot([bucket], reply=reply):
+                order.append(reply)
+                if len(order) >= 30:
+                    stop.set()
+
+    await asyncio.gather(streaming(a, "r1"), streaming(a, "r2"), streaming(b, "r3"))
+    counts = Counter(order[:30])
+    assert set(counts) == {"r1", "r2", "r3"}
+    assert max(counts.values()) - min(counts.values()) <= 2
+
+
+async def test_urgent_calls_keep_the_reserve(redis: Redis) -> None:
+    [budget] = _replicas(redis, 1)
+    bucket = Bucket("all", 3, 60.0, reserve=1)
+    assert isinstance(await budget.try_acquire([bucket], reply="r1"), Grant)
+    assert isinstance(await budget.try_acquire([bucket], reply="r2"), Grant)
+    refused = await budget.try_acquire([bucket], reply="r3")
+    assert isinstance(refused, Refusal) and refused.reason == "full"
+    assert isinstance(await budget.try_acquire([bucket], urgent=True), Grant)
