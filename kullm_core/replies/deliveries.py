@@ -102,13 +102,17 @@ class Deliveries:
         """The one `/stop`: stop the answer being written in this conversation (it finishes
         with the "stopped" note), and drop its questions still waiting for room in a full
         queue. Returns the stopped job's id, None when nothing was being answered."""
-        for job_id in self.in_flight(conv):
-            running = self._running[job_id]
-            if running.run.rec.state == "submitting":
-                running.task.cancel()
-                await asyncio.gather(running.task, return_exceptions=True)
-                await self.registry.finish(job_id)
+        waiting = [r for j in self.in_flight(conv)
+                   if (r := self._running[j]).run.rec.state == "submitting"]
+        for running in waiting:
+            running.run.stop_waiting()
+        await asyncio.gather(*(r.task for r in waiting), return_exceptions=True)
         return await self.client.cancel(conv)
+
+    async def forget_user(self, platform: str, user_id: str) -> int:
+        """The adapter's part of /forget (`CoreClient.on_forget`): the records of the user's
+        replies go (one not yet accepted by the queue holds the question's text)."""
+        return await self.registry.forget_user(platform, user_id)
 
     def _launch(self, rec: ReplyRecord, *, resumed: bool, behind: bool) -> None:
         run = ReplyRun(self._ctx, rec, self.platform.sink, resumed=resumed, behind=behind)

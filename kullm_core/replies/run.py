@@ -108,6 +108,7 @@ class ReplyRun:
         self.started = asyncio.Event()
         self._lock = asyncio.Lock()
         self._waiting_shown = False
+        self._stop_waiting = asyncio.Event()
 
     @property
     def job_id(self) -> str:
@@ -117,6 +118,11 @@ class ReplyRun:
     def answered(self) -> bool:
         """The job is over (or the question never got in): the conversation is free."""
         return self.fold.over
+
+    def stop_waiting(self) -> None:
+        """/stop while the question waits for room in a full queue: it is dropped, and the
+        user sees it stopped."""
+        self._stop_waiting.set()
 
     async def save(self) -> None:
         """The sink's `save`: store what it shows now."""
@@ -180,7 +186,10 @@ class ReplyRun:
                 return False
             self._waiting_shown = True
             await self.sink.waiting(sub.position + 1)
-            await asyncio.sleep(tuning.busy_retry_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_waiting.wait(), tuning.busy_retry_s)
+                await self.sink.finish("", finish_note("cancelled", lang))
+                return False
 
     async def _refused(self, err: ErrorEvent) -> bool:
         place = f"{self.rec.conversation.platform}:{self.rec.conversation.chat}"

@@ -166,6 +166,25 @@ async def test_a_full_queue_shows_the_place_then_the_answer(
     assert "notice" not in chat.kinds()
 
 
+async def test_stop_drops_a_question_waiting_for_room(
+    redis: Redis, settings: Settings, tmp_path: Path
+) -> None:
+    s = test_settings_for(settings.redis.url, Path(settings.model.path), tmp_path,
+                          queue={"max_pending": 1})
+    chat = Chat()
+    other = CONV.model_copy(update={"chat": "c2"})
+    async with CoreClient(redis, s) as client, _adapter(client, chat, "a") as a:
+        await client.submit(other, USER, "먼저 온 질문", "r-10a")
+        rec = _rec("r-10")
+        await a.deliver(rec)
+        await chat.until(lambda c: "#2" in c.texts("waiting"))
+        assert await a.stop_conversation(CONV) is None  # nothing was being written
+        await a.wait(rec.job_id)
+        assert await a.registry.job_ids() == []
+    assert _one_message(chat) == t("stopped")
+    assert await client.job_state(rec.job_id, rec.source_id) == "never"
+
+
 async def test_an_expired_reply_stream_is_answered_from_the_history(
     client: CoreClient, make_worker: Any
 ) -> None:
