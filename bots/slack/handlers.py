@@ -159,7 +159,7 @@ class Inbound:
     async def _forbidden(self, body: dict[str, Any], event: dict[str, Any], context: Any,
                          thread: str) -> None:
         team, channel, user = self._team(body, context), event["channel"], event["user"]
-        log.info("slack %s/%s: user %s not allowed", team, channel, user)
+        log.debug("slack %s/%s: user %s not allowed", team, channel, user)
         if self._may_refuse(team, channel):
             lang, _ = await self.profile(team, user)
             await self.ephemeral(team, channel, user, thread,

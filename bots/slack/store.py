@@ -11,6 +11,8 @@
 
 The in-flight registry is what lets a restarted adapter finish replies that were streaming:
 the reply streams hold the text, the registry holds where it is shown (message ts).
+/forget drops a user's `locale` (their name) and `last` keys; registry entries hold no text
+and are deleted once delivered.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class Handlers:
         msg = update.message
         if user is not None and not self._permitted(update, user):
             if msg is not None and self._speaks_to_me(msg):
-                log.info("chat %s: user %s is not allowed", msg.chat.id, user.id)
+                log.debug("chat %s: user %s is not allowed", msg.chat.id, user.id)
                 self.refuse(msg, t("error.forbidden", lang_of(user.language_code)))
             raise ApplicationHandlerStop
         if msg is not None and self._told_to_wait(msg):
@@ -227,6 +227,8 @@ class Handlers:
         if len(self._refused_until) > _MAX_REFUSED:
             self._refused_until = {k: v for k, v in self._refused_until.items() if v > now}
         self._refused_until[(chat_id, user_id)] = now + wait
+        log.info("chat %s: user %s told to wait %d s (%s); their messages until then are "
+                 "dropped", chat_id, user_id, wait, err.kind)
 
     def _told_to_wait(self, msg: Message) -> bool:
         user = msg.from_user

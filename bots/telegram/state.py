@@ -16,7 +16,9 @@ Keys (the core's `kullm_core.keys` lists its own; these are the Telegram adapter
 | {p}:tg:rate:{bot}:{chat}      | zset   | 2 x (chat interval + 15 s), refreshed on each send |
 | {p}:tg:rate:{bot}:all         | zset   | 2 x (1 s + 15 s), refreshed on each send           |
 
-The rate keys are `bots.telegram.ratelimit`'s shared send budget.
+The rate keys are `bots.telegram.ratelimit`'s shared send budget (random tokens, no text:
+/forget leaves them). /forget drops the user's delivery records: one not yet accepted by the
+queue holds the question's text.
 """
 
 from __future__ import annotations

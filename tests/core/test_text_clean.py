@@ -88,3 +88,17 @@ def test_a_private_conversation_keeps_the_text_as_written(tiny_tokenizer: Any) -
     text = "첫 줄\nAlice: 둘째 줄"
     msgs = _builder(tiny_tokenizer).messages([_alice()], text, speaker=("U1", "Alice"))
     assert msgs[-1]["content"] == text
+
+
+async def test_the_terminal_answers_a_line_with_a_lone_surrogate(
+    client: Any, worker: Any
+) -> None:
+    import io
+
+    from bots.terminal import TerminalChat
+
+    out = io.StringIO()
+    chat = TerminalChat(client, out=out)
+    assert await chat.ask(LONE) == 0
+    assert [h.user for h in await client.history(chat.conv)] == ["안녕 \ufffd 세상 \ufffd"]
+    assert out.getvalue().strip()
