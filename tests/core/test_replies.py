@@ -92,6 +92,23 @@ async def test_a_reply_streams_into_one_message_and_ends_as_the_answer(
     assert all(ANSWER.startswith(p) for p in chat.texts("progress"))
 
 
+async def test_a_second_question_waits_behind_the_first_and_gets_its_own_answer(
+    client: CoreClient, make_worker: Any
+) -> None:
+    chat = Chat()
+    second = "두 번째 답입니다."
+    replies = iter([ANSWER, second])  # one conversation: answered in order
+    engine = ScriptedEngine(lambda _r: next(replies), chunk_chars=2, delay_s=0.02)
+    async with make_worker(engine=engine), _adapter(client, chat, "a") as a:
+        first, then = _rec("r-11a", "첫째 질문"), _rec("r-11b", "둘째 질문")
+        await a.deliver(first)
+        await a.deliver(then)
+        await a.wait(first.job_id)
+        await a.wait(then.job_id)
+    assert chat.messages == {1: ANSWER, 2: second}
+    assert chat.seen[chat.kinds().index("waiting")] == ("waiting", "behind")
+
+
 async def test_a_restarted_adapter_resumes_the_reply_in_the_same_message(
     client: CoreClient, make_worker: Any
 ) -> None:
