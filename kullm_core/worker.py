@@ -117,11 +117,14 @@ class Worker:
             asyncio.create_task(self._positions_loop(stop), name="positions"),
         ]
         taker = asyncio.create_task(self._take_loop(stop), name="take")
+        stopped = asyncio.create_task(stop.wait(), name="stop")
         try:
-            await stop.wait()
+            # the loops end only on stop: one that ends before is a bug, raised below
+            await asyncio.wait([stopped, taker, *background], return_when=asyncio.FIRST_COMPLETED)
             await asyncio.wait([taker], timeout=_STOP_READ_S)
         finally:
             self._stopping = True
+            stopped.cancel()
             taker.cancel()
             await asyncio.gather(taker, *self._kicks, return_exceptions=True)
             await self._drain()
@@ -132,6 +135,10 @@ class Worker:
                 async with asyncio.timeout(1.0):
                     await self.r.delete(self.keys.worker(self.id))
             log.info("worker %s: stopped", self.id)
+        for task in (taker, *background):
+            crash = task.exception() if task.done() and not task.cancelled() else None
+            if crash is not None:
+                raise crash
 
     async def _prepare(self, stop: asyncio.Event) -> bool:
         """Check the server's memory policy and the consumer group, waiting out an outage."""
