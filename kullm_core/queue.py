@@ -252,11 +252,12 @@ class RedisJobQueue:
             delivery = await self._decode(eid, fields or {}, attempt)
             if delivery is None:
                 continue
-            if attempt > 1 and await self._never_started(delivery.job.id):
+            if attempt > 1 and await self._never_started(delivery.job):
                 # it only waited (deferred) on a worker that died: that costs no attempt
                 await self.r.xclaim(self.keys.jobs, GROUP, consumer, 0, [eid],
                                     retrycount=1, justid=True)
-                delivery = Delivery(eid, delivery.job, 1)
+                attempt = 1
+                delivery = Delivery(eid, delivery.job, attempt)
             if attempt > self.max_attempts:
                 log.error(
                     "job %s failed %d times; moved to dead letters", delivery.job.id, attempt - 1
@@ -280,10 +281,17 @@ class RedisJobQueue:
         res = await self._first(keys=keys, args=[d.entry_id for d in deliveries])
         return [bool(int(x)) for x in res]
 
-    async def _never_started(self, job_id: str) -> bool:
-        last: Any = await self.r.xrevrange(self.keys.reply(job_id), "+", "-", count=1)
-        if not last:
-            return False  # reply stream expired: count the attempt, to be safe
+    async def _never_started(self, job: Job) -> bool:
+        """True if no worker ever began answering this job (it only waited, deferred): its
+        reply stream holds only `queued` events and it never became its conversation's
+        active job (set first thing when a worker begins, so a crash before `started`
+        still counts as an attempt)."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(self.keys.reply(job.id), "+", "-", count=1)
+            pipe.get(self.keys.active(job.conversation.key))
+            last, active = await pipe.execute()
+        if not last or _s(active or b"") == job.id:
+            return False  # reply stream expired, or it was begun: count the attempt
         raw = last[0][1].get(b"e") or last[0][1].get("e") or b""
         return b'"type":"queued"' in (raw if isinstance(raw, bytes) else raw.encode())
 

@@ -105,6 +105,9 @@ class JobSession:
         conv = job.conversation
         logctx.bind(job_id=job.id, conversation=conv.key, platform=conv.platform)
         queue_ms = max(0.0, (started - job.created_at) * 1000)
+        # first: marks the job as begun (an attempt, even if this process dies before
+        # `started`; see RedisJobQueue._never_started) and lets /stop find it
+        await self._io(lambda: self.queue.mark_active(job), "marking active")
         try:
             if await self._io(lambda: self.queue.is_cancelled(job.id), "checking cancel"):
                 await self._commit(Outcome("", 0, "cancelled", 0.0), 0, queue_ms, started)
@@ -124,7 +127,6 @@ class JobSession:
             attempt=self.d.attempt, worker=self.worker_id, prompt_tokens=built.tokens,
             dropped_turns=built.dropped_turns,
         )
-        await self._io(lambda: self.queue.mark_active(job), "marking active")
         await self._io(lambda: self.queue.emit(job.id, start), "starting")
         g = self.s.generation
         params = SamplingParams.from_settings(

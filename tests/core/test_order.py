@@ -65,6 +65,37 @@ async def _held_by(redis: Redis, consumer: str, n: int) -> None:
             await asyncio.sleep(0.02)
 
 
+class _CrashOn:
+    """A prompt builder that raises (an unexpected bug) for one message text."""
+
+    def __init__(self, inner: Any, text: str) -> None:
+        self.inner, self.text = inner, text
+
+    def build(self, history: Any, text: str, speaker: Any) -> Any:
+        if text == self.text:
+            raise RuntimeError("prompt builder bug")
+        return self.inner.build(history, text, speaker)
+
+
+async def test_a_job_that_crashes_before_it_starts_is_dead_lettered_and_the_next_one_runs(
+    client: CoreClient, make_worker: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """A crash before `started` still counts as an attempt: the job cannot block its
+    conversation forever."""
+    s = test_settings_for(settings.redis.url, Path(settings.model.path), tmp_path,
+                          queue={"max_attempts": 2, "reclaim_idle_s": 0.6})
+    engine = ScriptedEngine(lambda _r: "다음 답", chunk_chars=2)
+    async with make_worker(engine=engine, settings=s) as w:
+        w.prompt = _CrashOn(w.prompt, "터지는 메시지")
+        boom = await client.submit(CONV, USER, "터지는 메시지", "crash-1")
+        after = await client.submit(CONV, USER, "다음 메시지", "crash-2")
+        failed = await collect(client, boom.job_id)
+        answered = done(await collect(client, after.job_id))
+    assert failed[-1].type == "error" and failed[-1].kind == "failed"
+    assert answered.text == "다음 답"
+    assert [t.user for t in await client.history(CONV)] == ["다음 메시지"]
+
+
 @pytest.mark.slow
 async def test_m2_waits_for_m1_taken_over_from_a_killed_worker(
     settings: Settings, client: CoreClient, make_worker: Any, tmp_path: Path
