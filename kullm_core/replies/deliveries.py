@@ -89,7 +89,12 @@ class Deliveries:
         if not await self.registry.claim(rec.job_id):
             return False
         await self.registry.save(rec)
-        self._launch(rec, resumed=False, behind=bool(self.in_flight(rec.conversation)))
+        run = self._run_for(rec, resumed=False, behind=bool(self.in_flight(rec.conversation)))
+        if await run.submit() is False:  # refused: the user was told; nothing to follow
+            await run.sink.close()
+            await self.registry.finish(rec.job_id)
+            return True
+        self._start(run)
         return True
 
     async def wait(self, job_id: str) -> None:
@@ -114,10 +119,12 @@ class Deliveries:
         replies go (one not yet accepted by the queue holds the question's text)."""
         return await self.registry.forget_user(platform, user_id)
 
-    def _launch(self, rec: ReplyRecord, *, resumed: bool, behind: bool) -> None:
-        run = ReplyRun(self._ctx, rec, self.platform.sink, resumed=resumed, behind=behind)
-        task = asyncio.create_task(self._run(run), name=f"reply-{rec.job_id}")
-        self._running[rec.job_id] = _Running(run, task)
+    def _run_for(self, rec: ReplyRecord, *, resumed: bool, behind: bool) -> ReplyRun:
+        return ReplyRun(self._ctx, rec, self.platform.sink, resumed=resumed, behind=behind)
+
+    def _start(self, run: ReplyRun) -> None:
+        task = asyncio.create_task(self._run(run), name=f"reply-{run.job_id}")
+        self._running[run.job_id] = _Running(run, task)
 
     async def _run(self, run: ReplyRun) -> None:
         rec = run.rec
@@ -166,7 +173,7 @@ class Deliveries:
                 continue
             log.info("job %s: resuming delivery (%s, attempt %d shown)", job_id, rec.state,
                      rec.attempt)
-            self._launch(rec, resumed=True, behind=False)
+            self._start(self._run_for(rec, resumed=True, behind=False))
             self.adopted += 1
             n += 1
         return n

@@ -109,6 +109,8 @@ class ReplyRun:
         self._lock = asyncio.Lock()
         self._waiting_shown = False
         self._stop_waiting = asyncio.Event()
+        self._busy = False
+        """The last submit found the queue full: wait before the next one."""
 
     @property
     def job_id(self) -> str:
@@ -160,35 +162,45 @@ class ReplyRun:
         text, meta = (req.text, req.meta) if req is not None else ("", {})
         return await client.submit(rec.conversation, rec.user, text, rec.source_id, meta)
 
-    async def _submit(self) -> bool:
-        """Submit until accepted; while the queue is full the user sees their place."""
+    async def submit(self) -> bool | None:
+        """One try: True accepted, False over (the user was told why), None the queue is
+        full (the user sees their place; `run` tries again). `Deliveries.deliver` makes the
+        first try before it returns, so messages of a conversation are queued in order."""
         tuning, lang = self.ctx.tuning, self.fold.lang
+        sub = await self._redis("submitting", self._submit_once)
+        if sub is None:
+            await self.sink.notice(t("nothing_to_retry", lang))
+            return False
+        if sub.status in ("queued", "duplicate"):
+            self.fold.position = sub.position
+            self.rec = self.rec.model_copy(update={"state": "following", "request": None,
+                                                   "busy_since": 0.0})
+            await self._redis("saving the record", lambda: self.ctx.registry.save(self.rec))
+            return True
+        if sub.status != "busy":
+            return await self._refused(sub.error or ErrorEvent(kind="internal"))
+        if not self.rec.busy_since:
+            self.rec = self.rec.model_copy(update={"busy_since": time.time()})
+            await self._redis("saving the record", lambda: self.ctx.registry.save(self.rec))
+        elif time.time() - self.rec.busy_since > tuning.busy_give_up_s:
+            log.warning("job %s: queue still full; giving up", self.job_id)
+            await self.sink.notice(error_text(ErrorEvent(kind="busy", params={
+                "waiting": sub.position}), lang))
+            return False
+        self._waiting_shown = self._busy = True
+        await self.sink.waiting(sub.position + 1)
+        return None
+
+    async def _submit(self) -> bool:
+        """Submit until accepted or over; /stop (`stop_waiting`) ends the wait."""
         while True:
-            sub = await self._redis("submitting", self._submit_once)
-            if sub is None:
-                await self.sink.notice(t("nothing_to_retry", lang))
-                return False
-            if sub.status in ("queued", "duplicate"):
-                self.fold.position = sub.position
-                self.rec = self.rec.model_copy(update={"state": "following", "request": None,
-                                                       "busy_since": 0.0})
-                await self._redis("saving the record", lambda: self.ctx.registry.save(self.rec))
-                return True
-            if sub.status != "busy":
-                return await self._refused(sub.error or ErrorEvent(kind="internal"))
-            if not self.rec.busy_since:
-                self.rec = self.rec.model_copy(update={"busy_since": time.time()})
-                await self._redis("saving the record", lambda: self.ctx.registry.save(self.rec))
-            elif time.time() - self.rec.busy_since > tuning.busy_give_up_s:
-                log.warning("job %s: queue still full; giving up", self.job_id)
-                await self.sink.notice(error_text(ErrorEvent(kind="busy", params={
-                    "waiting": sub.position}), lang))
-                return False
-            self._waiting_shown = True
-            await self.sink.waiting(sub.position + 1)
+            accepted = None if self._busy else await self.submit()
+            self._busy = False
+            if accepted is not None:
+                return accepted
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_waiting.wait(), tuning.busy_retry_s)
-                await self.sink.finish("", finish_note("cancelled", lang))
+                await asyncio.wait_for(self._stop_waiting.wait(), self.ctx.tuning.busy_retry_s)
+                await self.sink.finish("", finish_note("cancelled", self.fold.lang))
                 return False
 
     async def _refused(self, err: ErrorEvent) -> bool:

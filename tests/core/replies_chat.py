@@ -21,6 +21,7 @@ class Chat:
     messages: dict[int, str] = field(default_factory=dict)
     seen: list[tuple[str, str]] = field(default_factory=list)
     """Every call a sink made, as (kind, text), in order."""
+    by_message: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def record(self, kind: str, text: str, mid: int | None) -> int:
@@ -29,6 +30,7 @@ class Chat:
                 mid = len(self.messages) + 1
             self.messages[mid] = text
             self.seen.append((kind, text))
+            self.by_message.setdefault(mid, []).append((kind, text))
             self._changed.notify_all()
         return mid
 
