@@ -274,3 +274,27 @@ async def test_a_redis_blip_mid_reply_leaves_the_reply_complete(
     assert "fail" not in chat.kinds()
     assert any(r.name == "kullm_core.streams" and "failed" in r.getMessage()
                for r in caplog.records)  # the blip did cut the reply's reader
+
+
+async def test_refusals_are_one_notice_and_leave_nothing_behind(client: CoreClient) -> None:
+    chat = Chat()
+    async with _adapter(client, chat, "a") as a:
+        retry = ReplyRecord.ask(CONV, USER, "r-12", "", {}, kind="retry")
+        assert await a.deliver(retry)  # nothing to regenerate yet
+        assert await a.deliver(_rec("r-13", "   "))  # nothing to answer
+        assert await a.registry.job_ids() == []
+    assert chat.seen == [("notice", t("nothing_to_retry")),
+                         ("notice", t("error.bad_input"))]
+
+
+async def test_forget_drops_the_records_of_the_users_replies(client: CoreClient) -> None:
+    chat = Chat()
+    async with _adapter(client, chat, "a") as a:
+        rec = _rec("r-14")
+        await a.deliver(rec)  # no worker: the question stays in line
+        await chat.until(lambda c: "#1" in c.texts("waiting"))
+        await a.stop(0)
+    assert await a.forget_user(USER.platform, "someone-else") == 0
+    assert await a.forget_user(USER.platform, USER.id) == 1
+    assert await a.registry.job_ids() == []
+    assert not await client.redis.exists(a.registry.record_key(rec.job_id))
