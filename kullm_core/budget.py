@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from kullm_core.keys import Keys
+from kullm_core.settings import SlackSettings, TelegramSettings
 
 _US = 1_000_000
 
@@ -246,6 +247,13 @@ class TelegramScopes:
     global_reserve: int = 6
     """A fifth of the overall budget is kept for new replies and final answers."""
 
+    @classmethod
+    def from_settings(cls, s: TelegramSettings) -> TelegramScopes:
+        return cls(chat_interval_s=s.min_edit_interval_s,
+                   group_limit=s.group_messages_per_minute,
+                   global_limit=s.global_messages_per_second,
+                   global_reserve=max(1, s.global_messages_per_second // 5))
+
     def send(self, chat_id: int) -> tuple[Bucket, ...]:
         """The buckets of one send into `chat_id` (groups have negative ids). Groups are
         paced evenly: a burst would spend the minute's budget in seconds."""
@@ -279,6 +287,12 @@ class SlackScopes:
     updates_per_minute: int = 50
     stream_calls_per_minute: int = 100
     posts_per_second_per_channel: float = 1.0
+
+    @classmethod
+    def from_settings(cls, s: SlackSettings) -> SlackScopes:
+        return cls(updates_per_minute=s.updates_per_minute,
+                   stream_calls_per_minute=s.stream_calls_per_minute,
+                   posts_per_second_per_channel=s.posts_per_second_per_channel)
 
     def _method(self, team: str, method: str) -> Bucket:
         if method == "chat.update":

@@ -105,3 +105,15 @@ async def test_urgent_calls_keep_the_reserve(redis: Redis) -> None:
     refused = await budget.try_acquire([bucket], reply="r3")
     assert isinstance(refused, Refusal) and refused.reason == "full"
     assert isinstance(await budget.try_acquire([bucket], urgent=True), Grant)
+
+
+def test_scopes_follow_the_settings() -> None:
+    from kullm_core.settings import load_settings
+
+    s = load_settings(None, telegram={"group_messages_per_minute": 10},
+                      slack={"updates_per_minute": 20})
+    group = TelegramScopes.from_settings(s.telegram).send(-1)
+    assert [(b.name, b.limit) for b in group][:2] == [("chat:-1", 1), ("group:-1", 10)]
+    assert group[0].period_s == 6.0  # paced: 10 per minute, evenly
+    [update] = SlackScopes.from_settings(s.slack).call("T1", "chat.update", "C1")
+    assert (update.name, update.limit, update.period_s) == ("m:T1:chat.update", 20, 60.0)
