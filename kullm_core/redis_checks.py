@@ -49,11 +49,20 @@ def is_nogroup(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
 
 
-class Outage:
-    """Tracks one kind of trouble shared by several loops: backoff, one warning, one summary.
+def backoff(tries: int, base_s: float = BACKOFF_MIN_S, cap_s: float = BACKOFF_MAX_S) -> float:
+    """Delay before try number `tries` + 1: exponential from `base_s`, capped, jittered."""
+    step = min(cap_s, base_s * 2 ** min(max(tries, 1) - 1, 16))
+    return step * random.uniform(0.5, 1.0)
 
-    `failed` returns how long to wait before the next try (exponential, jittered, bounded);
-    `ok` ends the outage. Loops share one instance so an outage is logged once per process.
+
+class Outage:
+    """Tracks one kind of trouble shared by several loops: one warning, one summary.
+
+    `failed` records an error and returns how long its caller waits before trying again:
+    exponential in the caller's own consecutive failures (`tries`; a caller that just
+    joined a long outage starts short, so it is not held seconds after the server is back),
+    jittered, bounded. `ok` ends the outage. Loops share one instance so an outage is logged
+    once per process.
     """
 
     def __init__(self, what: str, owner: str, *, base_s: float = BACKOFF_MIN_S,
@@ -71,14 +80,13 @@ class Outage:
     def active(self) -> bool:
         return self.errors > 0
 
-    def failed(self, exc: BaseException, doing: str) -> float:
+    def failed(self, exc: BaseException, doing: str, tries: int = 0) -> float:
         if not self.errors:
             self.since = time.monotonic()
             log.warning("%s: Redis %s while %s (%s: %s); retrying with backoff",
                         self.owner, self.what, doing, type(exc).__name__, exc)
         self.errors += 1
-        step = min(self.cap_s, self.base_s * 2 ** min(self.errors - 1, 16))
-        return step * random.uniform(0.5, 1.0)
+        return backoff(tries or self.errors, self.base_s, self.cap_s)
 
     def ok(self) -> None:
         if self.errors:
@@ -99,8 +107,8 @@ class RedisGuard:
         self.down = Outage("unavailable", owner)
         self.full = Outage("out of memory (maxmemory reached with noeviction)", owner)
 
-    def failed(self, exc: BaseException, doing: str) -> float:
-        return (self.full if is_oom(exc) else self.down).failed(exc, doing)
+    def failed(self, exc: BaseException, doing: str, tries: int = 0) -> float:
+        return (self.full if is_oom(exc) else self.down).failed(exc, doing, tries)
 
     def ok(self, wrote: bool = False) -> None:
         self.down.ok()
@@ -120,11 +128,13 @@ class RedisGuard:
         Raises the last Redis error when `give_up()` turns true or `budget_s` runs out.
         """
         deadline = None if budget_s is None else time.monotonic() + budget_s
+        tries = 0
         while True:
             try:
                 result = await op()
             except REDIS_TROUBLE as exc:
-                delay = self.failed(exc, doing)
+                tries += 1
+                delay = self.failed(exc, doing, tries)
                 if give_up() or (deadline is not None and time.monotonic() + delay > deadline):
                     raise
                 await asyncio.sleep(delay)

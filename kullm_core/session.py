@@ -84,6 +84,7 @@ class JobSession:
         self.abandoned = False
         self.guard = guard or RedisGuard(f"worker {worker_id}")
         self._delta_retry_at = 0.0
+        self._delta_tries = 0
 
     async def _io(self, op: Callable[[], Awaitable[T]], doing: str) -> T:
         """A Redis call retried through outages (until abandoned or `job_timeout_s`)."""
@@ -183,9 +184,11 @@ class JobSession:
         try:
             await self.queue.emit(self.job.id, DeltaEvent(text=piece, attempt=self.d.attempt))
         except REDIS_TROUBLE as exc:
-            delay = self.guard.failed(exc, f"job {self.job.id}: streaming")
+            self._delta_tries += 1
+            delay = self.guard.failed(exc, f"job {self.job.id}: streaming", self._delta_tries)
             self._delta_retry_at = time.monotonic() + delay
             return False
+        self._delta_tries = 0
         self.guard.ok(wrote=True)
         return True
 

@@ -142,12 +142,14 @@ class Worker:
 
     async def _prepare(self, stop: asyncio.Event) -> bool:
         """Check the server's memory policy and the consumer group, waiting out an outage."""
+        tries = 0
         while not stop.is_set():
             try:
                 await check_memory_policy(self.r, self.s.redis.allow_eviction, f"worker {self.id}")
                 await self.queue.ensure_group()
             except REDIS_TROUBLE as exc:
-                await _wait_any(stop, timeout=self.guard.failed(exc, "starting"))
+                tries += 1
+                await _wait_any(stop, timeout=self.guard.failed(exc, "starting", tries))
                 continue
             self.guard.ok(wrote=True)
             return True
@@ -157,15 +159,18 @@ class Worker:
         return len(self.sessions) + len(self.deferred)
 
     async def _take_loop(self, stop: asyncio.Event) -> None:
+        tries = 0
         while not stop.is_set():
             try:
                 talked = await self._take_some(stop)
             except REDIS_TROUBLE as exc:
+                tries += 1
                 if is_nogroup(exc):
                     await self._recreate_group()
-                await _wait_any(stop, timeout=self.guard.failed(exc, "taking jobs"))
+                await _wait_any(stop, timeout=self.guard.failed(exc, "taking jobs", tries))
                 continue
             if talked:
+                tries = 0
                 self.guard.ok()
 
     async def _take_some(self, stop: asyncio.Event) -> bool:
@@ -341,16 +346,20 @@ class Worker:
                 self.guard.failed(exc, "announcing places in line")
 
     async def _cancel_listener(self, stop: asyncio.Event) -> None:
+        tries = 0
         while not stop.is_set():
             try:
                 async with self.r.pubsub() as ps:
                     await ps.subscribe(self.keys.cancel_channel)
+                    tries = 0
                     while not stop.is_set():
                         msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if msg and msg.get("type") == "message":
                             self._cancel(msg["data"])
             except REDIS_TROUBLE as exc:
-                await _wait_any(stop, timeout=self.guard.failed(exc, "listening for cancels"))
+                tries += 1
+                delay = self.guard.failed(exc, "listening for cancels", tries)
+                await _wait_any(stop, timeout=delay)
 
     def _cancel(self, raw: bytes | str) -> None:
         job_id = raw.decode() if isinstance(raw, bytes) else raw

@@ -137,10 +137,12 @@ def test_backoff_grows_is_bounded_and_is_logged_once(logs: pytest.LogCaptureFixt
     outage = Outage("unavailable", "worker t")
     delays = [outage.failed(ConnectionError("refused"), "reading") for _ in range(12)]
     assert 0.05 <= delays[0] <= 0.1 and all(2.5 <= d <= 5.0 for d in delays[-4:])
+    # a caller that just joined the outage starts with a short wait of its own
+    assert 0.05 <= outage.failed(ConnectionError("refused"), "committing", tries=1) <= 0.1
     outage.ok()
     assert len(_outage_lines(logs, logging.WARNING, "unavailable")) == 1
     [summary] = _outage_lines(logs, logging.INFO, "recovered")
-    assert "(12 failed calls)" in summary
+    assert "(13 failed calls)" in summary
 
 
 async def test_an_idle_worker_waits_out_an_outage_and_serves_after_it(
