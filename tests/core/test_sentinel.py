@@ -14,7 +14,7 @@ import pytest
 
 from kullm.runtime import connect
 from kullm_core.client import CoreClient
-from kullm_core.embedded import find_server_binary
+from kullm_core.embedded import server_binary_path
 from kullm_core.worker import Worker
 from tests.conftest import test_settings_for
 from tests.core.helpers import ask
@@ -41,7 +41,7 @@ def _wait(port: int) -> None:
 
 @pytest.fixture
 def sentinel_url(tmp_path: Path) -> Iterator[str]:
-    binary = find_server_binary()
+    binary = server_binary_path()
     master, sent = _port(), _port()
     conf = tmp_path / "sentinel.conf"
     conf.write_text(f"port {sent}\nbind 127.0.0.1\ndir {tmp_path}\n"
