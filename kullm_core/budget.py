@@ -33,6 +33,7 @@ costs the same O(log n) per entry and answers all of it in one script.
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -277,16 +278,23 @@ _SLACK_TIERS = {
     "assistant.threads.setStatus": 3,
 }
 _SLACK_POSTS = ("chat.postMessage", "chat.startStream")
+_SLACK_STREAM_EDITS = ("chat.appendStream", "chat.stopStream")
 
 
 @dataclass(frozen=True)
 class SlackScopes:
     """Slack's limits: each Web API method per workspace by its tier, and messages posted
-    into a channel about one per second (`chat.postMessage` has no tier of its own)."""
+    into a channel about one per second (`chat.postMessage` has no tier of its own).
+    `chat.appendStream` and `chat.stopStream` share one bucket (`stream_calls_per_minute`
+    counts both)."""
 
     updates_per_minute: int = 50
     stream_calls_per_minute: int = 100
     posts_per_second_per_channel: float = 1.0
+    window_s: float = 60.0
+    """Spend per-minute limits in windows this long (stricter, never looser: N per minute
+    becomes N // ceil(60 / window_s) per window), so a burst cannot take a minute's budget
+    at once and leave every reply frozen for the rest of the minute."""
 
     @classmethod
     def from_settings(cls, s: SlackSettings) -> SlackScopes:
@@ -301,7 +309,13 @@ class SlackScopes:
             per_minute = self.stream_calls_per_minute
         else:
             per_minute = _SLACK_TIER_PER_MINUTE[_SLACK_TIERS.get(method, 3)]
-        return Bucket(f"m:{team}:{method}", per_minute, 60.0)
+        if method in _SLACK_STREAM_EDITS:
+            method = "chat.stream"
+        name = f"m:{team}:{method}"
+        per_window = per_minute // math.ceil(60.0 / self.window_s)
+        if self.window_s >= 60.0 or per_window < 1:
+            return Bucket(name, per_minute, 60.0)
+        return Bucket(name, per_window, self.window_s)
 
     def _post(self, team: str, channel: str) -> Bucket:
         return Bucket(f"post:{team}:{channel}", 1, 1.0 / self.posts_per_second_per_channel)

@@ -1,12 +1,11 @@
-"""The Slack adapter assembled: Web API client, scheduler, deliveries, Bolt app, receiver."""
+"""The Slack adapter assembled: Web API client, send budget and scheduler, the core's
+`Deliveries` with the Slack sink, Bolt app, receiver."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import os
-import socket
-import uuid
 from typing import Any
 
 import aiohttp
@@ -17,33 +16,35 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.commands import FORGET_NO, FORGET_YES, Commands
 from bots.slack.config import SlackTuning
-from bots.slack.delivery import Deliveries
 from bots.slack.handlers import Inbound
 from bots.slack.receivers import HttpReceiver, Receiver, SocketModeReceiver
 from bots.slack.reply import Env
 from bots.slack.scheduler import CountingWebClient, Scheduler, api_error
+from bots.slack.sink import SlackPlatform
 from bots.slack.store import SlackStore
+from kullm_core.budget import SendBudget, SlackScopes
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError
+from kullm_core.replies import Deliveries, DeliveryTuning, owner_id
 from kullm_core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def _intervals(settings: Settings, tuning: SlackTuning) -> Any:
-    per_second = {
-        "post": tuning.post_rate(settings),
-        "update": tuning.update_limit(settings) / 60,
-        "stream": tuning.stream_calls_per_minute / 60,
-        "t3": tuning.tier3_per_minute / 60,
-        "t4": tuning.tier4_per_minute / 60,
-    }
+def scopes_for(settings: Settings, tuning: SlackTuning) -> SlackScopes:
+    """Slack's limits as the tuning sets them (tests run Slack's clock faster)."""
+    return SlackScopes(updates_per_minute=tuning.update_limit(settings),
+                       stream_calls_per_minute=tuning.stream_calls_per_minute,
+                       posts_per_second_per_channel=tuning.post_rate(settings),
+                       window_s=tuning.budget_window_s)
 
-    def interval(bucket: str) -> float:
-        rate = per_second.get(bucket.split(":", 1)[0], per_second["t3"])
-        return (1.0 / rate) * (1.0 + tuning.safety_margin)
 
-    return interval
+def delivery_tuning(settings: Settings, tuning: SlackTuning) -> DeliveryTuning:
+    """The core's reply timings with Slack's lease. The waiting placeholder is a reaction
+    (no message), so it is shown at once."""
+    base = DeliveryTuning.from_settings(settings, grace_s=tuning.shutdown_grace_s)
+    return dataclasses.replace(base, lease_s=tuning.lease_s, renew_every_s=tuning.lease_s / 3,
+                               rescan_every_s=tuning.lease_s, placeholder_delay_s=0.0)
 
 
 _BAD_TOKEN = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked",
@@ -84,11 +85,12 @@ class SlackBot:
         self.settings = settings
         self.client = client
         self.tuning = tuning or SlackTuning.from_settings(settings)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner_id()
         self.ready = asyncio.Event()
         self.http_port: int | None = None
-        self.scheduler = Scheduler(_intervals(settings, self.tuning))
-        self.store = SlackStore(client.redis, settings.redis.prefix, self.tuning, self.owner,
+        self.scopes = scopes_for(settings, self.tuning)
+        self.scheduler = Scheduler(SendBudget(client.redis, client.keys, "slack"), self.scopes)
+        self.store = SlackStore(client.redis, settings.redis.prefix, self.tuning,
                                 settings.history.retention_hours * 3600)
         self.deliveries: Deliveries | None = None
         self.receiver: Receiver | None = None
@@ -136,33 +138,39 @@ class SlackBot:
                                   self.tuning.socket_ping_interval_s)
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with aiohttp.ClientSession() as session, self.scheduler, \
-                self.client.reply_streams() as streams:
+        async with aiohttp.ClientSession() as session, self.scheduler:
             web = self._web(session)
-            env = Env(web, self.tuning, self.scheduler.wake, self._persist)
-            self.deliveries = Deliveries(self.client, self.scheduler, self.store, env, streams,
-                                         native=self.settings.slack.native_streaming)
+            env = Env(web, self.tuning, self.scheduler.wake, self.scopes)
+            platform = SlackPlatform(env, self.scheduler,
+                                     native=self.settings.slack.native_streaming)
+            deliveries = self.deliveries = Deliveries(
+                self.client, platform, delivery_tuning(self.settings, self.tuning),
+                owner=self.owner)
             inbound = Inbound(self.settings, self.client, web, self.scheduler, self.store,
-                              self.deliveries)
-            commands = Commands(self.client, self.store, self.deliveries, inbound)
+                              deliveries)
+            commands = Commands(self.client, self.store, deliveries, inbound)
             receiver = self.receiver = self._receiver(self._app(web, inbound, commands), web)
             await self._check_tokens(web)
-            await self.deliveries.start()
-            if not await _until_stopped(receiver.start(), stop):
-                await self.deliveries.stop(0)
-                await receiver.stop()
-                return
-            if isinstance(receiver, HttpReceiver):
-                self.http_port = receiver.port
-            log.info("slack: ready (%s mode, owner %s)", self.settings.slack.mode, self.owner)
-            self.ready.set()
-            try:
-                await stop.wait()
-            finally:
-                log.info("slack: stopping")
-                await receiver.stop()
-                await self.deliveries.stop(self.tuning.shutdown_grace_s)
-                log.info("slack: stopped")
+            async with deliveries:
+                if not await _until_stopped(receiver.start(), stop):
+                    await deliveries.stop(0)
+                    await receiver.stop()
+                    return
+                await self._serve(receiver, deliveries, stop)
+
+    async def _serve(self, receiver: Receiver, deliveries: Deliveries,
+                     stop: asyncio.Event) -> None:
+        if isinstance(receiver, HttpReceiver):
+            self.http_port = receiver.port
+        log.info("slack: ready (%s mode, owner %s)", self.settings.slack.mode, self.owner)
+        self.ready.set()
+        try:
+            await stop.wait()
+        finally:
+            log.info("slack: stopping")
+            await receiver.stop()
+            await deliveries.stop(self.tuning.shutdown_grace_s)
+            log.info("slack: stopped")
 
     async def connected(self) -> object:
         """Readiness: Socket Mode connected, or the HTTP events server listening."""
@@ -192,7 +200,3 @@ class SlackBot:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.warning("slack: Web API unreachable at start (%s); starting anyway", exc)
                 return
-
-    async def _persist(self, reply: Any) -> None:
-        if self.deliveries is not None:
-            await self.deliveries.persist(reply)

@@ -94,12 +94,12 @@ async def run_op(reply: Reply, op: Op) -> None:
 
 
 async def _persist(reply: Reply) -> None:
-    """Record new message ts in the registry. Best effort: the Slack call already happened and
-    must not be repeated because Redis hiccupped."""
+    """Store the messages' ts in the reply record. Best effort: the Slack call already
+    happened and must not be repeated because Redis hiccupped."""
     try:
-        await reply.env.persist(reply)
+        await reply.save()
     except Exception as exc:
-        log.warning("job %s: registry update failed (%s)", reply.job_id, exc)
+        log.warning("job %s: saving the reply record failed (%s)", reply.job_id, exc)
 
 
 def _visible(reply: Reply) -> None:
@@ -139,7 +139,7 @@ async def _stop(reply: Reply, op: Op) -> None:
             raise
         log.info("job %s: stream %s already closed; rewriting it", reply.job_id, m.ts)
         m.sent = None
-        reply._to_update_mode()
+        reply.rewrite()
     else:
         m.appended += d["n"]
         if reply.mode == "stream":
@@ -172,7 +172,7 @@ async def _reconcile(reply: Reply, part: int) -> None:
             else:
                 reply.msgs.append(msg)
             if reply.mode == "stream":
-                reply._to_update_mode()
+                reply.rewrite()
             await _persist(reply)
             return
 
@@ -199,11 +199,11 @@ def _api_error(reply: Reply, op: Op, exc: SlackApiError) -> None:
         log.warning("job %s: native streaming refused in %s (%s); using post + update",
                     reply.job_id, team, error)
         reply.env.native_off[team] = time.monotonic() + reply.env.tuning.native_disable_s
-        reply._to_update_mode()
+        reply.rewrite()
     elif op.kind in ("append", "stop") and error in STREAM_GONE:
         reply.msgs[op.index].streaming = False
         reply.msgs[op.index].sent = None
-        reply._to_update_mode()
+        reply.rewrite()
     elif error in TOO_LONG:
         _shrink(reply, op)
     elif error in BLOCKS_REFUSED and team not in reply.env.blocks_off:
@@ -236,7 +236,7 @@ def _shrink(reply: Reply, op: Op) -> None:
              reply.job_id, reply.limit)
     if reply.mode == "stream" and op.kind == "start":
         return
-    reply._to_update_mode()
+    reply.rewrite()
 
 
 def _transient(reply: Reply, op: Op, why: str) -> None:
@@ -252,14 +252,4 @@ def _transient(reply: Reply, op: Op, why: str) -> None:
     elif op.kind in ("append", "stop"):
         # Unknown whether Slack took the text: rewrite the whole message instead.
         reply.msgs[op.index].sent = None
-        reply._to_update_mode()
-
-
-class SlackReply(Reply):
-    """A `Reply` that the scheduler can run (the `Outbound` protocol)."""
-
-    async def run(self, op: Op) -> None:
-        await run_op(self, op)
-
-    def on_error(self, op: Op, exc: BaseException) -> None:
-        handle_error(self, op, exc)
+        reply.rewrite()

@@ -1,7 +1,8 @@
-"""`/kullm help | reset | stop | forget` and the forget confirmation buttons.
+"""`/kullm help | reset | stop | retry | forget` and the forget confirmation buttons.
 
-Slash commands carry no thread, so `reset` and `stop` act on the caller's latest conversation
-in that channel (the thread of their last question there, or the DM itself). Every command is
+Slash commands carry no thread, so `reset`, `stop` and `retry` act on the caller's latest
+conversation in that channel (the thread of their last question there, or the DM itself);
+`retry` regenerates its last answer into that thread. Every command is
 acknowledged at once (Slack's 3-second limit); its answer follows through `response_url`.
 """
 
@@ -10,15 +11,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bots.slack.delivery import Deliveries
 from bots.slack.handlers import Inbound
 from bots.slack.store import SlackStore
-from bots.slack.target import conversation
+from bots.slack.target import Target, conversation
 from bots.slack.texts import st
 from kullm_core.client import CoreClient
+from kullm_core.replies import Deliveries
 from kullm_core.texts import error_text
 from kullm_core.texts import t as core_t
-from kullm_core.wire import ConversationRef, ErrorEvent, UserRef
+from kullm_core.wire import ConversationRef, ErrorEvent, ReplyRecord, UserRef
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Commands:
         if sub == "forget":
             await respond(**self._forget_prompt(user, lang))
             return
-        if sub not in ("reset", "stop"):
+        if sub not in ("reset", "stop", "retry"):
             await respond(text=st("help", lang))
             return
         who = UserRef(platform="slack", id=user, name=name, lang=lang)
@@ -59,9 +60,22 @@ class Commands:
                 return
             await self.client.reset(conv)
             await respond(text=core_t("reset", lang))
+        elif sub == "retry":
+            if conv is None:
+                await respond(text=core_t("nothing_to_retry", lang))
+                return
+            await self._retry(conv, who, str(command.get("trigger_id") or ""))
         else:
-            stopped = await self._stop(conv) if conv is not None else 0
+            stopped = await self.deliveries.stop_conversation(conv) if conv else None
             await respond(text=core_t("stop_requested" if stopped else "nothing_to_stop", lang))
+
+    async def _retry(self, conv: ConversationRef, who: UserRef, trigger: str) -> None:
+        """Regenerate the conversation's last answer, delivered like any reply ("nothing to
+        regenerate" comes privately, from the core)."""
+        target = Target(conv.workspace, conv.chat, conv.thread, who.id, "", who.lang)
+        source = f"slack:{conv.workspace}:{conv.chat}:retry:{trigger}"
+        await self.deliveries.deliver(ReplyRecord.ask(
+            conv, who, source, "", target.meta(), kind="retry", meta=target.meta()))
 
     async def _conversation(self, team: str, channel: str, user: str,
                             thread: str | None) -> ConversationRef | None:
@@ -70,16 +84,6 @@ class Commands:
         if thread is None and channel.startswith("D"):
             thread = ""
         return None if thread is None else conversation(team, channel, thread)
-
-    async def _stop(self, conv: ConversationRef) -> int:
-        """Cancel the answer being written in `conv`, and its replies still queued here."""
-        n = 1 if await self.client.cancel(conv) else 0
-        for reply in self.deliveries.replies():
-            t = reply.target
-            if (t.team, t.channel, t.thread_ts) == (conv.workspace, conv.chat, conv.thread):
-                await self.client.cancel_job(reply.job_id)
-                n += 1
-        return n
 
     def _forget_prompt(self, user: str, lang: str) -> dict[str, Any]:
         question = core_t("forget_confirm", lang)

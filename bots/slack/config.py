@@ -27,12 +27,10 @@ class SlackTuning(BaseModel):
     """`chat.postMessage`/`chat.startStream` per channel. None: the settings value."""
     stream_calls_per_minute: int = Field(default=100, ge=1)
     """`chat.appendStream`/`chat.stopStream` per workspace (Tier 4)."""
-    tier3_per_minute: int = Field(default=50, ge=1)
-    """reactions.add, chat.delete, conversations.replies/history per workspace."""
-    tier4_per_minute: int = Field(default=100, ge=1)
-    """chat.postEphemeral, assistant.threads.*, users.info per workspace."""
-    safety_margin: float = Field(default=0.06, ge=0, le=1)
-    """Spacing is (60 / limit) * (1 + margin): network jitter never turns into a 429."""
+    budget_window_s: float = Field(default=10.0, gt=0, le=60)
+    """Per-minute limits are spent in windows this long (50 per minute: 8 per 10 s), so a
+    burst of replies cannot spend the minute's budget in its first second and leave every
+    reply frozen for the rest of it. The other methods keep Slack's tiers (`SlackScopes`)."""
     markdown_blocks: bool = True
     """Render replies as a `markdown` block (Slack renders the model's Markdown itself).
     False, or a workspace refusing the block: Slack mrkdwn text instead."""
@@ -52,8 +50,6 @@ class SlackTuning(BaseModel):
     lease_s: float = Field(default=15.0, gt=0)
     """An adapter holds each reply it delivers under a lease renewed every lease_s / 3; replies
     whose lease lapsed (a crashed replica) are taken over."""
-    registry_ttl_s: int = Field(default=6 * 3600, ge=60)
-    """In-flight registry entries expire after this long without progress."""
     locale_ttl_s: int = Field(default=86400, ge=60)
     suggested_prompts: bool = True
     """Offer suggested prompts when an assistant thread opens."""

@@ -5,7 +5,8 @@ being the conversation everyone in it shares), a later message in a thread the b
 (unless mentions are required there), a DM (top level = one conversation; a DM thread = its own),
 and an AI-app (assistant) thread. Never: the bot's own or other bots' messages, edits,
 deletions and other subtypes. Each Slack message is answered once, however often and under
-however many event types Slack delivers it.
+however many event types Slack delivers it. A message with a file gets the "text only"
+answer: the bot never pretends to have read an attachment.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.slack.delivery import Deliveries
 from bots.slack.render import inbound_text
 from bots.slack.scheduler import Scheduler
 from bots.slack.store import SlackStore
@@ -25,11 +25,12 @@ from bots.slack.texts import st, suggested_prompts
 from kullm_core import logctx, metrics
 from kullm_core.client import CoreClient
 from kullm_core.limits import RefusalThrottle
+from kullm_core.replies import Deliveries
 from kullm_core.settings import Settings
 from kullm_core.text_clean import clean_text
 from kullm_core.texts import error_text, lang_of
 from kullm_core.texts import t as core_t
-from kullm_core.wire import ErrorEvent, UserRef
+from kullm_core.wire import ErrorEvent, ReplyRecord, UserRef
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Inbound:
         self.store = store
         self.deliveries = deliveries
         self.locale_ttl_s = store.tuning.locale_ttl_s
+        self.suggested_prompts = store.tuning.suggested_prompts
         self.refusals = RefusalThrottle(settings.limits.refusal_interval_s)
         client.on_forget(self._forget)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -128,10 +130,11 @@ class Inbound:
         team = self._team(body, context)
         lang, _ = await self.profile(team, user or "")
         await self.say(team, channel, ts, core_t("start", lang))
-        if self.store.tuning.suggested_prompts:
+        if self.suggested_prompts:
             prompts, title = suggested_prompts(lang), st("prompts_title", lang)
             await self._side_call(
-                team, "t4:prompts", lambda: self.web.assistant_threads_setSuggestedPrompts(
+                team, "assistant.threads.setSuggestedPrompts",
+                lambda: self.web.assistant_threads_setSuggestedPrompts(
                     channel_id=channel, thread_ts=ts, prompts=prompts, title=title))
 
     async def on_context_changed(self) -> None:
@@ -142,6 +145,7 @@ class Inbound:
     async def _forget(self, platform: str, user: str) -> None:
         if platform == "slack":
             await self.store.forget_user(user)
+            await self.deliveries.forget_user(platform, user)
 
     def _team(self, body: dict[str, Any], context: Any) -> str:
         return str(context.team_id or body.get("team_id") or "")
@@ -184,34 +188,30 @@ class Inbound:
         team = self._team({}, context)
         channel, ts, user = event["channel"], event["ts"], event["user"]
         metrics.received("slack")
-        logctx.bind(platform="slack", conversation=conversation(team, channel, thread).key)
+        conv = conversation(team, channel, thread)
+        logctx.bind(platform="slack", conversation=conv.key)
         text = inbound_text(clean_text(event.get("text") or ""), context.bot_user_id)
         known = await self.cached_profile(team, user)
         # A question never waits for users.info (Tier 4: a burst of new users would queue
-        # behind it); only a refusal needs the language first (allowlists name ids).
-        if known is None and not text:
+        # behind it); only a short answer of our own needs the language first.
+        files = bool(event.get("files"))
+        if known is None and (files or not text):
             known = await self.profile(team, user)
         lang, name = known or ("ko", "")
-        who = UserRef(platform="slack", id=user, name=name, lang=lang)
-        if not text:
-            key = "text_only" if event.get("files") else "empty_mention"
-            await self.say(team, channel, reply_thread, st(key, lang))
+        if files or not text:
+            await self.say(team, channel, reply_thread,
+                           st("text_only" if files else "empty_mention", lang))
             return
+        who = UserRef(platform="slack", id=user, name=name, lang=lang)
         target = Target(team, channel, reply_thread, user, ts, lang, assistant)
-        status = st("thinking", lang) if assistant else None
-        sub = await self.deliveries.submit(conversation(team, channel, thread), who, text,
-                                           source_id(team, channel, ts), target, status=status)
-        if sub is None:
+        rec = ReplyRecord.ask(conv, who, source_id(team, channel, ts), text, target.meta(),
+                              meta=target.meta())
+        if not await self.deliveries.deliver(rec):
             return
         if known is None:
-            self._background(self._learn_lang(team, user, sub.job_id))
-        if sub.error is not None:
-            if not self._may_refuse(team, channel):
-                return
-            if known is None:
-                lang, _ = await self.profile(team, user)
-            await self.ephemeral(team, channel, user, reply_thread, error_text(sub.error, lang))
-            return
+            self._background(self._learn_profile(team, user))
+        if rec.job_id not in self.deliveries.in_flight(conv):
+            return  # refused: the asker was told privately
         if await self.client.warming():
             await self.ephemeral(team, channel, user, reply_thread, st("warming_up", lang))
         if not target.is_dm:
@@ -220,28 +220,26 @@ class Inbound:
 
     # -- outbound helpers (through the scheduler) ------------------------------------------
 
-    async def _side_call(self, team: str, kind: str, fn: Any) -> Any:
-        """A Web API call in its own limit bucket (`t4:users` -> `t4:{team}:users`)."""
-        tier, _, method = kind.partition(":")
+    async def _side_call(self, team: str, method: str, fn: Any) -> Any:
+        """A Web API call of `method` within the send budget; failures only log."""
         try:
-            return await self.scheduler.call(kind, (f"{tier}:{team}:{method}",), fn)
+            return await self.scheduler.call(method, team, fn)
         except Exception as exc:
-            log.warning("slack %s call failed in %s: %s", kind, team, exc)
+            log.warning("slack %s call failed in %s: %s", method, team, exc)
             return None
 
     async def say(self, team: str, channel: str, thread: str, text: str) -> None:
-        """A short visible answer (empty mention, greeting)."""
+        """A short visible answer (empty mention, greeting, text only)."""
         try:
-            await self.scheduler.call("post", (f"post:{team}:{channel}",),
-                                      lambda: self.web.chat_postMessage(
-                                          channel=channel, thread_ts=thread or None, text=text))
+            await self.scheduler.call("chat.postMessage", team, lambda: self.web.chat_postMessage(
+                channel=channel, thread_ts=thread or None, text=text), channel=channel)
         except Exception as exc:
             log.warning("slack post failed in %s/%s: %s", team, channel, exc)
 
     async def ephemeral(self, team: str, channel: str, user: str, thread: str,
                         text: str) -> None:
         """A message only `user` sees (refusals, limits)."""
-        await self._side_call(team, "t4:ephemeral", lambda: self.web.chat_postEphemeral(
+        await self._side_call(team, "chat.postEphemeral", lambda: self.web.chat_postEphemeral(
             channel=channel, user=user, text=text, thread_ts=thread or None))
 
     def _background(self, coro: Any) -> None:
@@ -249,13 +247,12 @@ class Inbound:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _learn_lang(self, team: str, user: str, job_id: str) -> None:
+    async def _learn_profile(self, team: str, user: str) -> None:
+        """Cache the asker's language and name for their next question."""
         try:
-            lang, _ = await self.profile(team, user)
+            await self.profile(team, user)
         except Exception as exc:
             log.warning("slack user %s: profile lookup failed (%s)", user, exc)
-            return
-        self.deliveries.set_lang(job_id, lang)
 
     async def cached_profile(self, team: str, user: str) -> tuple[str, str] | None:
         cached = await self.store.locale(team, user) if user else "|"
@@ -269,7 +266,7 @@ class Inbound:
         known = await self.cached_profile(team, user)
         if known is not None:
             return known
-        resp = await self._side_call(team, "t4:users", lambda: self.web.users_info(
+        resp = await self._side_call(team, "users.info", lambda: self.web.users_info(
             user=user, include_locale=True))
         info = (resp.get("user") if resp is not None else None) or {}
         locale, name = str(info.get("locale") or ""), str(info.get("name") or "")

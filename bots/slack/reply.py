@@ -8,8 +8,9 @@ Two ways to show a growing reply:
   message can be rewritten, so this mode repairs anything: a worker restart (new attempt), a
   final text that differs from the deltas, a resumed reply after an adapter restart.
 
-The reply never calls Slack on its own: `next_op` describes the call, the scheduler runs it
-when Slack's limits allow, merging whatever text arrived meanwhile.
+The reply never calls Slack on its own: `next_op` describes the call and the buckets of the
+shared send budget it counts against (`SlackScopes`), the scheduler runs it when the budget
+allows, merging whatever text arrived meanwhile.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -27,6 +28,7 @@ from bots.slack.config import SlackTuning
 from bots.slack.render import Segment, neutralize, piece, split
 from bots.slack.scheduler import Op
 from bots.slack.target import Target
+from kullm_core.budget import SlackScopes
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class Env:
     web: AsyncWebClient
     tuning: SlackTuning
     wake: Callable[[], None]
-    persist: Callable[[Reply], Awaitable[None]]
+    scopes: SlackScopes = field(default_factory=SlackScopes)
     native_off: dict[str, float] = field(default_factory=dict)
     """team -> monotonic time until which native streaming is not tried there."""
     blocks_off: set[str] = field(default_factory=set)
@@ -63,8 +65,8 @@ class Env:
         return self.native_off.get(team, 0.0) <= time.monotonic()
 
 
-def buckets_post(t: Target) -> tuple[str, ...]:
-    return (f"post:{t.team}:{t.channel}",)
+async def _no_save() -> None:
+    return None
 
 
 class Reply:
@@ -79,11 +81,14 @@ class Reply:
         mode: Mode,
         msgs: list[Msg] | None = None,
         status: str | None = None,
+        save: Callable[[], Awaitable[None]] = _no_save,
     ) -> None:
         self.name = job_id
         self.job_id = job_id
         self.target = target
         self.env = env
+        self.save = save
+        """Stores `msgs` where a restarted adapter finds them (the core's `Save`)."""
         self.mode: Mode = mode
         self.msgs: list[Msg] = msgs or []
         self.text = ""
@@ -109,36 +114,32 @@ class Reply:
         self.edits = 0
         """Calls that changed text already shown (update, append, stop)."""
 
-    # -- inputs from the reply stream ----------------------------------------------------
+    # -- inputs: the reply so far ------------------------------------------------------
 
-    def started(self, attempt: int) -> None:
-        if attempt > self.attempt and self.attempt:
-            log.info("job %s: restarted as attempt %d; rewriting", self.job_id, attempt)
-            self.text = ""
-            if self.msgs:
-                self._to_update_mode()
-        self.attempt = max(self.attempt, attempt)
-        self.env.wake()
-
-    def add(self, text: str, attempt: int) -> None:
-        if attempt > self.attempt:
-            self.started(attempt)
-        if attempt < self.attempt or self.final:
+    def show(self, text: str) -> None:
+        """The whole reply so far. Text that does not continue what was streamed (a worker
+        restarted the job) rewrites the messages."""
+        if self.final or text == self.text:
             return
-        self.text += text
+        self._diverge(text)
+        self.text = text
         self.env.wake()
 
-    def finish(self, text: str, tail: str) -> None:
+    def end(self, text: str, tail: str) -> None:
         """The authoritative final text (`DoneEvent.text`) and a note to show after it."""
-        if text != self.text and self.mode == "stream":
-            fixed = self._fixed_len()
-            if not text.startswith(self.text[:fixed]):
-                self._to_update_mode()
+        self._diverge(text)
         self.text = text
         if tail:
             self.tail = ("\n\n" + tail) if text.strip() else tail
         self.final = True
         self.env.wake()
+
+    def _diverge(self, text: str) -> None:
+        if self.mode == "stream" and self.msgs and not text.startswith(
+                self.text[:self._fixed_len()]):
+            log.info("job %s: the reply changed under what was streamed; rewriting",
+                     self.job_id)
+            self.rewrite()
 
     def _fixed_len(self) -> int:
         fixed = self.forced[-1] if self.forced else 0
@@ -146,7 +147,8 @@ class Reply:
             fixed += self.msgs[-1].appended
         return fixed
 
-    def _to_update_mode(self) -> None:
+    def rewrite(self) -> None:
+        """Switch to update mode: every message can then be rewritten to the current text."""
         self.mode = "update"
         self.forced.clear()
 
@@ -181,15 +183,29 @@ class Reply:
         self.gave_up = True
         self.done.set()
 
+    def _call(self, kind: str, method: str, **kw: Any) -> Op:
+        """An op of Web API `method`, with the budget buckets it counts against and those a
+        429 on it pauses."""
+        t, scopes = self.target, self.env.scopes
+        return Op(kind, scopes.call(t.team, method, t.channel),
+                  paused=scopes.on_429(t.team, method, t.channel), **kw)
+
+    def state(self) -> dict[str, Any]:
+        """What a restarted adapter needs to rewrite this reply (`ReplyRecord.shown`)."""
+        return {"mode": self.mode,
+                "msgs": [{"ts": m.ts, "streaming": m.streaming} for m in self.msgs]}
+
     def _op(self) -> Op | None:
-        t, src = self.target, self.source()
+        src = self.source()
         if self.reconcile is not None:
-            return Op("reconcile", (f"t3:{t.team}:replies",), urgent=True, index=self.reconcile)
+            return self._call("reconcile", "conversations.replies", urgent=True,
+                              index=self.reconcile)
         if not self.msgs and not src.strip():
             if self.status:
-                return Op("status", (f"t4:{t.team}:status",), data={"text": self.status})
+                return self._call("status", "assistant.threads.setStatus",
+                                  data={"text": self.status})
             if self.reaction:
-                return Op("react", (f"t3:{t.team}:reactions",), data={"name": self.reaction})
+                return self._call("react", "reactions.add", data={"name": self.reaction})
             return None
         return self._stream_op(src) if self.mode == "stream" else self._update_op(src)
 
@@ -200,31 +216,29 @@ class Reply:
         return text if text.strip() else "…"
 
     def _update_op(self, src: str) -> Op | None:
-        t = self.target
         for i, m in enumerate(self.msgs):
             if m.streaming:
-                return Op("stop", (f"stream:{t.team}",), urgent=True, index=i,
-                          data={"text": "", "n": 0})
+                return self._call("stop", "chat.stopStream", urgent=True, index=i,
+                                  data={"text": "", "n": 0})
         segs = split(src, self.limit)
         dirty: Op | None = None
         for i, seg in enumerate(segs):
             want = self.render(src, seg)
             if i >= len(self.msgs) or not self.msgs[i].ts:
-                return Op("post", buckets_post(t), urgent=True, index=i,
-                          data={"md": want, "end": seg.end})
+                return self._call("post", "chat.postMessage", urgent=True, index=i,
+                                  data={"md": want, "end": seg.end})
             if self.msgs[i].sent != want and dirty is None:
-                dirty = Op("update", (f"update:{t.team}",), urgent=self.final or seg.closed,
-                           index=i, data={"md": want})
+                dirty = self._call("update", "chat.update", urgent=self.final or seg.closed,
+                                   index=i, data={"md": want})
         if dirty is not None:
             return dirty
         if self.final and len(self.msgs) > len(segs):
-            return Op("delete", (f"t3:{t.team}:delete",), urgent=True, index=len(self.msgs) - 1)
+            return self._call("delete", "chat.delete", urgent=True, index=len(self.msgs) - 1)
         return None
 
     # -- stream mode ---------------------------------------------------------------------
 
     def _stream_op(self, src: str) -> Op | None:
-        t = self.target
         cur = len(self.msgs) - 1 if self.msgs and self.msgs[-1].streaming else len(self.msgs)
         appended = self.msgs[cur].appended if cur < len(self.msgs) else 0
         start = self.forced[-1] if self.forced else 0
@@ -236,25 +250,25 @@ class Reply:
             if closing:
                 if not body.strip():
                     return None
-                return Op("post", buckets_post(t), urgent=True, index=cur,
-                          data={"md": self.render(src, seg), "end": seg.end})
+                return self._call("post", "chat.postMessage", urgent=True, index=cur,
+                                  data={"md": self.render(src, seg), "end": seg.end})
             chunk = _streamable(body)
             if not chunk.strip():
                 return None
             pre = piece(src, seg, close_open_fence=False).prefix
-            return Op("start", buckets_post(t), urgent=True, index=cur,
-                      data={"text": pre + neutralize(chunk), "n": len(chunk)})
+            return self._call("start", "chat.startStream", urgent=True, index=cur,
+                              data={"text": pre + neutralize(chunk), "n": len(chunk)})
         rest = src[seg.start + appended:seg.end]
         if closing:
             whole = piece(src, seg, close_open_fence=False)
-            return Op("stop", (f"stream:{t.team}",), urgent=True, index=cur,
-                      data={"text": neutralize(rest) + whole.suffix, "n": len(rest),
+            return self._call("stop", "chat.stopStream", urgent=True, index=cur,
+                              data={"text": neutralize(rest) + whole.suffix, "n": len(rest),
                             "end": seg.end, "sent": whole.text})
         chunk = _streamable(rest)
         if not chunk:
             return None
-        return Op("append", (f"stream:{t.team}",), index=cur,
-                  data={"text": neutralize(chunk), "n": len(chunk)})
+        return self._call("append", "chat.appendStream", index=cur,
+                          data={"text": neutralize(chunk), "n": len(chunk)})
 
 
 def _streamable(text: str) -> str:

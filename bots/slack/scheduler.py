@@ -1,18 +1,17 @@
 """The one outbound scheduler: every Slack write of the adapter goes through it.
 
-Each Slack limit is a `Bucket` (a minimum spacing between calls): `post:{team}:{channel}`
-(chat.postMessage / chat.startStream, ~1 per second per channel), `update:{team}` (chat.update,
-Tier 3, shared by every reply in the workspace), `stream:{team}` (appendStream / stopStream,
-Tier 4), `t3:{team}:{method}` and `t4:{team}:{method}` for the rest (Slack counts those per
-method). Replies do not call Slack themselves: they
-describe their next call (`Op`) and the scheduler runs the most urgent one whose buckets are
-free, least recently served first. So N replies streaming in one workspace each get an update
-every N x 1.2 s and the workspace never exceeds its budget, whatever N is. A reply merges all
-text that arrived while it waited into its next call.
+Replies do not call Slack themselves: they describe their next call (`Op`) and the buckets of
+the send budget it counts against (`SlackScopes.call`: the method per workspace by its tier,
+and for posts the channel). The scheduler pulls the next op of every reply and runs it once
+`SendBudget` grants a slot in each of its buckets. The budget lives in Redis, so it holds
+across every replica of the adapter, and it serves the replies waiting for a bucket least
+recently served first (urgent ops, such as final text, skip that line). A reply merges all
+text that arrived while it waited into its next call: its op is asked for again on every try.
 
-A 429 pauses the buckets of the call for Retry-After: slack-sdk's rate-limit retry handler
-(subclassed here to tell the scheduler) waits and repeats the same request, which Slack had
-refused, so nothing is posted twice.
+A 429 pauses exactly what Slack paused (`SlackScopes.on_429`: the method in the workspace;
+`chat.postMessage`, the channel) for Retry-After, for every replica: slack-sdk's rate-limit
+retry handler (subclassed here to write the pause) waits and repeats the same request, which
+Slack had refused, so nothing is posted twice.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.http_retry.request import HttpRequest
@@ -36,11 +36,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from kullm_core import metrics
+from kullm_core.budget import Bucket, Grant, SendBudget, SlackScopes
 
 log = logging.getLogger(__name__)
 
-_TICK_S = 0.01
-_BUCKETS: ContextVar[tuple[str, ...]] = ContextVar("slack_op_buckets", default=())
+_PAUSED: ContextVar[tuple[Bucket, ...]] = ContextVar("slack_op_paused", default=())
+_RETRY_MAX_S = 2.0
 
 
 @dataclass
@@ -48,7 +49,10 @@ class Op:
     """One Slack call an outbound item wants to make next."""
 
     kind: str
-    buckets: tuple[str, ...]
+    buckets: tuple[Bucket, ...]
+    """The send-budget buckets the call counts against."""
+    paused: tuple[Bucket, ...] = ()
+    """The buckets a 429 on this call pauses."""
     urgent: bool = False
     """Final text, a segment's last words, or the first visible text: served before updates
     that only refresh a reply still being written."""
@@ -73,23 +77,6 @@ class Outbound(Protocol):
     def on_error(self, op: Op, exc: BaseException) -> None: ...
 
 
-class Bucket:
-    """Minimum spacing between calls, plus a pause after a 429."""
-
-    __slots__ = ("interval", "next_at", "paused_until")
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.next_at = 0.0
-        self.paused_until = 0.0
-
-    def ready_at(self) -> float:
-        return max(self.next_at, self.paused_until)
-
-    def take(self, now: float) -> None:
-        self.next_at = max(now, self.next_at) + self.interval
-
-
 def retry_after_of(headers: Any, default: float = 1.0) -> float:
     if not headers:
         return default
@@ -104,10 +91,12 @@ def retry_after_of(headers: Any, default: float = 1.0) -> float:
 
 
 class PausingRateLimitHandler(AsyncRateLimitErrorRetryHandler):
-    """slack-sdk's 429 handler (sleeps Retry-After, repeats the request) that first pauses the
-    scheduler buckets of the call, so no other call runs into the same limit meanwhile."""
+    """slack-sdk's 429 handler (sleeps Retry-After, repeats the request) that first pauses,
+    in the shared budget, the scope Slack paused, so no call of any replica runs into the
+    same limit meanwhile."""
 
-    def __init__(self, on_pause: Callable[[tuple[str, ...], float], None], retries: int) -> None:
+    def __init__(self, on_pause: Callable[[tuple[Bucket, ...], float], Awaitable[None]],
+                 retries: int) -> None:
         super().__init__(max_retry_count=retries)
         self._on_pause = on_pause
 
@@ -123,9 +112,9 @@ class PausingRateLimitHandler(AsyncRateLimitErrorRetryHandler):
             method = request.url.rsplit("/", 1)[-1].split("?", 1)[0]
             metrics.rate_limited("slack", method)
             metrics.call("slack", method)  # the repeat that follows
-            buckets = _BUCKETS.get()
-            if buckets:
-                self._on_pause(buckets, retry_after_of(response.headers) + 1.0)
+            paused = _PAUSED.get()
+            if paused:
+                await self._on_pause(paused, retry_after_of(response.headers) + 1.0)
         await super().prepare_for_next_attempt_async(
             state=state, request=request, response=response, error=error
         )
@@ -193,13 +182,12 @@ class CountingWebClient(AsyncWebClient):
 
 
 class Scheduler:
-    """Runs the outbound calls of all replies within Slack's limits (see module doc)."""
+    """Runs the outbound calls of all replies within the shared send budget (module doc)."""
 
-    def __init__(self, intervals: Callable[[str], float]) -> None:
-        self._interval_of = intervals
-        self._buckets: dict[str, Bucket] = {}
+    def __init__(self, budget: SendBudget, scopes: SlackScopes | None = None) -> None:
+        self.budget = budget
+        self.scopes = scopes or SlackScopes()
         self._items: dict[int, Outbound] = {}
-        self._served: dict[int, float] = {}
         self._busy: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -218,6 +206,8 @@ class Scheduler:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
+        for task in list(self._tasks):
+            task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for item in self._items.values():
@@ -236,12 +226,10 @@ class Scheduler:
 
     def add(self, item: Outbound) -> None:
         self._items[id(item)] = item
-        self._served.setdefault(id(item), 0.0)
         self.wake()
 
     def discard(self, item: Outbound) -> None:
         self._items.pop(id(item), None)
-        self._served.pop(id(item), None)
 
     def wake(self) -> None:
         self._wake.set()
@@ -249,26 +237,26 @@ class Scheduler:
     def active(self) -> int:
         return len(self._items)
 
-    def pause(self, buckets: tuple[str, ...], seconds: float) -> None:
-        until = time.monotonic() + seconds
-        for name in buckets:
-            bucket = self._bucket(name)
-            bucket.paused_until = max(bucket.paused_until, until)
-        log.warning("slack rate limited on %s: pausing %.1f s", ",".join(buckets), seconds)
+    async def pause(self, buckets: tuple[Bucket, ...], seconds: float) -> None:
+        """Slack said 429: nothing more in these scopes, from any replica, for `seconds`."""
+        self.rate_limited += 1
+        log.warning("slack rate limited on %s: pausing %.1f s",
+                    ",".join(b.name for b in buckets), seconds)
+        try:
+            await self.budget.pause(buckets, seconds)
+        except (RedisError, OSError) as exc:
+            log.warning("slack: writing the pause failed (%s)", type(exc).__name__)
 
     def rate_limit_handler(self, retries: int) -> PausingRateLimitHandler:
-        def on_pause(buckets: tuple[str, ...], seconds: float) -> None:
-            self.rate_limited += 1
-            self.pause(buckets, seconds)
+        return PausingRateLimitHandler(self.pause, retries)
 
-        return PausingRateLimitHandler(on_pause, retries)
-
-    async def call(
-        self, name: str, buckets: tuple[str, ...], fn: Callable[[], Awaitable[Any]],
-        *, urgent: bool = True,
-    ) -> Any:
-        """Run one Slack call in turn with everything else (ephemeral answers, reactions)."""
-        shot = _OneShot(name, Op("call", buckets, urgent=urgent), fn)
+    async def call(self, method: str, team: str, fn: Callable[[], Awaitable[Any]], *,
+                   channel: str = "", urgent: bool = True) -> Any:
+        """Run one Slack call of `method` in turn with everything else (ephemeral answers,
+        reactions, profiles)."""
+        op = Op("call", self.scopes.call(team, method, channel),
+                paused=self.scopes.on_429(team, method, channel), urgent=urgent)
+        shot = _OneShot(method, op, fn)
         self.add(shot)
         try:
             return await shot.future
@@ -277,14 +265,12 @@ class Scheduler:
 
     # -- loop ------------------------------------------------------------------------------
 
-    def _bucket(self, name: str) -> Bucket:
-        bucket = self._buckets.get(name)
-        if bucket is None:
-            bucket = self._buckets[name] = Bucket(self._interval_of(name))
-        return bucket
-
-    def _candidates(self, now: float) -> list[tuple[bool, float, int, Outbound, Op]]:
-        out = []
+    def _schedule(self) -> float | None:
+        """Start a runner for every item with an op due, urgent ones first; return seconds
+        until the next op held back by its backoff is due."""
+        now = time.monotonic()
+        delay: float | None = None
+        due: list[tuple[bool, int, Outbound]] = []
         for key, item in list(self._items.items()):
             if key in self._busy:
                 continue
@@ -292,35 +278,22 @@ class Scheduler:
                 self.discard(item)
                 continue
             op = item.next_op(now)
-            if op is not None:
-                out.append((not op.urgent, self._served.get(key, 0.0), key, item, op))
-        out.sort(key=lambda c: (c[0], c[1]))
-        return out
-
-    def _schedule(self) -> float | None:
-        """Start every op whose buckets are free; return seconds until the next may be."""
-        now = time.monotonic()
-        delay: float | None = None
-        for _, _, key, item, op in self._candidates(now):
-            buckets = [self._bucket(name) for name in op.buckets]
-            at = max([op.not_before, *(b.ready_at() for b in buckets)])
-            if at > now:
-                delay = at - now if delay is None else min(delay, at - now)
+            if op is None:
                 continue
-            for b in buckets:
-                b.take(now)
+            if op.not_before > now:
+                wait = op.not_before - now
+                delay = wait if delay is None else min(delay, wait)
+                continue
+            due.append((not op.urgent, key, item))
+        for _, key, item in sorted(due, key=lambda d: d[0]):
             self._busy.add(key)
-            self._served[key] = now
-            task = asyncio.create_task(self._execute(key, item, op))
+            task = asyncio.create_task(self._execute(key, item))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return delay
 
     async def _loop(self) -> None:
         while True:
-            # Wake-ups come with every delta of every reply; one pass per tick serves them
-            # all (Slack's spacings are 0.6 s and up, so the tick costs no throughput).
-            await asyncio.sleep(_TICK_S)
             self._wake.clear()
             try:
                 delay = self._schedule()
@@ -333,14 +306,33 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.005))
 
-    async def _execute(self, key: int, item: Outbound, op: Op) -> None:
-        # Space from when the call really leaves, not from when it was scheduled: a busy
-        # event loop may start it late, and Slack measures arrivals.
-        started = time.monotonic()
-        for name in op.buckets:
-            bucket = self._bucket(name)
-            bucket.next_at = max(bucket.next_at, started + bucket.interval)
-        token = _BUCKETS.set(op.buckets)
+    async def _grant(self, item: Outbound) -> tuple[Op, Grant] | None:
+        """A slot for the item's next op, asking for the op again on every try (text that
+        arrived meanwhile is merged, an op that became urgent skips the line)."""
+        most = self.budget.stale_us / 1_000_000 / 4
+        while id(item) in self._items:
+            op = item.next_op(time.monotonic())
+            if op is None or op.not_before > time.monotonic():
+                return None
+            got = await self.budget.try_acquire(op.buckets, reply=item.name, urgent=op.urgent)
+            if isinstance(got, Grant):
+                return op, got
+            await asyncio.sleep(min(got.wait_s, most))
+        return None
+
+    async def _execute(self, key: int, item: Outbound) -> None:
+        try:
+            granted = await self._grant(item)
+        except (RedisError, OSError) as exc:
+            log.warning("slack: send budget unavailable (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(_RETRY_MAX_S)
+            granted = None
+        if granted is None:
+            self._busy.discard(key)
+            self.wake()
+            return
+        op, grant = granted
+        token = _PAUSED.set(op.paused)
         self.calls[op.kind] += 1
         try:
             await item.run(op)
@@ -348,15 +340,16 @@ class Scheduler:
             raise
         except Exception as exc:
             if is_rate_limited(exc):
-                self.rate_limited += 1
                 resp = exc.response  # type: ignore[attr-defined]
-                self.pause(op.buckets, retry_after_of(getattr(resp, "headers", None)) + 1.0)
+                await self.pause(op.paused, retry_after_of(getattr(resp, "headers", None)) + 1.0)
             else:
                 try:
                     item.on_error(op, exc)
                 except Exception:
                     log.exception("slack: error handler of %s failed", item.name)
         finally:
-            _BUCKETS.reset(token)
+            _PAUSED.reset(token)
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.shield(self.budget.release(grant))
             self._busy.discard(key)
             self.wake()

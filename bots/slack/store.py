@@ -2,86 +2,42 @@
 
 | key                                   | type   | lifetime                                     |
 |---------------------------------------|--------|----------------------------------------------|
-| {p}:slack:inflight                    | zset   | registry_ttl_s, renewed on every write       |
-| {p}:slack:reply:{job_id}              | string | registry_ttl_s (deleted once delivered)       |
-| {p}:slack:lease:{job_id}              | string | lease_s, renewed by the owning adapter        |
 | {p}:slack:thread:{team}:{chan}:{ts}   | string | history retention (the bot follows the thread) |
 | {p}:slack:last:{team}:{chan}:{user}   | string | history retention (target of /kullm commands)  |
 | {p}:slack:locale:{team}:{user}        | string | locale_ttl_s                                  |
 
-The in-flight registry is what lets a restarted adapter finish replies that were streaming:
-the reply streams hold the text, the registry holds where it is shown (message ts).
-/forget drops a user's `locale` (their name) and `last` keys; registry entries hold no text
-and are deleted once delivered.
+Replies in flight (where each is shown, under a lease) are the core's reply records
+(`kullm_core.replies`, keys `{p}:slack:rrec:*` / `rlease:*` / `rindex`), the send budget is
+the core's (`{p}:slack:budget:*`). /forget drops a user's `locale` (their name) and `last`
+keys.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
 from bots.slack.config import SlackTuning
-from bots.slack.target import Target
 from kullm_core.keys import Keys
-from kullm_core.leases import RELEASE_OWNED_LUA, RENEW_OWNED_LUA
 
 log = logging.getLogger(__name__)
-
-
 
 def _s(raw: bytes | str | None) -> str:
     return raw.decode() if isinstance(raw, bytes) else (raw or "")
 
 
-@dataclass
-class Entry:
-    """A reply in flight: where it shows, and the messages it has so far."""
-
-    job_id: str
-    source_id: str
-    target: Target
-    mode: str = "update"
-    msgs: list[dict[str, object]] = field(default_factory=list)
-
-    def dumps(self) -> str:
-        return json.dumps({"v": 1, "job": self.job_id, "source": self.source_id,
-                           "target": self.target.meta(), "mode": self.mode, "msgs": self.msgs})
-
-    @classmethod
-    def loads(cls, raw: str) -> Entry:
-        d = json.loads(raw)
-        return cls(d["job"], d["source"], Target.from_meta(d["target"]), d.get("mode", "update"),
-                   list(d.get("msgs") or []))
-
-
 class SlackStore:
-    """Registry of replies in flight with per-reply leases, plus small per-thread markers."""
+    """Small per-thread and per-user markers of the Slack adapter."""
 
-    def __init__(self, redis: Redis, prefix: str, tuning: SlackTuning, owner: str,
+    def __init__(self, redis: Redis, prefix: str, tuning: SlackTuning,
                  retention_s: float) -> None:
         self.r = redis
         self.p = Keys(prefix).adapter("slack")
         self.tuning = tuning
-        self.owner = owner
         self.retention_s = max(60, int(retention_s))
-        self._renew = redis.register_script(RENEW_OWNED_LUA)
-        self._release = redis.register_script(RELEASE_OWNED_LUA)
 
     # -- keys ------------------------------------------------------------------------------
-
-    @property
-    def inflight_key(self) -> str:
-        return f"{self.p}:inflight"
-
-    def reply_key(self, job_id: str) -> str:
-        return f"{self.p}:reply:{job_id}"
-
-    def lease_key(self, job_id: str) -> str:
-        return f"{self.p}:lease:{job_id}"
 
     def thread_key(self, team: str, channel: str, thread: str) -> str:
         return f"{self.p}:thread:{team}:{channel}:{thread}"
@@ -91,67 +47,6 @@ class SlackStore:
 
     def locale_key(self, team: str, user: str) -> str:
         return f"{self.p}:locale:{team}:{user}"
-
-    # -- registry --------------------------------------------------------------------------
-
-    async def save(self, entry: Entry) -> None:
-        ttl = self.tuning.registry_ttl_s
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.set(self.reply_key(entry.job_id), entry.dumps(), ex=ttl)
-            pipe.zadd(self.inflight_key, {entry.job_id: time.time()})
-            pipe.expire(self.inflight_key, ttl)
-            await pipe.execute()
-
-    async def create(self, entry: Entry) -> bool:
-        """Register a new reply; False when one is registered already (a redelivery)."""
-        ttl = self.tuning.registry_ttl_s
-        if not await self.r.set(self.reply_key(entry.job_id), entry.dumps(), nx=True, ex=ttl):
-            return False
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.inflight_key, {entry.job_id: time.time()})
-            pipe.expire(self.inflight_key, ttl)
-            await pipe.execute()
-        return True
-
-    async def load(self, job_id: str) -> Entry | None:
-        raw = await self.r.get(self.reply_key(job_id))
-        if not raw:
-            return None
-        try:
-            return Entry.loads(_s(raw))
-        except (ValueError, KeyError):
-            log.warning("job %s: unreadable registry entry dropped", job_id)
-            return None
-
-    async def remove(self, job_id: str) -> None:
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.delete(self.reply_key(job_id))
-            pipe.zrem(self.inflight_key, job_id)
-            await pipe.execute()
-        await self.release([job_id])
-
-    async def pending(self) -> list[str]:
-        """Job ids in the registry (entries older than the registry TTL are pruned)."""
-        oldest = time.time() - self.tuning.registry_ttl_s
-        await self.r.zremrangebyscore(self.inflight_key, 0, oldest)
-        members: list[bytes | str] = await self.r.zrange(self.inflight_key, 0, -1)  # type: ignore[assignment]
-        return [_s(j) for j in members]
-
-    async def claim(self, job_id: str) -> bool:
-        """Take the lease of a reply nobody delivers (its adapter stopped or crashed)."""
-        ms = int(self.tuning.lease_s * 1000)
-        return bool(await self.r.set(self.lease_key(job_id), self.owner, nx=True, px=ms))
-
-    async def renew(self, job_ids: list[str]) -> int:
-        if not job_ids:
-            return 0
-        ms = int(self.tuning.lease_s * 1000)
-        keys = [self.lease_key(j) for j in job_ids]
-        return int(await self._renew(keys=keys, args=[self.owner, ms]))
-
-    async def release(self, job_ids: list[str]) -> None:
-        if job_ids:
-            await self._release(keys=[self.lease_key(j) for j in job_ids], args=[self.owner])
 
     # -- conversation markers --------------------------------------------------------------
 

@@ -11,9 +11,9 @@ _TEXTS: dict[str, dict[str, str]] = {
         "멘션 없이 이어서 물어볼 수 있고, 스레드의 모든 사람이 같은 대화를 공유합니다.\n"
         "• DM으로 바로 물어볼 수도 있습니다.\n"
         "• `/kullm reset` 새 대화 시작 · `/kullm stop` 답변 중단 · "
+        "`/kullm retry` 마지막 답변 다시 생성 · "
         "`/kullm forget` 내 대화 기록 삭제 · `/kullm help` 도움말",
         "empty_reply": "(빈 답변입니다. 질문을 바꾸어 다시 물어봐 주세요.)",
-        "lost_reply": "(답변을 전달하지 못했습니다. 다시 물어봐 주세요.)",
         "reset_none": "초기화할 대화가 없습니다. 먼저 질문해 주세요.",
         "prompt1.title": "자기소개",
         "prompt1.message": "너는 누구야? 무엇을 할 수 있어?",
@@ -29,9 +29,9 @@ _TEXTS: dict[str, dict[str, str]] = {
         "thread you can go on without mentioning me; everyone in it shares the conversation.\n"
         "• You can also ask me in a DM.\n"
         "• `/kullm reset` new conversation · `/kullm stop` stop the answer · "
+        "`/kullm retry` regenerate the last answer · "
         "`/kullm forget` delete my stored conversations · `/kullm help` this help",
         "empty_reply": "(The answer was empty. Please rephrase and ask again.)",
-        "lost_reply": "(The answer could not be delivered. Please ask again.)",
         "reset_none": "There is no conversation to reset yet. Ask me something first.",
         "prompt1.title": "Who are you?",
         "prompt1.message": "Who are you and what can you do?",

@@ -125,8 +125,9 @@ async def _restart(fake: FakeSlack, client: Any, settings: Any, make_worker: Any
         await asyncio.gather(task, return_exceptions=True)
         if crash:
             # A crashed adapter never releases its lease: the next one must wait it out.
-            await first.store.r.set(first.store.lease_key(job_of(msg)), "crashed-adapter",
-                                    px=int(tuning.lease_s * 1000))
+            assert first.deliveries is not None
+            await client.redis.set(first.deliveries.registry.lease_key(job_of(msg)),
+                                   "crashed-adapter", px=int(tuning.lease_s * 1000))
         shown = fake.reply_text(msg.channel, msg.ts)
         assert shown and len(shown) < len(SLOW)
         second = SlackBot(slack_settings(settings, fake), client, tuning)
@@ -136,7 +137,8 @@ async def _restart(fake: FakeSlack, client: Any, settings: Any, make_worker: Any
             done = await done_of(client, msg)
             await shows(fake, msg.channel, msg.ts, visible(done))
             assert second.deliveries is not None
-            await asyncio.wait_for(second.deliveries.idle.wait(), 30)
+            await asyncio.wait_for(second.deliveries.wait(job_of(msg)), 30)
+            assert await second.deliveries.registry.job_ids() == []
         finally:
             stop2.set()
             await task2

@@ -1,4 +1,4 @@
-"""The outbound scheduler's order of service and its handling of 429s; the registry leases."""
+"""The outbound scheduler's order of service and its handling of 429s, on the Redis budget."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from redis.asyncio import Redis
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bots.slack.config import SlackTuning
 from bots.slack.scheduler import Op, Scheduler
-from bots.slack.store import Entry, SlackStore
-from bots.slack.target import Target
+from kullm_core.budget import Bucket, Refusal, SendBudget
+from kullm_core.keys import Keys
+
+UPDATE = Bucket("m:T1:chat.update", 1, 0.02)
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Item:
         return self.todo == 0
 
     def next_op(self, now: float) -> Op | None:
-        return Op("call", ("update:T1",), urgent=self.urgent) if self.todo else None
+        return Op("call", (UPDATE,), paused=(UPDATE,), urgent=self.urgent) if self.todo else None
 
     async def run(self, op: Op) -> None:
         if self.fail_first is not None:
@@ -61,9 +62,13 @@ async def _drain(scheduler: Scheduler, *items: Item) -> None:
     await asyncio.wait_for(_done(), 20)
 
 
-async def test_replies_take_turns_and_final_text_goes_first() -> None:
+def _scheduler(redis: Redis) -> Scheduler:
+    return Scheduler(SendBudget(redis, Keys("kullm"), "slack"))
+
+
+async def test_replies_take_turns_and_final_text_goes_first(redis: Redis) -> None:
     log: list[str] = []
-    async with Scheduler(lambda _: 0.02) as scheduler:
+    async with _scheduler(redis) as scheduler:
         a, b = Item("a", 3, log=log), Item("b", 3, log=log)
         final = Item("final", 1, urgent=True, log=log)
         scheduler.add(a)
@@ -74,44 +79,29 @@ async def test_replies_take_turns_and_final_text_goes_first() -> None:
     assert log[1:] in (["a", "b"] * 3, ["b", "a"] * 3), "round robin, least recently served"
 
 
-async def test_a_429_pauses_and_repeats_the_same_call() -> None:
-    async with Scheduler(lambda _: 0.01) as scheduler:
+async def test_a_429_pauses_and_repeats_the_same_call(redis: Redis) -> None:
+    async with _scheduler(redis) as scheduler:
         item = Item("x", 2, fail_first=_rate_limited())
         scheduler.add(item)
+        other_replica = SendBudget(redis, Keys("kullm"), "slack")
+        while not scheduler.rate_limited:
+            await asyncio.sleep(0.01)
+        refused = await other_replica.try_acquire((UPDATE,))
+        assert isinstance(refused, Refusal) and refused.reason == "paused"
         await _drain(scheduler, item)
         assert item.log == ["x", "x"]
         assert item.errors == []
         assert scheduler.rate_limited == 1
 
 
-async def test_one_off_calls_return_their_result_or_raise() -> None:
-    async with Scheduler(lambda _: 0.01) as scheduler:
+async def test_one_off_calls_return_their_result_or_raise(redis: Redis) -> None:
+    async with _scheduler(redis) as scheduler:
         async def ok() -> str:
             return "done"
 
         async def boom() -> str:
             raise ValueError("no")
 
-        assert await scheduler.call("t4", ("t4:T1:users",), ok) == "done"
+        assert await scheduler.call("users.info", "T1", ok) == "done"
         with pytest.raises(ValueError):
-            await scheduler.call("t4", ("t4:T1:users",), boom)
-
-
-async def test_registry_leases_let_one_adapter_deliver_each_reply(redis: Redis) -> None:
-    tuning = SlackTuning(lease_s=5)
-    one = SlackStore(redis, "kullm", tuning, "one", 3600)
-    two = SlackStore(redis, "kullm", tuning, "two", 3600)
-    entry = Entry("job1", "slack:T:C:1", Target("T", "C", "1.0", "U", "1.0"))
-    assert await one.create(entry)
-    assert not await two.create(entry), "a redelivered message is not registered twice"
-    assert await one.claim("job1")
-    assert not await two.claim("job1")
-    assert await two.renew(["job1"]) == 0
-    assert await one.renew(["job1"]) == 1
-    await one.release(["job1"])
-    assert await two.claim("job1"), "a released reply is taken over"
-    assert await two.pending() == ["job1"]
-    loaded = await two.load("job1")
-    assert loaded is not None and loaded.target == entry.target
-    await two.remove("job1")
-    assert await two.pending() == []
+            await scheduler.call("users.info", "T1", boom)

@@ -13,14 +13,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from redis.asyncio import Redis
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.slack.app import _intervals
-from bots.slack.calls import SlackReply
+from bots.slack.app import scopes_for
 from bots.slack.config import SlackTuning
 from bots.slack.reply import Env, Mode
 from bots.slack.scheduler import Scheduler
+from bots.slack.sink import SlackReply
 from bots.slack.target import Target
+from kullm_core.budget import SendBudget
+from kullm_core.keys import Keys
 from kullm_core.settings import Settings
 from tests.fakes.slack_api import BOT_TOKEN, TEAM, FakeSlack, Limits
 
@@ -42,32 +45,31 @@ class Rig:
         return reply
 
 
-async def _noop(reply: Any) -> None:
-    return None
-
-
 @asynccontextmanager
 async def rig(settings: Settings, limits: Limits | None = None,
               **tuning: Any) -> AsyncIterator[Rig]:
     tune = SlackTuning(**tuning)
+    scopes = scopes_for(settings, tune)
+    redis = Redis.from_url(settings.redis.url)
+    await redis.flushall()  # the send budget of an earlier test (its pauses) starts empty
     async with FakeSlack(limits=limits, echo_bot_messages=False) as fake, \
             aiohttp.ClientSession() as session:
-        scheduler = Scheduler(_intervals(settings, tune))
+        scheduler = Scheduler(SendBudget(redis, Keys(settings.redis.prefix), "slack"), scopes)
         web = AsyncWebClient(token=BOT_TOKEN, base_url=fake.api_url, session=session,
                              retry_handlers=[scheduler.rate_limit_handler(2)])
         async with scheduler:
-            yield Rig(fake, Env(web, tune, scheduler.wake, _noop), scheduler)
+            yield Rig(fake, Env(web, tune, scheduler.wake, scopes), scheduler)
+    await redis.aclose()
 
 
 async def feed(reply: SlackReply, text: str, *, step: int = 7, final: str | None = None,
-               pause: float = 0.0, attempt: int = 1) -> None:
-    """Stream `text` into the reply like a worker's deltas, then finish it."""
-    reply.started(attempt)
+               pause: float = 0.0) -> None:
+    """Stream `text` into the reply like the core's progress calls, then finish it."""
     for i in range(0, len(text), step):
-        reply.add(text[i:i + step], attempt)
+        await reply.progress(text[:i + step])
         if pause:
             await asyncio.sleep(pause)  # generation pace, not synchronisation
-    reply.finish(text if final is None else final, "")
+    reply.end(text if final is None else final, "")
 
 
 async def delivered(reply: SlackReply, timeout: float = 30) -> None:
@@ -107,11 +109,10 @@ async def test_update_mode_posts_once_and_edits(settings: Settings) -> None:
 async def test_a_new_attempt_rewrites_what_was_streamed(settings: Settings) -> None:
     async with rig(settings) as r:
         reply = r.reply()
-        reply.started(1)
-        reply.add("첫 시도의 답변이 중간에 끊겼", 1)
+        await reply.progress("첫 시도의 답변이 중간에 끊겼")
         await r.fake.wait_for(lambda: bool(r.fake.reply_text("C0GENERAL",
                                                                    reply.target.thread_ts)))
-        await feed(reply, "두 번째 시도의 완전한 답변입니다.", attempt=2)
+        await feed(reply, "두 번째 시도의 완전한 답변입니다.")
         await delivered(reply)
         assert r.fake.reply_text("C0GENERAL", reply.target.thread_ts) == \
             "두 번째 시도의 완전한 답변입니다."
@@ -120,11 +121,10 @@ async def test_a_new_attempt_rewrites_what_was_streamed(settings: Settings) -> N
 async def test_final_text_wins_over_the_deltas(settings: Settings) -> None:
     async with rig(settings) as r:
         reply = r.reply()
-        reply.started(1)
-        reply.add("안녕하세요 여러분 반갑", 1)
+        await reply.progress("안녕하세요 여러분 반갑")
         await r.fake.wait_for(lambda: bool(r.fake.reply_text("C0GENERAL",
                                                                    reply.target.thread_ts)))
-        reply.finish("안녕하세요 모두", "")
+        reply.end("안녕하세요 모두", "")
         await delivered(reply)
         assert r.fake.reply_text("C0GENERAL", reply.target.thread_ts) == "안녕하세요 모두"
 
@@ -226,7 +226,7 @@ async def test_many_replies_share_the_workspace_budget_without_429(settings: Set
     """20 replies in 4 channels at 60x Slack's speed: the fake's limits are never hit."""
     limits = Limits(post_per_channel=(1, 1 / 60), update_per_team=(50, 1.0),
                     stream_per_team=(100, 1.0))
-    async with rig(settings, limits, updates_per_minute=50 * 60,
+    async with rig(settings, limits, updates_per_minute=50 * 60, budget_window_s=10 / 60,
                    posts_per_second_per_channel=60.0, stream_calls_per_minute=100 * 60) as r:
         replies = [r.reply(mode="update" if i % 2 else "stream", channel=f"C0CHAN{i % 4}")
                    for i in range(20)]
