@@ -80,8 +80,11 @@ class FakeSlack:
 
     def __init__(self, *, mode: str = "socket", limits: Limits | None = None,
                  ack_timeout_s: float = 3.0, retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0),
-                 echo_bot_messages: bool = True) -> None:
+                 echo_bot_messages: bool = True, spread_events: bool = False) -> None:
         self.mode = mode
+        self.spread_events = spread_events
+        """Socket Mode: deal events to the connections in turn (several adapter replicas),
+        instead of to the newest one."""
         self.limits = limits or Limits()
         self.ack_timeout_s = ack_timeout_s
         self.retry_delays = retry_delays
@@ -447,6 +450,9 @@ class FakeSlack:
     def connected(self) -> bool:
         return bool(self._sockets)
 
+    def connections(self) -> int:
+        return len(self._sockets)
+
     # -- delivery to the app ---------------------------------------------------------------
 
     def event_body(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -521,7 +527,8 @@ class FakeSlack:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._acks[envelope_id] = fut
         try:
-            await self._sockets[-1].send_json(envelope)
+            ws = self._sockets[self._n % len(self._sockets) if self.spread_events else -1]
+            await ws.send_json(envelope)
             ack = await asyncio.wait_for(fut, self.ack_timeout_s)
             return ack.get("payload") or {}
         except (TimeoutError, ConnectionError, RuntimeError):
