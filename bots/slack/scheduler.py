@@ -41,7 +41,7 @@ from kullm_core.budget import Bucket, Grant, SendBudget, SlackScopes
 log = logging.getLogger(__name__)
 
 _PAUSED: ContextVar[tuple[Bucket, ...]] = ContextVar("slack_op_paused", default=())
-_RETRY_MAX_S = 2.0
+_REDIS_RETRY_S = 0.2
 
 
 @dataclass
@@ -325,7 +325,7 @@ class Scheduler:
             granted = await self._grant(item)
         except (RedisError, OSError) as exc:
             log.warning("slack: send budget unavailable (%s); retrying", type(exc).__name__)
-            await asyncio.sleep(_RETRY_MAX_S)
+            await asyncio.sleep(_REDIS_RETRY_S)
             granted = None
         if granted is None:
             self._busy.discard(key)

@@ -91,3 +91,21 @@ async def test_forget_asks_then_deletes_what_is_stored(
         assert await fake.click(FORGET_YES, buttons[0]["value"]) is not None
         await fake.wait_for(lambda: t("forgot", "ko", turns=1) in responses(fake))
     assert await client.history(conversation(TEAM, msg.channel, msg.ts)) == []
+
+
+async def test_retry_regenerates_the_last_answer_in_its_thread(
+    fake: FakeSlack, run_bot: Any, client: Any, make_worker: Any
+) -> None:
+    answers = iter(["첫 번째 답변입니다.", "다시 쓴 답변입니다."])
+    engine = ScriptedEngine(lambda _: next(answers), chunk_chars=2, delay_s=0.01)
+    async with run_bot(fake):
+        await slash_ok(fake, "retry")  # nothing asked yet: said privately
+        await fake.wait_for(lambda: t("nothing_to_retry", "ko") in responses(fake)
+                            + [e["text"] for e in fake.ephemerals], what="nothing to retry")
+        async with make_worker(engine=engine):
+            first = await fake.user_message("한 번 더 써 줄래?")
+            await answered(fake, client, first)
+            await slash_ok(fake, "retry")
+            await shows(fake, first.channel, first.ts, "첫 번째 답변입니다.다시 쓴 답변입니다.")
+    turns = await client.history(conversation(TEAM, first.channel, first.ts))
+    assert [(x.user, x.assistant) for x in turns] == [("한 번 더 써 줄래?", "다시 쓴 답변입니다.")]

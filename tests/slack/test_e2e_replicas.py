@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from redis.asyncio import Redis
+
 from bots.slack import SlackBot, SlackTuning
 from kullm_core.engine.scripted import ScriptedEngine
 from tests.fakes.slack_api import FakeSlack, Limits
@@ -90,3 +92,21 @@ async def test_two_replicas_share_the_budget_and_answer_every_question_once(
     assert not fake.violations
     assert a.deliveries.delivered and b.deliveries.delivered, "both replicas delivered"
     assert a.deliveries.delivered + b.deliveries.delivered == len(msgs)
+
+
+async def test_a_redis_blip_mid_reply_leaves_the_reply_complete(
+    fake: FakeSlack, run_bot: Any, client: Any, make_worker: Any, settings: Any,
+    redis_url: str
+) -> None:
+    engine = ScriptedEngine(lambda _: ANSWER, chunk_chars=4, delay_s=0.04)
+    killer = Redis.from_url(redis_url)
+    async with make_worker(engine=engine, settings=long_settings(settings)), run_bot(fake):
+        msg = await fake.user_message("레디스가 잠깐 끊겨도 답해 줘")
+        await fake.wait_for(lambda: len(fake.reply_text(msg.channel, msg.ts)) > 10,
+                            what="the reply to start streaming")
+        assert await killer.execute_command("CLIENT", "KILL", "TYPE", "normal") >= 1
+        done = await answered(fake, client, msg)
+    await killer.aclose()
+    assert done.text == ANSWER
+    [reply] = fake.bot_messages(msg.channel, msg.ts)
+    assert reply.visible == ANSWER and "⚠️" not in reply.visible
