@@ -117,3 +117,14 @@ def test_scopes_follow_the_settings() -> None:
     assert group[0].period_s == 6.0  # paced: 10 per minute, evenly
     [update] = SlackScopes.from_settings(s.slack).call("T1", "chat.update", "C1")
     assert (update.name, update.limit, update.period_s) == ("m:T1:chat.update", 20, 60.0)
+
+
+def test_slack_minute_limits_spent_in_shorter_windows_never_exceed_the_minute() -> None:
+    scopes = SlackScopes(updates_per_minute=50, window_s=10.0)
+    [update] = scopes.call("T1", "chat.update")
+    assert (update.limit, update.period_s) == (8, 10.0)  # 6 windows x 8 <= 50 per minute
+    [append] = scopes.call("T1", "chat.appendStream")
+    [stop] = scopes.call("T1", "chat.stopStream")
+    assert append == stop, "appendStream and stopStream share the stream budget"
+    [rare] = SlackScopes(updates_per_minute=3, window_s=10.0).call("T1", "chat.update")
+    assert (rare.limit, rare.period_s) == (3, 60.0)  # too few to split: the minute stays
