@@ -14,7 +14,7 @@ from tests.fakes.slack_api import FakeSlack, Limits
 from tests.slack.conftest import TEST_TUNING, slack_settings
 from tests.slack.helpers import answered, done_of, job_of, long_settings, shows, visible
 
-ANSWER = "어댑터가 내려가 있는 동안 끝난 답변입니다. 기록에서 되살려 보여 줍니다. " * 6
+ANSWER = "어댑터가 내려가 있는 동안 끝난 답변입니다. 기록에서 되살려 보여 줍니다. " * 16
 
 
 async def _until_stopped(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
