@@ -22,6 +22,7 @@ from kullm.runtime import Embedded, open_redis, stop_on_signals
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError, KullmError
 from kullm_core.keys import Keys
+from kullm_core.redis_checks import check_memory_policy
 from kullm_core.settings import Settings
 from kullm_core.worker import Worker
 
@@ -124,6 +125,8 @@ async def serve(settings: Settings, *, with_adapters: bool) -> int:
     async with open_redis(settings, embedded=embedded) as redis, OpsServer(
         settings.ops, checks={"redis": redis_ping(redis)}, expect=("worker",)
     ) as ops:  # alive at once; ready once the model is loaded and the worker heartbeats
+        if not settings.redis.allow_eviction:  # refuse before a long model load, not after
+            await check_memory_policy(redis, False, "kullm serve")
         client = CoreClient(redis, settings)
         tasks.update({name: asyncio.create_task(run(settings, client, stop), name=name)
                       for name, run in plan})
