@@ -88,6 +88,16 @@ async def _keep_warming_flag(redis: Redis, keys: Keys) -> None:
         await asyncio.sleep(WARMING_TTL_S / 3)
 
 
+def _import_model_code() -> None:
+    """Import torch and transformers (seconds of holding Python's import lock) before the
+    adapters start: during the long weights load that follows, an adapter that imports a module
+    on its first request (PTB, slack-sdk do) is not blocked behind them."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+    from transformers.models.llama import modeling_llama  # noqa: F401
+
+
 async def load_engine(
     settings: Settings, redis: Redis, stop: asyncio.Event,
     watch: Collection[asyncio.Task[Any]] = (),
@@ -128,6 +138,8 @@ async def serve(settings: Settings, *, with_adapters: bool) -> int:
         if not settings.redis.allow_eviction:  # refuse before a long model load, not after
             await check_memory_policy(redis, False, "kullm serve")
         client = CoreClient(redis, settings)
+        if plan:
+            await asyncio.to_thread(_import_model_code)
         tasks.update({name: asyncio.create_task(run(settings, client, stop), name=name)
                       for name, run in plan})
         if plan:
