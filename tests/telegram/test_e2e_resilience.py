@@ -49,20 +49,25 @@ def sends_into(tg: FakeTelegram, chat: int) -> int:
 async def test_an_adapter_down_longer_than_the_reply_stream_lives_still_answers_once(
     tg: FakeTelegram, make_bot: MakeBot, make_worker: Any, client: CoreClient
 ) -> None:
-    async with make_worker(engine=engine(delay_s=0.05)):
-        async with make_bot(grace_s=0):  # down mid-reply, with nothing handed on
-            msg = await tg.mention(GROUP, ALICE, "끊겨도 답해 줘")
-            await tg.wait_for(lambda: bool(reply_texts(tg, msg)))
-        started = tg.replies_to(GROUP, msg.message_id)[0].message_id
-        done = await done_of(client, msg)  # the worker finished while no adapter ran
-    assert len(reply_texts(tg, msg)[0]) < len(done.text)
-    assert await client.redis.delete(client.keys.reply(job_of(msg))) == 1  # it expired
+    async with make_bot(grace_s=0):  # no worker yet: both questions wait in line
+        dm = await tg.send_text(ALICE.id, ALICE, "끊겨도 답해 줘")
+        group = await tg.mention(GROUP, BOB, "answer me even so")
+        await tg.wait_for(lambda: bool(reply_texts(tg, dm) and reply_texts(tg, group)))
+    asks = (dm, group)
+    placeholders = [tg.replies_to(m.chat.id, m.message_id)[0].message_id for m in asks]
+    async with make_worker(engine=engine(delay_s=0.01)):  # answered while no adapter runs
+        done = [await done_of(client, m) for m in asks]
+    for msg in asks:  # the adapter stayed down longer than the reply streams lived
+        assert await client.redis.delete(client.keys.reply(job_of(msg))) == 1
+    want = [expected_texts(d, m.sender.language_code) for d, m in zip(done, asks, strict=True)]
     async with make_bot() as back:
-        await tg.wait_for(lambda: reply_texts(tg, msg) == expected_texts(done))
-        assert back.deliveries.adopted == 1
-    shown = tg.replies_to(GROUP, msg.message_id)
-    assert [m.message_id for m in shown] == [started]  # the same message, finished
-    assert sends_into(tg, GROUP) == 1  # never sent twice
+        await tg.wait_for(lambda: [reply_texts(tg, m) for m in asks] == want)
+        assert back.deliveries.adopted == 2
+    for msg, placeholder in zip(asks, placeholders, strict=True):
+        # The placeholder became the answer: one message, sent once.
+        assert [m.message_id for m in tg.replies_to(msg.chat.id, msg.message_id)] == [
+            placeholder]
+        assert sends_into(tg, msg.chat.id) == 1
     assert not tg.violations
 
 
