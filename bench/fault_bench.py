@@ -266,6 +266,7 @@ async def verdict(
                 counts["answered again"] += 1  # the answer seen was lost with a Redis restart
             if kinds["error"]:
                 counts["failed"] += 1
+                counts.update(f"failed: {e.kind}" for e in events if e.type == "error")
             elif not kinds["done"] and job_id not in stored:
                 counts["stuck" if job_id in queued else "lost"] += 1
     return dict(counts)
@@ -315,6 +316,10 @@ async def main(a: argparse.Namespace) -> None:
             elapsed = time.monotonic() - t0
             result = await verdict(redis, client.keys, sent)
         fleet.stop()
+        if os.environ.get("FAULT_BENCH_LOGS"):
+            import shutil
+
+            shutil.copytree(root / "logs", os.environ["FAULT_BENCH_LOGS"], dirs_exist_ok=True)
         log_lines = sum(len(p.read_text().splitlines()) for p in (root / "logs").iterdir())
         warnings = sum(p.read_text().count(" WARNING ") for p in (root / "logs").iterdir())
         await redis.aclose()
@@ -326,6 +331,8 @@ async def main(a: argparse.Namespace) -> None:
                 "answered again"):
         print(f"  {key:<13} {result.get(key, 0)}")
     print(f"  worker log lines {log_lines} ({warnings} warnings) from {fleet.started} workers")
+    for key in sorted(k for k in result if k.startswith("failed: ")):
+        print(f"    {key:<11} {result[key]}")
     print(json.dumps({"faults": dict(faults), **result}, ensure_ascii=False))
 
 

@@ -53,6 +53,7 @@ from kullm_core.keys import Keys  # noqa: E402
 from tests.fakes.telegram_api import TOKEN, FakeLimits, FakeTelegram, User  # noqa: E402
 
 FLOODER = User(66_666, "Flooder", "flooder", "ko")
+WARM_UP = User(19_999, "준비", "warmup", "ko")
 
 
 def _adapter(url: str, tg: FakeTelegram, tmp: Path, allowed: list[str]) -> subprocess.Popen[bytes]:
@@ -97,9 +98,10 @@ async def _warm_up(redis: Redis, tg: FakeTelegram, prompt: str, within: float) -
         if time.monotonic() > deadline:
             raise TimeoutError("no worker heartbeat")
         await asyncio.sleep(0.1)
-    user = User(19_999, "준비", "warmup", "ko")
-    q = Question(await tg.send_text(user.id, user, prompt), time.monotonic())
+    q = Question(await tg.send_text(WARM_UP.id, WARM_UP, prompt), time.monotonic())
     await _await_reply(redis, keys, tg, q, within)
+    if not q.complete:
+        raise TimeoutError("the warm-up question was not answered")
 
 
 def _first_texts(tg: FakeTelegram, questions: list[Question]) -> list[float]:
@@ -114,7 +116,7 @@ def _first_texts(tg: FakeTelegram, questions: list[Question]) -> list[float]:
 
 async def run_mode(mode: str, args: argparse.Namespace, prompts: list[str]) -> dict[str, Any]:
     users = [User(20_000 + i, f"사용자{i}", f"user{i}", "ko") for i in range(args.chats)]
-    allowed = [f"tg:{u.id}" for u in users] if mode == "denied" else []
+    allowed = [f"tg:{u.id}" for u in [WARM_UP, *users]] if mode == "denied" else []
     with tempfile.TemporaryDirectory(prefix="flood-bench-") as tmpdir:
         tmp = Path(tmpdir)
         server = EmbeddedRedis(tmp)

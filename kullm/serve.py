@@ -22,6 +22,7 @@ from kullm.runtime import Embedded, open_redis, stop_on_signals
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError, KullmError
 from kullm_core.keys import Keys
+from kullm_core.redis_checks import check_memory_policy
 from kullm_core.settings import Settings
 from kullm_core.worker import Worker
 
@@ -87,6 +88,16 @@ async def _keep_warming_flag(redis: Redis, keys: Keys) -> None:
         await asyncio.sleep(WARMING_TTL_S / 3)
 
 
+def _import_model_code() -> None:
+    """Import torch and transformers (seconds of holding Python's import lock) before the
+    adapters start: during the long weights load that follows, an adapter that imports a module
+    on its first request (PTB, slack-sdk do) is not blocked behind them."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+    from transformers.models.llama import modeling_llama  # noqa: F401
+
+
 async def load_engine(
     settings: Settings, redis: Redis, stop: asyncio.Event,
     watch: Collection[asyncio.Task[Any]] = (),
@@ -124,7 +135,11 @@ async def serve(settings: Settings, *, with_adapters: bool) -> int:
     async with open_redis(settings, embedded=embedded) as redis, OpsServer(
         settings.ops, checks={"redis": redis_ping(redis)}, expect=("worker",)
     ) as ops:  # alive at once; ready once the model is loaded and the worker heartbeats
+        if not settings.redis.allow_eviction:  # refuse before a long model load, not after
+            await check_memory_policy(redis, False, "kullm serve")
         client = CoreClient(redis, settings)
+        if plan:
+            await asyncio.to_thread(_import_model_code)
         tasks.update({name: asyncio.create_task(run(settings, client, stop), name=name)
                       for name, run in plan})
         if plan:

@@ -110,3 +110,17 @@ async def test_a_dotenv_in_the_working_directory_is_read(
     (tmp_path / ".env").write_text(f"# this deployment\nKULLM_REDIS__URL={settings.redis.url}\n")
     code, out, err = await _kullm(_env(None), "worker", "--check", cwd=tmp_path)
     assert code == 1 and "0 healthy worker" in out, err  # it found Redis through .env
+
+
+async def test_an_evicting_redis_is_refused_before_the_model_loads(settings: Settings) -> None:
+    from redis.asyncio import Redis
+
+    r = Redis.from_url(settings.redis.url)
+    await r.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        code, _, err = await _kullm(_env(settings), "worker")
+    finally:
+        await r.config_set("maxmemory-policy", "noeviction")
+        await r.aclose()
+    _one_line_error(code, err, "maxmemory-policy is `allkeys-lru`")
+    assert "loading model" not in err

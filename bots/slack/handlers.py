@@ -24,7 +24,6 @@ from bots.slack.target import Target, conversation, source_id
 from bots.slack.texts import st, suggested_prompts
 from kullm_core import logctx, metrics
 from kullm_core.client import CoreClient
-from kullm_core.limits import RefusalThrottle
 from kullm_core.replies import Deliveries
 from kullm_core.settings import Settings
 from kullm_core.text_clean import clean_text
@@ -60,7 +59,8 @@ class Inbound:
         self.deliveries = deliveries
         self.locale_ttl_s = store.tuning.locale_ttl_s
         self.suggested_prompts = store.tuning.suggested_prompts
-        self.refusals = RefusalThrottle(settings.limits.refusal_interval_s)
+        self.refusals = deliveries.refusals
+        """The core's throttle: our refusals and the core's share one per channel."""
         client.on_forget(self._forget)
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -158,7 +158,7 @@ class Inbound:
 
     def _may_refuse(self, team: str, channel: str) -> bool:
         """One refusal per channel per refusal interval; the rest are dropped (counted)."""
-        return self.refusals.allow(f"slack:{team}:{channel}")
+        return self.refusals.allow(f"slack:{channel}")
 
     async def _forbidden(self, body: dict[str, Any], event: dict[str, Any], context: Any,
                          thread: str) -> None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 
 from bots.telegram.app import TelegramBot
-from bots.telegram.ratelimit import Limits
 from bots.telegram.tuning import Tuning
 from kullm_core.client import CoreClient
 from kullm_core.ops import READINESS
 from kullm_core.settings import Settings
 
-__all__ = ["Limits", "TelegramBot", "Tuning", "run_telegram"]
+__all__ = ["TelegramBot", "Tuning", "run_telegram"]
 
 
 async def run_telegram(settings: Settings, client: CoreClient, stop: asyncio.Event) -> None:

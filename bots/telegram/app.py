@@ -1,35 +1,30 @@
-"""The Telegram bot process: PTB application, outbox, deliveries; polling or webhook."""
+"""The Telegram bot process: PTB application, outbox, reply deliveries; polling or webhook."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
 from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor
 
-from bots.telegram.deliveries import Deliveries
-from bots.telegram.delivery import Env
 from bots.telegram.handlers import Handlers
 from bots.telegram.outbox import Outbox
-from bots.telegram.ratelimit import Limits, RedisRateLimiter
-from bots.telegram.state import DeliveryRegistry
+from bots.telegram.sink import TelegramPlatform
 from bots.telegram.texts import COMMANDS, t
 from bots.telegram.tuning import Tuning
+from kullm_core.budget import SendBudget, TelegramScopes
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError
-from kullm_core.limits import RefusalThrottle
+from kullm_core.replies import Deliveries
 from kullm_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,28 +103,6 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
         return None
 
 
-_STREAM_CONNECTIONS = 1024
-
-
-def _stream_client(client: CoreClient, settings: Settings) -> tuple[CoreClient, Redis | None]:
-    """A client of its own for following reply streams.
-
-    Each reply in flight holds a connection while it waits in `XREAD BLOCK`; on the shared
-    pool (100 connections by default, shared with the worker in `kullm serve`) a hundred
-    replies would starve the worker's writes. This pool waits for a free connection instead
-    of failing. Pools it cannot copy (Sentinel) keep the shared client.
-    """
-    pool = client.redis.connection_pool
-    if type(pool) is not ConnectionPool:
-        log.info("telegram: reply streams share the core's Redis pool (%s)", type(pool).__name__)
-        return client, None
-    own = Redis(connection_pool=BlockingConnectionPool(
-        connection_class=pool.connection_class, max_connections=_STREAM_CONNECTIONS,
-        timeout=None, **pool.connection_kwargs,
-    ))
-    return CoreClient(own, settings), own
-
-
 def _token(settings: Settings) -> str:
     token = settings.telegram.token.get_secret_value()
     if not token:
@@ -147,7 +120,7 @@ class TelegramBot:
         settings: Settings,
         client: CoreClient,
         *,
-        limits: Limits | None = None,
+        scopes: TelegramScopes | None = None,
         tuning: Tuning | None = None,
     ) -> None:
         s = settings.telegram
@@ -157,9 +130,8 @@ class TelegramBot:
             raise ConfigError("setting `telegram.webhook_secret` is required in webhook mode")
         self.settings = settings
         self.client = client
-        self.limits = limits or Limits.from_settings(s)
+        self.scopes = scopes or TelegramScopes.from_settings(s)
         self.tuning = tuning or Tuning.from_settings(settings)
-        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.processor = ChatOrderedProcessor(256)
         self.app: Application = (  # type: ignore[type-arg]
             ApplicationBuilder()
@@ -174,17 +146,14 @@ class TelegramBot:
         )
         bot = self.app.bot
         bot_id = _token(settings).split(":", 1)[0]  # a token starts with the bot's id
-        self.limiter = RedisRateLimiter(
-            client.redis, f"{client.keys.adapter('tg')}:rate:{bot_id}", self.limits
-        )
-        self.outbox = Outbox(bot, self.limiter)
-        registry = DeliveryRegistry(client.redis, settings.redis.prefix, self.owner,
-                                    self.tuning.lease_s)
-        streams, self._own_redis = _stream_client(client, settings)
-        self.env = Env(client, self.outbox, registry, self.tuning, streams=streams,
-                       refusals=RefusalThrottle(settings.limits.refusal_interval_s))
-        self.deliveries = Deliveries(self.env)
-        self.handlers = Handlers(settings, self.env, self.deliveries, bot)
+        budget = SendBudget(client.redis, client.keys, f"tg:{bot_id}")
+        self.outbox = Outbox(bot, budget, self.scopes)
+        self.platform = TelegramPlatform(self.outbox, use_drafts=s.use_drafts,
+                                         typing_every_s=self.tuning.typing_every_s)
+        delivery = dataclasses.replace(  # a user setting, whatever the timings
+            self.tuning.delivery, refusal_interval_s=settings.limits.refusal_interval_s)
+        self.deliveries = Deliveries(client, self.platform, delivery)
+        self.handlers = Handlers(settings, client, self.deliveries, self.outbox, bot)
         self.handlers.install(self.app)
 
     async def __aenter__(self) -> TelegramBot:
@@ -199,7 +168,7 @@ class TelegramBot:
         log.info("telegram: bot @%s (%s), %s mode", self.app.bot.username, self.app.bot.id,
                  self.settings.telegram.mode)
         await self._set_commands()
-        await self.deliveries.start()
+        await self.deliveries.__aenter__()
         await self.app.start()
         updater = self.app.updater
         if updater is None:  # ApplicationBuilder always builds one
@@ -245,6 +214,4 @@ class TelegramBot:
         await self.deliveries.stop(grace)
         await self.outbox.stop(drain_s=min(grace, 5.0))
         await self.app.shutdown()
-        if self._own_redis is not None:
-            await self._own_redis.aclose()
         log.info("telegram: stopped")

@@ -26,9 +26,7 @@ from telegram.ext import (
     filters,
 )
 
-from bots.telegram.deliveries import Deliveries
-from bots.telegram.delivery import Env
-from bots.telegram.outbox import Op, Outcome
+from bots.telegram.outbox import Op, Outbox, Outcome
 from bots.telegram.routing import (
     PLATFORM,
     addressed_text,
@@ -39,13 +37,14 @@ from bots.telegram.routing import (
     thread_of,
     user_ref,
 )
-from bots.telegram.state import DeliveryRecord, Submit
 from bots.telegram.texts import t
 from kullm_core import logctx, metrics
+from kullm_core.client import CoreClient
+from kullm_core.replies import Deliveries
 from kullm_core.settings import Settings
 from kullm_core.text_clean import clean_text
 from kullm_core.texts import lang_of
-from kullm_core.wire import ErrorEvent, Job
+from kullm_core.wire import ErrorEvent, ReplyRecord
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +63,17 @@ NEW = filters.UpdateType.MESSAGE  # edited messages are not answered again
 class Handlers:
     """The bot's behaviour; `install` wires it into a PTB `Application`."""
 
-    def __init__(self, settings: Settings, env: Env, deliveries: Deliveries, bot: Bot) -> None:
+    def __init__(self, settings: Settings, client: CoreClient, deliveries: Deliveries,
+                 outbox: Outbox, bot: Bot) -> None:
         self.s = settings.telegram
         self.limits = settings.limits
         self._refused_until: dict[tuple[int, int], float] = {}
         self.dropped_while_limited = 0
-        self.env = env
-        self.client = env.client
+        self.client = client
         self.deliveries = deliveries
+        self.outbox = outbox
         self.bot = bot
-        self.client.on_forget(self._forget_records)
-
-    async def _forget_records(self, platform: str, user_id: str) -> None:
-        if platform == PLATFORM and user_id.isdigit():
-            await self.env.registry.forget_user(int(user_id))
+        client.on_forget(deliveries.forget_user)  # the records of the user's replies
 
     def install(self, app: Application) -> None:  # type: ignore[type-arg]
         app.add_handler(TypeHandler(Update, self.gate), group=-1)
@@ -139,9 +135,9 @@ class Handlers:
         """A refusal or hint, at most one per chat (and `kind`) per refusal interval; the
         rest are dropped (counted in the log). Not awaited: the chat's next update need not
         wait for the send."""
-        place = f"tg:{msg.chat.id}" + (f":{kind}" if kind else "")
-        if self.env.refusals.allow(place):
-            self.env.outbox.submit(self._reply_op(msg, text))
+        place = f"{PLATFORM}:{msg.chat.id}" + (f":{kind}" if kind else "")
+        if self.deliveries.refusals.allow(place):  # shared with the core's refusals
+            self.outbox.submit(self._reply_op(msg, text))
 
     # -- questions -------------------------------------------------------------------------
 
@@ -179,49 +175,31 @@ class Handlers:
             self.refuse(msg, t(usage, uref.lang), kind=usage)
             return
         cap = self.limits.max_pending_per_user
-        pending = self._pending(msg.chat.id, user.id)
+        pending = len(self.deliveries.in_flight_of(uref, str(msg.chat.id)))
         if cap and pending >= cap and not self.client.limiter.is_admin(uref):
             self.refuse(msg, t("too_many_pending", uref.lang, pending=pending))
             return
         conv = conversation(msg, user.id, self.s.group_scope)
-        src = source_id(msg, self.bot.id)
-        thread = thread_of(msg)
+        src, thread = source_id(msg, self.bot.id), thread_of(msg)
         meta = {"chat_id": str(msg.chat.id), "reply_to": str(msg.message_id),
                 "thread_id": str(thread or "")}
-        job_id = Job.id_for(src)
-        logctx.bind(job_id=job_id, conversation=conv.key)
-        drafts = is_private(msg) and self.s.use_drafts and (
-            msg.chat.id not in self.env.drafts_refused
-        )
-        rec = DeliveryRecord(
-            job_id=job_id, chat_id=msg.chat.id, thread_id=thread, reply_to=msg.message_id,
-            user_id=user.id, lang=uref.lang, conv_key=conv.key,
-            mode="draft" if drafts else "edit", draft_id=int(job_id[:7], 16) + 1,
-            submit=Submit(kind=kind, conv=conv, user=uref, text=question, source_id=src,
-                          meta=meta),
-        )
-        task = await self.deliveries.begin(rec)
-        if task is None:
-            log.info("job %s: already being delivered; ignored", job_id)
+        target = {"chat_id": msg.chat.id, "thread_id": thread, "reply_to": msg.message_id}
+        rec = ReplyRecord.ask(conv, uref, src, question, target, kind=kind, meta=meta)
+        logctx.bind(job_id=rec.job_id, conversation=conv.key)
+        refusals: list[ErrorEvent] = []
+        if not await self.deliveries.deliver(rec, on_refused=refusals.append):
+            log.info("job %s: already being delivered; ignored", rec.job_id)
             return
-        task.start_typing()
-        result = await task.submit_once()
-        if result == "refused":
-            self._remember_refusal(msg.chat.id, user.id, task.refusal)
-            await self.deliveries.drop(task)
-            return
-        others = [x for x in self.deliveries.for_conversation(conv.key) if x.job_id != job_id]
-        active = await self.client.active_job(conv)
-        task.behind = bool(others) or active not in (None, job_id)
-        log.info("job %s: chat %s user %s (%s%s)", job_id, msg.chat.id, user.id, result,
-                 ", behind another reply" if task.behind else "")
-        self.deliveries.spawn(task)
+        for err in refusals:
+            self._remember_refusal(msg.chat.id, user.id, err)
+        log.info("job %s: chat %s user %s (%s)", rec.job_id, msg.chat.id, user.id,
+                 refusals[0].kind if refusals else "delivering")
 
-    def _remember_refusal(self, chat_id: int, user_id: int, err: ErrorEvent | None) -> None:
+    def _remember_refusal(self, chat_id: int, user_id: int, err: ErrorEvent) -> None:
         """A user told to wait (rate limit, quota) is not asked about again until then: their
         questions meanwhile are dropped before any Redis work (the refusal said when)."""
-        wait = err.params.get("retry_after") if err is not None else None
-        if err is None or err.kind not in ("rate_limited", "quota") or not isinstance(wait, int):
+        wait = err.params.get("retry_after")
+        if err.kind not in ("rate_limited", "quota") or not isinstance(wait, int):
             return
         now = time.monotonic()
         if len(self._refused_until) > _MAX_REFUSED:
@@ -242,11 +220,6 @@ class Handlers:
             return True
         del self._refused_until[(msg.chat.id, user.id)]
         return False
-
-    def _pending(self, chat_id: int, user_id: int) -> int:
-        """This user's questions in this chat not answered yet (waiting or being written)."""
-        return sum(1 for x in self.deliveries.tasks.values()
-                   if x.rec.chat_id == chat_id and x.rec.user_id == user_id and not x.answered)
 
     # -- commands --------------------------------------------------------------------------
 
@@ -277,13 +250,9 @@ class Handlers:
         if msg is None or msg.from_user is None:
             return
         conv = conversation(msg, msg.from_user.id, self.s.group_scope)
-        stopped = await self.client.cancel(conv)
-        # A reply still waiting in line has no active job yet: cancel it by id.
-        for task in self.deliveries.for_conversation(conv.key):
-            if task.job_id != stopped and not task.started:
-                await self.client.cancel_job(task.job_id)
-                stopped = stopped or task.job_id
-        if stopped is None:
+        had = bool(self.deliveries.in_flight(conv))
+        stopped = await self.deliveries.stop_conversation(conv)
+        if stopped is None and not had:
             await self.reply(msg, t("nothing_to_stop", lang_of(msg.from_user.language_code)))
         else:
             log.info("job %s: stopped by user %s in chat %s", stopped, msg.from_user.id,
@@ -294,7 +263,7 @@ class Handlers:
         if msg is None or msg.from_user is None:
             return
         conv = conversation(msg, msg.from_user.id, self.s.group_scope)
-        if self.deliveries.for_conversation(conv.key) or await self.client.active_job(conv):
+        if self.deliveries.in_flight(conv) or await self.client.active_job(conv):
             await self.reply(msg, t("retry_busy", lang_of(msg.from_user.language_code)))
             return
         await self.ask(msg, msg.from_user, "", kind="retry")
@@ -336,7 +305,7 @@ class Handlers:
         self, msg: Message, text: str, markup: InlineKeyboardMarkup | None = None
     ) -> Outcome:
         """Answer a message (threaded to it) through the outbox."""
-        return await self.env.outbox.run(self._reply_op(msg, text, markup))
+        return await self.outbox.run(self._reply_op(msg, text, markup))
 
     @staticmethod
     def _reply_op(msg: Message, text: str, markup: InlineKeyboardMarkup | None = None) -> Op:
@@ -355,7 +324,7 @@ class Handlers:
         async def call(bot: Bot) -> object:
             return await bot.edit_message_text(text, chat_id=chat_id, message_id=mid)
 
-        return await self.env.outbox.run(
+        return await self.outbox.run(
             Op(chat_id, call, "editMessageText", key=f"m{mid}", fingerprint=(text, ()), must=True,
                priority=0)
         )

@@ -1,14 +1,16 @@
 """The one outbound scheduler: every message, edit and draft the bot shows goes through here.
 
-One lane per chat sends in order, one call at a time. Each call first takes a slot from the
-shared `RedisRateLimiter`: at most one per chat interval (groups: evenly paced, so 20 a minute
-is never exceeded however many replies share the group, or however many adapter processes),
-and `global_limit` per second overall. While an op waits for its turn, a newer version of the
-same text (same `key`) replaces it in place: the merged text goes out once, and an edit whose
-text is already shown is skipped. A reply's first text goes first, then final text, then
-interim updates (which may use only part of the overall budget, so that a new reply always
-finds room). On 429 the chat pauses for `retry_after` (in every process)
-and the op stays at the head of the lane, so the final text is never lost.
+One lane per chat sends in order, one call at a time. Each call first takes a slot of the
+shared `SendBudget` in Telegram's scopes (`TelegramScopes.send`): at most one per chat
+interval (groups: evenly paced, so 20 a minute is never exceeded however many replies share
+the group, or however many adapter processes), and `global_limit` per second overall. While
+an op waits for its turn, a newer version of the same text (same `key`) replaces it in
+place: the merged text goes out once, and an edit whose text is already shown is skipped. A
+reply's first text goes first, then final text, then interim updates (which may not take
+the overall budget's reserve, so that a new reply always finds room; chats take turns for
+the rest). On 429 the chat (and its group) pauses for `retry_after` in every process
+(`TelegramScopes.on_429`), and the op stays at the head of the lane, so the final text is
+never lost.
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ from redis.exceptions import RedisError
 from telegram import Bot
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 
-from bots.telegram.ratelimit import RedisRateLimiter
 from kullm_core import logctx, metrics
+from kullm_core.budget import Grant, SendBudget, TelegramScopes
 
 log = logging.getLogger(__name__)
 
 _MAX_NETWORK_TRIES = 5
 _REMEMBERED_TEXTS = 4096
 _REDIS_RETRY_S = 1.0
-_YIELD_S = 0.02
+_KEEP_PLACE_S = 0.5
+"""A lane waiting for its turn asks again at least this often (`SendBudget` stale_s / 4)."""
 
 
 @dataclass(frozen=True)
@@ -93,13 +96,11 @@ def _seconds(value: int | timedelta) -> float:
 class Outbox:
     """Schedules outbound calls per chat under Telegram's limits. `async with` or start/stop."""
 
-    def __init__(self, bot: Bot, limiter: RedisRateLimiter) -> None:
+    def __init__(self, bot: Bot, budget: SendBudget, scopes: TelegramScopes) -> None:
         self.bot = bot
-        self.limiter = limiter
+        self.budget = budget
+        self.scopes = scopes
         self._lanes: dict[int, _Lane] = {}
-        self._urgent_waiting: set[int] = set()
-        """Chats whose first or final text waits for the overall budget: interim updates of
-        every chat yield to them."""
         self._shown: OrderedDict[tuple[int, str], Hashable] = OrderedDict()
         """What the last successful call under each (chat, key) showed (bounded)."""
         self.stats: dict[str, int] = {"sent": 0, "skipped": 0, "merged": 0, "retry_after": 0}
@@ -171,11 +172,11 @@ class Outbox:
                 if delay > 0:
                     await asyncio.sleep(delay)
                     continue
-                token = await self._acquire(lane)
-                if token is None:  # Redis unavailable, or nothing left to send
+                grant = await self._acquire(lane)
+                if grant is None:  # Redis unavailable, or nothing left to send
                     lane.next_at = loop.time() + _REDIS_RETRY_S
                     continue
-                await self._send_head(lane, token, loop)
+                await self._send_head(lane, grant, loop)
         finally:
             lane.task = None
             if lane.inflight is not None:
@@ -184,31 +185,24 @@ class Outbox:
             if not lane.ops and self._lanes.get(lane.chat_id) is lane:
                 del self._lanes[lane.chat_id]
 
-    async def _acquire(self, lane: _Lane) -> str | None:
-        """A rate slot for the lane's next call, interim updates yielding to first and final
-        text that waits for the overall budget."""
+    async def _acquire(self, lane: _Lane) -> Grant | None:
+        """A budget slot for the lane's next call: first and final text are urgent (they may
+        take the reserve); interim updates take turns with other chats."""
         try:
             while lane.ops:
                 urgent = min(o.priority for o in lane.ops) < 2
-                if not urgent and self._urgent_waiting:
-                    await asyncio.sleep(_YIELD_S)
-                    continue
-                token, wait, overall = await self.limiter.try_acquire(lane.chat_id, urgent)
-                if token is not None:
-                    return token
-                if urgent and overall:
-                    self._urgent_waiting.add(lane.chat_id)
-                else:
-                    self._urgent_waiting.discard(lane.chat_id)
-                await asyncio.sleep(wait)
+                got = await self.budget.try_acquire(
+                    self.scopes.send(lane.chat_id), urgent=urgent,
+                    reply="" if urgent else f"chat:{lane.chat_id}")
+                if isinstance(got, Grant):
+                    return got
+                await asyncio.sleep(min(got.wait_s, _KEEP_PLACE_S))
         except RedisError as exc:
-            log.warning("chat %s: rate limiter unavailable (%s)", lane.chat_id, exc)
-        finally:
-            self._urgent_waiting.discard(lane.chat_id)
+            log.warning("chat %s: send budget unavailable (%s)", lane.chat_id, exc)
         return None
 
     async def _send_head(
-        self, lane: _Lane, token: str, loop: asyncio.AbstractEventLoop
+        self, lane: _Lane, grant: Grant, loop: asyncio.AbstractEventLoop
     ) -> None:
         """Send the lane's most urgent op (oldest first among equals); its slot is reserved."""
         op = lane.ops.pop(min(range(len(lane.ops)), key=lambda i: (lane.ops[i].priority, i)))
@@ -216,7 +210,7 @@ class Outbox:
         if op.key is not None and op.fingerprint is not None and self._shown.get(shown_key) == (
             op.fingerprint
         ):
-            await self._limiter_call(self.limiter.cancel, lane.chat_id, token)
+            await self._budget_call(self.budget.cancel, lane.chat_id, grant)
             self.stats["skipped"] += 1
             _resolve(op, Outcome(True, skipped=True))
             return
@@ -227,7 +221,7 @@ class Outbox:
             outcome, wait = await self._call(op)
         finally:
             lane.inflight = None
-            await self._limiter_call(self.limiter.release, lane.chat_id, token)
+            await self._budget_call(self.budget.release, lane.chat_id, grant)
         if outcome is None:  # flood control or a network error on final text: try again
             lane.next_at = loop.time() + wait
             if not any(o.key == op.key for o in lane.ops if op.key is not None):
@@ -243,12 +237,12 @@ class Outbox:
         _resolve(op, outcome)
 
     @staticmethod
-    async def _limiter_call(fn: Callable[[int, str], Awaitable[None]], chat: int, token: str
-                            ) -> None:
+    async def _budget_call(fn: Callable[[Grant], Awaitable[object]], chat: int, grant: Grant
+                           ) -> None:
         try:
-            await fn(chat, token)
+            await fn(grant)
         except RedisError as exc:  # the reservation expires on its own
-            log.warning("chat %s: rate limiter unavailable (%s)", chat, exc)
+            log.warning("chat %s: send budget unavailable (%s)", chat, exc)
 
     async def _call(self, op: Op) -> tuple[Outcome | None, float]:
         """(outcome, 0) when done; (None, seconds to wait) when the op must be tried again."""
@@ -261,7 +255,7 @@ class Outbox:
             metrics.rate_limited("telegram", op.label)
             log.warning("chat %s: %s hit flood control; pausing %.1f s", op.chat_id, op.label, wait)
             try:
-                await self.limiter.pause(op.chat_id, wait)
+                await self.budget.pause(self.scopes.on_429(op.chat_id), wait)
             except RedisError:
                 log.warning("chat %s: could not share the pause (Redis unavailable)", op.chat_id)
             return None, wait

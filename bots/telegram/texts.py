@@ -16,8 +16,6 @@ _TEXTS: dict[str, dict[str, str]] = {
         "cmd.retry": "마지막 답변 다시 생성",
         "cmd.forget": "저장된 내 대화 기록 모두 삭제",
         "help_group": "그룹에서는 @{bot} 멘션, 제 메시지에 답장, 또는 /ask 질문 으로 물어보세요.",
-        "busy_waiting": "⏳ 지금 요청이 많아 대기열이 가득 찼습니다 (대기 {waiting}건). "
-        "자리가 나면 자동으로 답하겠습니다.",
         "retry_busy": "지금 답변을 만드는 중입니다. 답변이 끝난 뒤에 /retry 를 보내 주세요.",
         "empty_reply": "(빈 답변)",
         "ask_usage": "/ask 뒤에 질문을 적어 주세요. 예: /ask 서울의 명소를 알려줘",
@@ -34,8 +32,6 @@ _TEXTS: dict[str, dict[str, str]] = {
         "cmd.forget": "Delete everything stored about you",
         "help_group": "In groups, mention @{bot}, reply to one of my messages, or use "
         "/ask question.",
-        "busy_waiting": "⏳ Too many requests right now: the queue is full ({waiting} waiting). "
-        "I will answer as soon as there is room.",
         "retry_busy": "I am still writing an answer. Send /retry once it is finished.",
         "empty_reply": "(empty answer)",
         "ask_usage": "Write your question after /ask, e.g. /ask What should I see in Seoul?",

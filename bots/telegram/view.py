@@ -12,6 +12,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Literal
 
 from telegram import Bot, LinkPreviewOptions, ReplyParameters
 from telegram.error import BadRequest, EndPointNotFound
@@ -19,7 +21,6 @@ from telegram.error import BadRequest, EndPointNotFound
 from bots.telegram.outbox import Op, Outbox, Outcome
 from bots.telegram.render import plain_pieces, to_telegram
 from bots.telegram.split import Piece
-from bots.telegram.state import DeliveryRecord
 from kullm_core import metrics
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,30 @@ _FORMAT_REFUSED = ("can't parse entities", "message is too long")
 _GONE = ("message to edit not found", "message can't be edited")
 
 
+@dataclass
+class Placement:
+    """Where one reply goes (from `ReplyRecord.target`) and the messages showing it so far
+    (`ReplyRecord.shown`, saved after each new message)."""
+
+    job_id: str
+    chat_id: int
+    thread_id: int | None = None
+    reply_to: int | None = None
+    """The user's message the reply answers."""
+    created_at: float = 0.0
+    mode: Literal["draft", "edit"] = "edit"
+    draft_id: int = 0
+    message_ids: list[int] = field(default_factory=list)
+    """The bot's messages showing this reply, in order."""
+
+
 class ReplyView:
     """Shows one reply. Methods are serialized; `visible` is set once any text is on screen."""
 
     def __init__(
         self,
         outbox: Outbox,
-        rec: DeliveryRecord,
+        rec: Placement,
         save: Callable[[], Awaitable[None]],
         drafts_refused: set[int],
     ) -> None:

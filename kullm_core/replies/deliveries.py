@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -29,7 +30,7 @@ from kullm_core.replies.registry import ReplyRegistry
 from kullm_core.replies.run import DeliveryContext, ReplyRun, retrying
 from kullm_core.replies.sink import ChatPlatform
 from kullm_core.replies.tuning import DeliveryTuning
-from kullm_core.wire import ConversationRef, ReplyRecord
+from kullm_core.wire import ConversationRef, ErrorEvent, ReplyRecord, UserRef
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,11 @@ class Deliveries:
         self.registry = ReplyRegistry(client.redis, client.keys, platform.namespace,
                                       owner or owner_id(), self.tuning.lease_s)
         self._streams = client.reply_streams()
+        self.refusals = RefusalThrottle(self.tuning.refusal_interval_s)
+        """One refusal per chat per interval (key ``{platform}:{chat}``); an adapter's own
+        refusals (not allowed, too many pending) share it."""
         self._ctx = DeliveryContext(client, self.registry, self._streams, self.tuning,
-                                    RefusalThrottle(self.tuning.refusal_interval_s))
+                                    self.refusals)
         self._running: dict[str, _Running] = {}
         self._stopping = asyncio.Event()
         self._maintainer: asyncio.Task[None] | None = None
@@ -81,9 +85,17 @@ class Deliveries:
         return [j for j, r in self._running.items()
                 if r.run.rec.conversation.key == conv.key and not r.run.answered]
 
-    async def deliver(self, rec: ReplyRecord) -> bool:
+    def in_flight_of(self, user: UserRef, chat: str) -> list[str]:
+        """Replies to this user in this chat whose job is not over yet."""
+        return [j for j, r in self._running.items()
+                if (r.run.rec.user.platform, r.run.rec.user.id) == (user.platform, user.id)
+                and r.run.rec.conversation.chat == chat and not r.run.answered]
+
+    async def deliver(self, rec: ReplyRecord, *,
+                      on_refused: Callable[[ErrorEvent], None] | None = None) -> bool:
         """Start delivering a new reply. False: this or another process delivers it already
-        (a redelivered platform event)."""
+        (a redelivered platform event). `on_refused` hears why the core refused it (the
+        user was told), e.g. to drop their next messages early while told to wait."""
         if self._stopping.is_set() or rec.job_id in self._running:
             return False
         if not await self.registry.claim(rec.job_id):
@@ -92,6 +104,8 @@ class Deliveries:
         run = self._run_for(rec, resumed=False, behind=bool(self.in_flight(rec.conversation)))
         if await run.submit() is False:  # refused: the user was told; nothing to follow
             await run.sink.close()
+            if on_refused is not None and run.refusal is not None:
+                on_refused(run.refusal)
             await self.registry.finish(rec.job_id)
             return True
         self._start(run)
@@ -106,13 +120,20 @@ class Deliveries:
     async def stop_conversation(self, conv: ConversationRef) -> str | None:
         """The one `/stop`: stop the answer being written in this conversation (it finishes
         with the "stopped" note), and drop its questions still waiting for room in a full
-        queue. Returns the stopped job's id, None when nothing was being answered."""
-        waiting = [r for j in self.in_flight(conv)
-                   if (r := self._running[j]).run.rec.state == "submitting"]
+        queue, and its questions queued but not started yet. Returns the stopped job's id,
+        None when nothing was being answered or queued."""
+        mine = [self._running[j] for j in self.in_flight(conv)]
+        waiting = [r for r in mine if r.run.rec.state == "submitting"]
         for running in waiting:
             running.run.stop_waiting()
         await asyncio.gather(*(r.task for r in waiting), return_exceptions=True)
-        return await self.client.cancel(conv)
+        stopped = await self.client.cancel(conv)
+        for running in mine:  # queued, no active job yet: cancelled by id
+            job_id = running.run.job_id
+            if running not in waiting and job_id != stopped and not running.run.started.is_set():
+                await self.client.cancel_job(job_id)
+                stopped = stopped or job_id
+        return stopped
 
     async def forget_user(self, platform: str, user_id: str) -> int:
         """The adapter's part of /forget (`CoreClient.on_forget`): the records of the user's

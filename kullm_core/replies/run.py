@@ -111,6 +111,8 @@ class ReplyRun:
         self._stop_waiting = asyncio.Event()
         self._busy = False
         """The last submit found the queue full: wait before the next one."""
+        self.refusal: ErrorEvent | None = None
+        """Why the core refused the question (rate limit, quota...), once it did."""
 
     @property
     def job_id(self) -> str:
@@ -204,6 +206,7 @@ class ReplyRun:
                 return False
 
     async def _refused(self, err: ErrorEvent) -> bool:
+        self.refusal = err
         place = f"{self.rec.conversation.platform}:{self.rec.conversation.chat}"
         if self.ctx.refusals.allow(place):
             await self.sink.notice(error_text(err, self.fold.lang))

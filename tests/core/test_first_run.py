@@ -187,3 +187,24 @@ async def test_sigkill_of_serve_leaves_no_server_behind_and_the_next_start_has_t
         code, err = await asyncio.to_thread(_stop_group, again, signal.SIGTERM)
     assert code == 0, err
     assert turn.assistant == first.text
+
+
+async def test_chat_says_one_line_when_the_redis_of_serve_goes_away(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    data = tmp_path / "d"
+    env = {"KULLM_GENERATION__MAX_NEW_TOKENS": "1000", "KULLM_QUEUE__SHUTDOWN_GRACE_S": "0"}
+    async with _serve(data, tiny_model_dir, **env) as (serve, _client):
+        chat = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kullm.cli", "chat", "--once", "길게 답해 주세요",
+            env=serve_env(data, tiny_model_dir, **env), cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        assert chat.stdout is not None
+        await asyncio.wait_for(chat.stdout.read(1), 60)  # its reply is streaming
+        code, _ = await asyncio.to_thread(_stop_group, serve, signal.SIGTERM)
+        assert code == 0
+        _, err = await asyncio.wait_for(chat.communicate(), 120)
+    assert chat.returncode == 1
+    assert "Traceback" not in err.decode()
+    assert err.decode().strip().splitlines()[-1].startswith("kullm: error: lost the connection")

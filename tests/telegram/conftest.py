@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from bots.telegram import Limits, TelegramBot, Tuning
+from bots.telegram import TelegramBot, Tuning
+from kullm_core.budget import TelegramScopes
 from kullm_core.client import CoreClient
+from kullm_core.replies import DeliveryTuning
 from kullm_core.settings import Settings
 from tests.fakes.telegram_api import TOKEN, FakeLimits, FakeTelegram
 
@@ -26,12 +28,12 @@ os.environ.setdefault("PTB_TIMEDELTA", "1")
 
 FAST = dict(chat_interval_s=0.25, group_limit=8, group_period_s=4.0, global_limit=30,
             global_period_s=1.0)
-LIMITS = Limits(**FAST)  # type: ignore[arg-type]
-TUNING = Tuning(
-    poll_timeout_s=1.0, typing_every_s=0.5, placeholder_delay_s=0.6, interim_tick_s=0.05,
-    busy_retry_s=0.3, busy_give_up_s=30.0, lease_s=1.0, renew_every_s=0.2, rescan_every_s=0.3,
-    idle_timeout_s=60.0, shutdown_grace_s=5.0,
-)
+LIMITS = TelegramScopes(**FAST)  # type: ignore[arg-type]
+TUNING = Tuning(poll_timeout_s=1.0, typing_every_s=0.5, delivery=DeliveryTuning(
+    placeholder_delay_s=0.6, tick_s=0.05, busy_retry_s=0.3, busy_give_up_s=30.0, lease_s=1.0,
+    renew_every_s=0.2, rescan_every_s=0.3, state_check_s=1.0, idle_timeout_s=60.0,
+    grace_s=5.0, redis_retry_max_s=0.2,
+))
 
 MakeBot = Callable[..., AbstractAsyncContextManager[TelegramBot]]
 
@@ -64,7 +66,7 @@ def make_bot(tg_settings: Settings, client: CoreClient) -> MakeBot:
         settings: Settings | None = None, tuning: Tuning = TUNING, grace_s: float = 5.0,
         core: CoreClient | None = None,
     ) -> AsyncIterator[TelegramBot]:
-        bot = TelegramBot(settings or tg_settings, core or client, limits=LIMITS, tuning=tuning)
+        bot = TelegramBot(settings or tg_settings, core or client, scopes=LIMITS, tuning=tuning)
         await bot.start()
         try:
             yield bot

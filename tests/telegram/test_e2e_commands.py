@@ -67,6 +67,22 @@ async def test_stop_mid_stream_keeps_the_partial_text_marked(
     assert [h.assistant for h in await client.history(DM)] == [done.text]
 
 
+async def test_stop_while_the_question_waits_in_line_stops_it(
+    tg: FakeTelegram, make_bot: MakeBot, make_worker: Any, client: CoreClient
+) -> None:
+    async with make_bot():
+        msg = await tg.send_text(ALICE.id, ALICE, "줄 서 있는 질문")  # no worker yet
+        await tg.wait_for(lambda: reply_texts(tg, msg) == [t("queued", "ko", position=1)])
+        stop = await tg.command(ALICE.id, ALICE, "/stop")
+        async with make_worker():
+            done = await done_of(client, msg)
+            await tg.wait_for(lambda: reply_texts(tg, msg) == expected_texts(done))
+    assert done.finish_reason == "cancelled" and not done.text
+    assert reply_texts(tg, msg) == [t("stopped", "ko")]
+    assert reply_texts(tg, stop) == []  # not "nothing to stop"
+    assert await client.history(DM) == []
+
+
 async def test_stop_with_nothing_running_says_so(tg: FakeTelegram, make_bot: MakeBot) -> None:
     async with make_bot():
         stop = await tg.command(BOB.id, BOB, "/stop")

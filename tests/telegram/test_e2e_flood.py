@@ -48,7 +48,7 @@ async def test_a_flood_from_someone_not_allowed_costs_nothing_and_others_are_ans
     # the send budget of the one refusal.
     assert len(await client.redis.keys("*:seen:*")) == 2  # Bob's two updates
     mallory = [k for k in await client.redis.keys("*") if str(MALLORY.id).encode() in k]
-    assert mallory == [f"kullm:tg:rate:{BOT_ID}:{MALLORY.id}".encode()]
+    assert mallory == [f"kullm:tg:{BOT_ID}:budget:chat:{MALLORY.id}".encode()]
 
 
 async def test_an_allowed_flooder_gets_one_refusal_and_a_bystander_is_answered(

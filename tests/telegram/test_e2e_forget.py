@@ -16,7 +16,7 @@ from tests.telegram.helpers import ALICE, BOB, GROUP, reply_texts, wait_reply
 
 SECRET = "앨리스만아는이야기"
 # Kept on purpose, none with text: exactly-once markers, update dedupe, the send budget.
-KEPT = (b":dedupe:", b":done:", b":seen:", b":tg:rate:", b":cancel:", b":rate:", b":quota:")
+KEPT = (b":dedupe:", b":done:", b":seen:", b":budget:", b":cancel:", b":rate:", b":quota:")
 
 
 def names_alice(key: bytes, dump: bytes) -> bool:

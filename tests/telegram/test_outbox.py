@@ -11,7 +11,8 @@ from redis.asyncio import Redis
 from telegram import Bot
 
 from bots.telegram.outbox import Op, Outbox, Outcome
-from bots.telegram.ratelimit import RedisRateLimiter
+from kullm_core.budget import SendBudget
+from kullm_core.keys import Keys
 from tests.fakes.telegram_api import TOKEN, FakeTelegram
 from tests.telegram.conftest import LIMITS
 from tests.telegram.helpers import GROUP
@@ -28,13 +29,13 @@ async def bot(tg: FakeTelegram) -> AsyncIterator[Bot]:
         yield b
 
 
-def limiter(redis: Redis) -> RedisRateLimiter:
-    return RedisRateLimiter(redis, "kullm:tg:rate:test", LIMITS)
+def outbox_of(bot: Bot, redis: Redis) -> Outbox:
+    return Outbox(bot, SendBudget(redis, Keys("kullm"), "tg:test"), LIMITS)
 
 
 @pytest.fixture
 async def outbox(bot: Bot, redis: Redis) -> AsyncIterator[Outbox]:
-    box = Outbox(bot, limiter(redis))
+    box = outbox_of(bot, redis)
     yield box
     await box.stop(5)
 
@@ -117,7 +118,7 @@ async def test_a_group_budget_is_shared_by_concurrent_replies(
 async def test_two_processes_share_one_group_budget(
     tg: FakeTelegram, bot: Bot, redis: Redis
 ) -> None:
-    boxes = [Outbox(bot, limiter(redis)), Outbox(bot, limiter(redis))]
+    boxes = [outbox_of(bot, redis), outbox_of(bot, redis)]
     results = await asyncio.gather(*(
         box.submit(send(GROUP, f"{n}")) for n in range(6) for box in boxes
     ))
