@@ -78,8 +78,8 @@ def platform_error(name: str, settings: Settings, exc: BaseException) -> Platfor
     return None
 
 
-START_TRIES = 4
-"""An unreachable platform at start is tried this often (2, 4, 8 s apart) before giving up:
+START_TRIES = 3
+"""An unreachable platform at start is tried this often (1, 2 s apart) before giving up:
 a slow first answer (a busy machine loading the model) is no reason to stop."""
 
 
@@ -100,7 +100,7 @@ def guarded(name: str, run: Runner) -> Runner:
                     raise known from None
                 log.warning("%s (try %d of %d); trying again", known, attempt, START_TRIES)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 2.0 ** attempt)
+                    await asyncio.wait_for(stop.wait(), 2.0 ** (attempt - 1))
 
     return _run
 
