@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,8 @@ def running_serve(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], 
             if "running:" in line:
                 running = line
                 break
+        # Keep reading: a full pipe would block serve on its next log line.
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
         yield proc, running
     finally:
         proc.kill()
