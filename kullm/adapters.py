@@ -61,7 +61,7 @@ def platform_error(name: str, settings: Settings, exc: BaseException) -> Platfor
                                  "copy it again from @BotFather")
         if isinstance(exc, NetworkError):
             return PlatformError(f"telegram: cannot reach the Bot API at {where} ({exc}); "
-                                 "check the network or telegram.base_url")
+                                 "check the network or telegram.base_url", unreachable=True)
         return None
     import aiohttp
     from slack_sdk.errors import SlackApiError
@@ -74,7 +74,7 @@ def platform_error(name: str, settings: Settings, exc: BaseException) -> Platfor
         return PlatformError(f"slack: the Web API refused at start: {code or exc}")
     if isinstance(exc, aiohttp.ClientError | TimeoutError):
         return PlatformError(f"slack: cannot reach {settings.slack.base_url} ({exc}); check "
-                             "the network or slack.base_url")
+                             "the network or slack.base_url", unreachable=True)
     return None
 
 
@@ -96,7 +96,7 @@ def guarded(name: str, run: Runner) -> Runner:
                 if known is None:
                     raise
                 log.debug("%s failed", name, exc_info=True)
-                if "cannot reach" not in str(known) or attempt == START_TRIES or stop.is_set():
+                if not known.unreachable or attempt == START_TRIES or stop.is_set():
                     raise known from None
                 log.warning("%s (try %d of %d); trying again", known, attempt, START_TRIES)
                 with contextlib.suppress(TimeoutError):

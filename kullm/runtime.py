@@ -14,7 +14,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from kullm_core.embedded import EmbeddedRedis, running_url
-from kullm_core.errors import ConfigError, EmbeddedRedisError, RedisUnavailable
+from kullm_core.errors import ConfigError, EmbeddedRedisBusy, RedisUnavailable
 from kullm_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,12 @@ async def open_redis(
         )
         try:
             url = await server.start()
-        except EmbeddedRedisError as exc:
-            if "already runs" in str(exc):
-                raise EmbeddedRedisError(
-                    f"another kullm process (`kullm serve` or `kullm chat`) already runs the "
-                    f"embedded Redis of {settings.data_dir}: stop it first, or join it with "
-                    "`kullm chat` / `kullm worker`"
-                ) from None
-            raise
+        except EmbeddedRedisBusy:
+            raise EmbeddedRedisBusy(
+                f"another kullm process (`kullm serve` or `kullm chat`) already runs the "
+                f"embedded Redis of {settings.data_dir}: stop it first, or join it with "
+                "`kullm chat` / `kullm worker`"
+            ) from None
     redis = connect(url)
     try:
         try:

@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-from kullm_core.errors import EmbeddedRedisError
+from kullm_core.errors import EmbeddedRedisBusy, EmbeddedRedisError
 from kullm_core.redisd import LOCK_FILE, STATE_FILE
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ class EmbeddedRedis:
         if "ready" not in msg:
             self.stop_sync()
             detail = msg.get("error") or f"no answer within {timeout_s:.0f} s"
-            raise EmbeddedRedisError(f"embedded Valkey in {self.dir} did not start: {detail}")
+            error = EmbeddedRedisBusy if msg.get("busy") else EmbeddedRedisError
+            raise error(f"embedded Valkey in {self.dir} did not start: {detail}")
         self.url = str(msg["ready"])
         self.server_pid = int(msg.get("server_pid", 0))
         if msg.get("stopped_stale"):

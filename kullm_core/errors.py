@@ -28,6 +28,10 @@ class EmbeddedRedisError(KullmError):
     """The embedded server could not start (binary missing, newer data format, ...)."""
 
 
+class EmbeddedRedisBusy(EmbeddedRedisError):
+    """Another process already runs the embedded server of this data dir."""
+
+
 class ModelLoadError(KullmError):
     """The model could not be found or loaded."""
 
@@ -37,4 +41,9 @@ class RedisUnavailable(KullmError):
 
 
 class PlatformError(KullmError):
-    """A chat platform rejected our credentials or cannot be reached (one line for the user)."""
+    """A chat platform rejected our credentials or cannot be reached (one line for the user).
+    `unreachable`: a network problem, worth another try; else a refusal, final."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
