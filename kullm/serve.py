@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from kullm.runtime import Embedded, open_redis, stop_on_signals
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError, KullmError
-from kullm_core.keys import Keys
+from kullm_core.keys import WARMING_TTL_S, Keys
 from kullm_core.redis_checks import check_memory_policy
 from kullm_core.settings import Settings
 from kullm_core.worker import Worker
@@ -30,7 +30,6 @@ log = logging.getLogger("kullm")
 
 Runner = Callable[[Settings, CoreClient, asyncio.Event], Coroutine[Any, Any, None]]
 T = TypeVar("T")
-WARMING_TTL_S = 30
 
 
 def configured_adapters(settings: Settings) -> list[tuple[str, Runner]]:

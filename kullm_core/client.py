@@ -13,9 +13,10 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
-from kullm_core.keys import Keys
+from kullm_core.keys import CANCEL_TTL_S, USER_JOBS_TTL_S, Keys
 from kullm_core.limits import Limiter
 from kullm_core.queue import EnqueueResult, RedisJobQueue
+from kullm_core.redis_text import text as redis_text
 from kullm_core.settings import Settings
 from kullm_core.store import RedisConversationStore
 from kullm_core.streams import ReplyStreams
@@ -25,7 +26,6 @@ from kullm_core.wire import ConversationRef, ErrorEvent, Event, Job, Turn, UserR
 log = logging.getLogger(__name__)
 
 MAX_USER_TEXT = 16000
-_USER_JOBS_TTL_S = 86400
 _SETTLE_S = 10.0
 
 ForgetHook = Callable[[str, str], Awaitable[object]]
@@ -50,22 +50,8 @@ class CoreClient:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
-        q = settings.queue
-        retention_s = settings.history.retention_hours * 3600
-        self.queue = RedisJobQueue(
-            redis,
-            self.keys,
-            max_pending=q.max_pending,
-            dedupe_ttl_s=q.dedupe_ttl_s,
-            reply_ttl_s=q.reply_ttl_s,
-            reclaim_idle_s=q.reclaim_idle_s,
-            max_attempts=q.max_attempts,
-            retention_s=retention_s,
-            max_turns=settings.history.max_turns,
-        )
-        self.store = RedisConversationStore(
-            redis, self.keys, retention_s, settings.history.max_turns
-        )
+        self.queue = RedisJobQueue.from_settings(redis, settings)
+        self.store = RedisConversationStore.from_settings(redis, settings)
         self.limiter = Limiter(redis, self.keys, settings.limits)
         self._forget_hooks: list[ForgetHook] = []
 
@@ -158,20 +144,20 @@ class CoreClient:
         raw = await self.redis.get(self.keys.active(conv.key))
         if not raw:
             return None
-        job_id = raw.decode() if isinstance(raw, bytes) else raw
+        job_id = redis_text(raw)
         await self.cancel_job(job_id)
         return job_id
 
     async def cancel_job(self, job_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.cancel(job_id), "1", ex=3600)
+            pipe.set(self.keys.cancel(job_id), "1", ex=CANCEL_TTL_S)
             pipe.publish(self.keys.cancel_channel, job_id)
             await pipe.execute()
         log.info("job %s: cancel requested", job_id)
 
     async def active_job(self, conv: ConversationRef) -> str | None:
         raw = await self.redis.get(self.keys.active(conv.key))
-        return (raw.decode() if isinstance(raw, bytes) else raw) or None
+        return redis_text(raw) or None
 
     async def retry(
         self, conv: ConversationRef, user: UserRef, source_id: str,
@@ -193,7 +179,7 @@ class CoreClient:
         key = self.keys.user_jobs(user.platform, user.id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.sadd(key, job_id)
-            pipe.expire(key, _USER_JOBS_TTL_S + self.settings.queue.reply_ttl_s)
+            pipe.expire(key, USER_JOBS_TTL_S + self.settings.queue.reply_ttl_s)
             await pipe.execute()
 
     async def _settle(self, job_ids: list[str]) -> None:
@@ -220,7 +206,7 @@ class CoreClient:
         kept and why): their unanswered jobs are stopped first, so that no reply written
         after this brings their text back. Returns the turns removed."""
         raw = await self.redis.smembers(self.keys.user_jobs(platform, user_id))
-        jobs = sorted(j.decode() if isinstance(j, bytes) else j for j in raw)
+        jobs = sorted(redis_text(j) for j in raw)
         if jobs:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job_id in jobs:

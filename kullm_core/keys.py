@@ -5,24 +5,29 @@
 | {p}:jobs                    | stream | permanent; entries are XDEL'd once answered         |
 | {p}:dead                    | list   | permanent, capped (LTRIM) to 1000 dead-letter jobs  |
 | {p}:dedupe:{source_id}      | string | queue.dedupe_ttl_s                                  |
-| {p}:reply:{job_id}          | stream | queue.reply_ttl_s after done; 1 day before          |
+| {p}:reply:{job_id}          | stream | queue.reply_ttl_s after done;                       |
+|                             |        | REPLY_TTL_BEFORE_DONE_S (1 day) before              |
 | {p}:done:{job_id}           | string | queue.dedupe_ttl_s (exactly-once commit marker)     |
-| {p}:cancel:{job_id}         | string | 1 hour                                              |
-| {p}:order:{conversation}    | list   | 7 days, renewed by every enqueue; the stream ids of |
-|                             |        | the conversation's unfinished jobs, oldest first:   |
-|                             |        | only the first may run (conversation order)         |
-| {p}:active:{conversation}   | string | 1 day; the job now answering this conversation      |
+| {p}:cancel:{job_id}         | string | CANCEL_TTL_S (1 hour)                               |
+| {p}:order:{conversation}    | list   | ORDER_TTL_S (7 days), renewed by every enqueue; the |
+|                             |        | stream ids of the conversation's unfinished jobs,   |
+|                             |        | oldest first: only the first may run                |
+| {p}:active:{conversation}   | string | ACTIVE_TTL_S (1 day); the job now answering this    |
+|                             |        | conversation, deleted by its commit (owner-checked) |
 | {p}:conv:{conversation}     | list   | history.retention_hours, sliding                    |
 | {p}:uidx:{platform}:{user}  | set    | history.retention_hours, sliding (for /forget)      |
-| {p}:ujobs:{platform}:{user} | set    | 1 day + queue.reply_ttl_s, sliding: the user's job  |
-|                             |        | ids, so /forget finds their reply streams           |
-| {p}:worker:{worker_id}      | string | 3 heartbeats (health)                               |
-| {p}:rate:{user}:{minute}    | string | 2 minutes                                           |
-| {p}:quota:{user}:{day}      | string | 2 days                                              |
+| {p}:ujobs:{platform}:{user} | set    | USER_JOBS_TTL_S (1 day) + queue.reply_ttl_s,        |
+|                             |        | sliding: the user's job ids, so /forget finds their |
+|                             |        | reply streams                                       |
+| {p}:worker:{worker_id}      | string | WORKER_HEALTH_HEARTBEATS (3) heartbeats (health)    |
+| {p}:rate:{user}:{minute}    | string | RATE_TTL_S (2 minutes)                              |
+| {p}:quota:{user}:{day}      | string | QUOTA_TTL_S (2 days)                                |
 | {p}:seen:{platform}:{id}    | string | queue.dedupe_ttl_s (adapter update/event dedupe)    |
 | {p}:chan:cancel             | pubsub | (channel, nothing stored)                           |
-| {p}:positions               | string | 1.5 s (one worker at a time announces positions)    |
-| {p}:warming                 | string | 30 s, renewed while a worker loads its model        |
+| {p}:positions               | string | POSITIONS_LOCK_TTL_S (1.5 s; one worker at a time   |
+|                             |        | announces positions; lapses, never deleted)         |
+| {p}:warming                 | string | WARMING_TTL_S (30 s), renewed while a worker loads  |
+|                             |        | its model                                           |
 | {p}:{ns}:rindex             | zset   | REPLY_INDEX_TTL_S after the last new reply; members|
 |                             |        | older than REPLY_RECORD_TTL_S pruned on each scan   |
 | {p}:{ns}:rrec:{job_id}      | string | REPLY_RECORD_TTL_S (deleted once delivered)         |
@@ -40,8 +45,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GROUP = "workers"
-ORDER_TTL_S = 7 * 86400
+DAY_S = 86400
+
+REPLY_TTL_BEFORE_DONE_S = DAY_S
+"""A job's reply stream until its `done`/`error` (then `queue.reply_ttl_s`)."""
+CANCEL_TTL_S = 3600
+"""A cancel request outlives any job that could still read it."""
+ORDER_TTL_S = 7 * DAY_S
 """Lifetime of a conversation's order list, renewed by each enqueue."""
+ACTIVE_TTL_S = DAY_S
+"""The conversation's active-job marker; its job's commit deletes it (owner-checked)."""
+USER_JOBS_TTL_S = DAY_S
+"""A user's job index, plus `queue.reply_ttl_s` (so /forget finds every reply stream)."""
+WORKER_HEALTH_HEARTBEATS = 3
+"""A worker's health key lives this many heartbeats."""
+RATE_TTL_S = 120
+"""A per-minute request counter outlives its minute."""
+QUOTA_TTL_S = 2 * DAY_S
+"""A per-day token counter outlives its (UTC) day."""
+POSITIONS_INTERVAL_S = 2.0
+"""How often the worker holding the positions lock announces places in line."""
+POSITIONS_LOCK_TTL_S = POSITIONS_INTERVAL_S * 0.75
+"""Held by one worker per round; lapses before the next round so another may take it."""
+WARMING_TTL_S = 30
+"""The warming flag, renewed every third of it while a worker loads its model."""
 REPLY_RECORD_TTL_S = 86400
 """A reply record outlives its job's reply stream (1 day before `done`)."""
 REPLY_INDEX_TTL_S = 2 * 86400

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from kullm_core.keys import Keys
+from kullm_core.keys import DAY_S, RATE_TTL_S, Keys
 from kullm_core.settings import LimitSettings
 from kullm_core.wire import ErrorEvent, UserRef
 
@@ -97,7 +97,7 @@ class Limiter:
             day = time.strftime("%Y%m%d", time.gmtime(now))
             used = int(await self.r.get(self.keys.quota(who, day)) or 0)
             if used >= self.s.daily_tokens:
-                wait = 86400 - int(now) % 86400
+                wait = DAY_S - int(now) % DAY_S
                 return ErrorEvent(kind="quota", params={"retry_after": wait,
                                                         "limit": self.s.daily_tokens})
         if self.s.requests_per_minute:
@@ -105,7 +105,7 @@ class Limiter:
             key = self.keys.rate(who, minute)
             async with self.r.pipeline(transaction=True) as pipe:
                 pipe.incr(key)
-                pipe.expire(key, 120)
+                pipe.expire(key, RATE_TTL_S)
                 count, _ = await pipe.execute()
             if int(count) > self.s.requests_per_minute:
                 return ErrorEvent(kind="rate_limited",

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from kullm_core.errors import EvictionPolicyError
+from kullm_core.redis_text import text
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ async def check_memory_policy(redis: Redis, allow_eviction: bool, owner: str) ->
         log.warning("%s: cannot read maxmemory-policy (%s); make sure the server uses "
                     "noeviction, or history and queued messages can be lost", owner, exc)
         return ""
-    policy = _text(reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy") or b"")
+    policy = text(reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy") or b"")
     if not policy or policy == "noeviction":
         return policy
     if not allow_eviction:
@@ -171,6 +172,3 @@ async def check_memory_policy(redis: Redis, allow_eviction: bool, owner: str) ->
                 "queued messages WILL BE LOST when the server runs out of memory", owner, policy)
     return policy
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -17,7 +17,7 @@ from kullm_core import logctx, metrics
 from kullm_core.engine.base import Engine, GenerationRequest, SamplingParams
 from kullm_core.errors import UserFacingError
 from kullm_core.prompt import PromptBuilder
-from kullm_core.queue import Delivery, RedisJobQueue
+from kullm_core.queue import ClaimedJob, RedisJobQueue
 from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard
 from kullm_core.settings import Settings
 from kullm_core.store import RedisConversationStore
@@ -68,7 +68,7 @@ class JobSession:
     """Runs one delivery to its end. Created by the worker, one per job."""
 
     def __init__(
-        self, d: Delivery, *, settings: Settings, engine: Engine, queue: RedisJobQueue,
+        self, d: ClaimedJob, *, settings: Settings, engine: Engine, queue: RedisJobQueue,
         store: RedisConversationStore, prompt: PromptBuilder, worker_id: str,
         guard: RedisGuard | None = None,
     ) -> None:
@@ -107,7 +107,7 @@ class JobSession:
         logctx.bind(job_id=job.id, conversation=conv.key, platform=conv.platform)
         queue_ms = max(0.0, (started - job.created_at) * 1000)
         # first: marks the job as begun (an attempt, even if this process dies before
-        # `started`; see RedisJobQueue._never_started) and lets /stop find it
+        # `started`; see JobConsumer._never_started) and lets /stop find it
         await self._io(lambda: self.queue.mark_active(job), "marking active")
         try:
             if await self._io(lambda: self.queue.is_cancelled(job.id), "checking cancel"):

@@ -8,6 +8,8 @@ from typing import Protocol
 from redis.asyncio import Redis
 
 from kullm_core.keys import Keys
+from kullm_core.redis_text import text
+from kullm_core.settings import Settings
 from kullm_core.wire import ConversationRef, Turn, parse_turn
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,11 @@ class RedisConversationStore:
         self._forget = redis.register_script(_FORGET_LUA)
         self._forget_dead = redis.register_script(_FORGET_DEAD_LUA)
 
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> RedisConversationStore:
+        h = settings.history
+        return cls(redis, Keys(settings.redis.prefix), h.retention_hours * 3600, h.max_turns)
+
     async def __aenter__(self) -> RedisConversationStore:
         return self
 
@@ -112,7 +119,7 @@ class RedisConversationStore:
 
     async def conversations_of(self, platform: str, user_id: str) -> list[str]:
         members = await self._r.smembers(self._k.user_index(platform, user_id))
-        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        return sorted(text(m) for m in members)
 
     async def forget_user(self, platform: str, user_id: str, job_ids: list[str] | None = None
                           ) -> int:
@@ -131,8 +138,8 @@ class RedisConversationStore:
             ids = await self._forget(keys=[self._k.conv(conv_key)],
                                      args=[user_id, self.retention_ms])
             removed += len(ids)
-            jobs.update(_s(i) for i in ids)
-        jobs.update(_s(i) for i in await self._forget_dead(keys=[self._k.dead],
+            jobs.update(text(i) for i in ids)
+        jobs.update(text(i) for i in await self._forget_dead(keys=[self._k.dead],
                                                           args=[platform, user_id]))
         keys = [self._k.reply(j) for j in sorted(jobs)]
         keys += [self._k.user_index(platform, user_id), self._k.user_jobs(platform, user_id)]
@@ -141,6 +148,3 @@ class RedisConversationStore:
         log.info("forgot user %s:%s (%d turns, %d jobs)", platform, user_id, removed, len(jobs))
         return removed
 
-
-def _s(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -27,19 +27,23 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import time
-import uuid
 from typing import Any
 
 from redis.asyncio import Redis
 
 from kullm_core import metrics
 from kullm_core.engine.base import Engine
-from kullm_core.keys import Keys
+from kullm_core.keys import (
+    POSITIONS_INTERVAL_S,
+    POSITIONS_LOCK_TTL_S,
+    WORKER_HEALTH_HEARTBEATS,
+    Keys,
+)
 from kullm_core.prompt import PromptBuilder
-from kullm_core.queue import Delivery, RedisJobQueue
+from kullm_core.queue import ClaimedJob, RedisJobQueue
 from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard, check_memory_policy, is_nogroup
+from kullm_core.redis_text import owner_id, text
 from kullm_core.session import JobSession
 from kullm_core.settings import Settings
 from kullm_core.store import RedisConversationStore
@@ -62,21 +66,15 @@ class Worker:
         self.s = settings
         self.r = redis
         self.engine = engine
-        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.id = worker_id or owner_id()
         self.keys = Keys(settings.redis.prefix)
-        q, h = settings.queue, settings.history
-        self.queue = RedisJobQueue(
-            redis, self.keys, max_pending=q.max_pending, dedupe_ttl_s=q.dedupe_ttl_s,
-            reply_ttl_s=q.reply_ttl_s, reclaim_idle_s=q.reclaim_idle_s,
-            max_attempts=q.max_attempts, retention_s=h.retention_hours * 3600,
-            max_turns=h.max_turns,
-        )
-        self.store = RedisConversationStore(redis, self.keys, h.retention_hours * 3600, h.max_turns)
+        self.queue = RedisJobQueue.from_settings(redis, settings)
+        self.store = RedisConversationStore.from_settings(redis, settings)
         g = settings.generation
         self.prompt = PromptBuilder(tokenizer, g.system_prompt, g.context_window, g.max_new_tokens)
         self.capacity = engine.slots or settings.batching.max_batch_size
         self.sessions: dict[str, tuple[JobSession, asyncio.Task[None]]] = {}
-        self.deferred: list[Delivery] = []
+        self.deferred: list[ClaimedJob] = []
         self.max_deferred = max(64, 4 * self.capacity)
         """Jobs held waiting for their conversation's previous reply (beyond it: read less)."""
         self.guard = RedisGuard(f"worker {self.id}")
@@ -195,7 +193,7 @@ class Worker:
             log.warning("worker %s: the consumer group was missing (a new or emptied server); "
                         "recreated it", self.id)
 
-    def _accept(self, d: Delivery) -> bool:
+    def _accept(self, d: ClaimedJob) -> bool:
         """Hold a job until it is first in its conversation's order. False if already held."""
         if d.job.id in self.sessions or any(x.entry_id == d.entry_id for x in self.deferred):
             return False
@@ -231,7 +229,7 @@ class Worker:
         with contextlib.suppress(*REDIS_TROUBLE):  # the take loop tries again and logs
             await self._start_deferred()
 
-    def _start(self, d: Delivery) -> None:
+    def _start(self, d: ClaimedJob) -> None:
         session = JobSession(
             d, settings=self.s, engine=self.engine, queue=self.queue, store=self.store,
             prompt=self.prompt, worker_id=self.id, guard=self.guard,
@@ -306,7 +304,8 @@ class Worker:
         ids = [s.d.entry_id for s, _ in self.sessions.values()]
         ids += [d.entry_id for d in self.deferred]
         await self.queue.touch(self.id, ids)  # first: it keeps our jobs, and works when full
-        await self.r.set(self.keys.worker(self.id), json.dumps(health), px=int(interval * 3000))
+        await self.r.set(self.keys.worker(self.id), json.dumps(health),
+                         px=int(interval * WORKER_HEALTH_HEARTBEATS * 1000))
 
     async def _reclaim_loop(self, stop: asyncio.Event) -> None:
         interval = self.s.queue.reclaim_idle_s / 3
@@ -328,14 +327,15 @@ class Worker:
         since = time.monotonic() - self.guard.recovered_at
         return self.guard.recovered_at > 0 and since < self.s.queue.reclaim_idle_s
 
-    async def _positions_loop(self, stop: asyncio.Event, interval: float = 2.0) -> None:
+    async def _positions_loop(self, stop: asyncio.Event,
+                              interval: float = POSITIONS_INTERVAL_S) -> None:
         """Tell waiting users their place in line as it moves (one worker at a time)."""
         announced: dict[str, int] = {}
         while not stop.is_set():
             await _wait_any(stop, timeout=interval)
             try:
                 if not await self.r.set(self.keys.positions_lock, self.id, nx=True,
-                                        px=int(interval * 750)):
+                                        px=int(POSITIONS_LOCK_TTL_S * 1000)):
                     continue
                 waiting = await self.queue.waiting_jobs()
                 for job_id, position in waiting:
@@ -362,7 +362,7 @@ class Worker:
                 await _wait_any(stop, timeout=delay)
 
     def _cancel(self, raw: bytes | str) -> None:
-        job_id = raw.decode() if isinstance(raw, bytes) else raw
+        job_id = text(raw)
         entry = self.sessions.get(job_id)
         if entry:
             log.info("job %s: cancelling", job_id)

@@ -20,12 +20,9 @@ from redis.asyncio import Redis
 
 from bots.slack.config import SlackTuning
 from kullm_core.keys import Keys
+from kullm_core.redis_text import text
 
 log = logging.getLogger(__name__)
-
-def _s(raw: bytes | str | None) -> str:
-    return raw.decode() if isinstance(raw, bytes) else (raw or "")
-
 
 class SlackStore:
     """Small per-thread and per-user markers of the Slack adapter."""
@@ -61,7 +58,7 @@ class SlackStore:
 
     async def last(self, team: str, channel: str, user: str) -> str | None:
         """The thread of the user's latest question in this channel ('' = DM top level)."""
-        raw = _s(await self.r.get(self.last_key(team, channel, user)))
+        raw = text(await self.r.get(self.last_key(team, channel, user)))
         if not raw:
             return None
         return "" if raw == "-" else raw
@@ -76,7 +73,7 @@ class SlackStore:
 
     async def locale(self, team: str, user: str) -> str | None:
         raw = await self.r.get(self.locale_key(team, user))
-        return None if raw is None else _s(raw)
+        return None if raw is None else text(raw)
 
     async def set_locale(self, team: str, user: str, locale: str, ttl: int) -> None:
         await self.r.set(self.locale_key(team, user), locale, ex=ttl)

@@ -6,7 +6,8 @@
 - `Deliveries`: claim, submit, follow, fold, drive the sink; leases, adoption, stop, /stop.
 """
 
-from kullm_core.replies.deliveries import Deliveries, owner_id
+from kullm_core.redis_text import owner_id
+from kullm_core.replies.deliveries import Deliveries
 from kullm_core.replies.fold import ReplyFold, fold
 from kullm_core.replies.registry import ReplyRegistry
 from kullm_core.replies.sink import ChatPlatform, ReplySink, Save

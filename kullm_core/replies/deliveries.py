@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +23,7 @@ from redis.exceptions import RedisError
 from kullm_core import logctx
 from kullm_core.client import CoreClient
 from kullm_core.limits import RefusalThrottle
+from kullm_core.redis_text import owner_id
 from kullm_core.replies.registry import ReplyRegistry
 from kullm_core.replies.run import DeliveryContext, ReplyRun, retrying
 from kullm_core.replies.sink import ChatPlatform
@@ -33,11 +31,6 @@ from kullm_core.replies.tuning import DeliveryTuning
 from kullm_core.wire import ConversationRef, ErrorEvent, ReplyRecord, UserRef
 
 log = logging.getLogger(__name__)
-
-
-def owner_id() -> str:
-    """This process's identity on the leases it holds."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
