@@ -139,6 +139,11 @@ class CoreClient:
         """Current place in line (1 = next to be taken); 0 once a worker has taken it."""
         return await self.queue.position(job_id)
 
+    async def job_ahead(self, conv: ConversationRef, job_id: str) -> bool:
+        """True if another unfinished job of this conversation comes before `job_id` (being
+        answered, or queued earlier), whichever adapter replica submitted it."""
+        return await self.queue.has_job_ahead(conv.key, job_id)
+
     async def cancel(self, conv: ConversationRef) -> str | None:
         """Stop the reply being generated in this conversation. Returns its job id."""
         raw = await self.redis.get(self.keys.active(conv.key))

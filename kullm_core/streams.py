@@ -43,6 +43,7 @@ class ReplyStreams:
         self._by_key: dict[str, _Follower] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def __aenter__(self) -> ReplyStreams:
         self._task = asyncio.create_task(self._read_loop(), name="reply-streams")
@@ -50,6 +51,10 @@ class ReplyStreams:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
+            # the flag as well as the cancel: redis-py can turn a cancel that lands during
+            # its own socket timeout into a TimeoutError (an OSError), caught below
+            self._closing = True
+            self._wake.set()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -72,7 +77,7 @@ class ReplyStreams:
 
     async def _read_loop(self) -> None:
         failures = 0
-        while True:
+        while not self._closing:
             if not self._by_key:
                 self._wake.clear()
                 await self._wake.wait()
@@ -81,6 +86,8 @@ class ReplyStreams:
             try:
                 resp: Any = await self.redis.xread(streams, count=256, block=self.block_ms)
             except (RedisError, OSError) as exc:
+                if self._closing:
+                    return
                 failures += 1
                 delay = min(5.0, 0.1 * 2 ** failures)
                 log.warning("reading reply streams failed (%s); retry in %.1f s", exc, delay)

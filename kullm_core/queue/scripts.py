@@ -181,12 +181,12 @@ return out
 # atomic, so it can never land after the job's `started`. Returns 1 when it was added.
 POSITION_LUA = """
 local reply = KEYS[1]
-local event, position, queued_type = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local event, position, queued_type = ARGV[1], ARGV[2], ARGV[3]
 local last = redis.call('XREVRANGE', reply, '+', '-', 'COUNT', 1)
 if #last == 0 then return 0 end
 local ok, prev = pcall(cjson.decode, last[1][2][2])
 if not ok or type(prev) ~= 'table' or prev['type'] ~= queued_type then return 0 end
-if tonumber(prev['position']) == position then return 0 end
+if tonumber(prev['position']) == tonumber(position) then return 0 end
 redis.call('XADD', reply, '*', 'e', event)
 return 1
 """

@@ -94,7 +94,11 @@ class Deliveries:
         if not await self.registry.claim(rec.job_id):
             return False
         await self.registry.save(rec)
-        run = self._run_for(rec, resumed=False, behind=bool(self.in_flight(rec.conversation)))
+        # behind another reply of its conversation: one this process delivers (perhaps not
+        # queued yet: waiting for room), or any job ahead in the conversation's order
+        behind = bool(self.in_flight(rec.conversation)) or await self.client.job_ahead(
+            rec.conversation, rec.job_id)
+        run = self._run_for(rec, resumed=False, behind=behind)
         if await run.submit() is False:  # refused: the user was told; nothing to follow
             await run.sink.close()
             if on_refused is not None and run.refusal is not None:

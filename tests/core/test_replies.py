@@ -110,6 +110,25 @@ async def test_a_second_question_waits_behind_the_first_and_gets_its_own_answer(
     assert chat.messages[behind] == second
 
 
+async def test_a_question_to_another_replica_still_waits_behind_the_first(
+    client: CoreClient, make_worker: Any
+) -> None:
+    chat = Chat()
+    second = "두 번째 답입니다."
+    replies = iter([ANSWER, second])
+    engine = ScriptedEngine(lambda _r: next(replies), chunk_chars=2, delay_s=0.02)
+    first, then = _rec("r-12a", "첫째 질문"), _rec("r-12b", "둘째 질문")
+    async with _adapter(client, chat, "a") as a, _adapter(client, chat, "b") as b:
+        await a.deliver(first)  # queued; no worker yet, so it waits
+        await b.deliver(then)  # another replica: nothing of this conversation in flight there
+        async with make_worker(engine=engine):
+            await a.wait(first.job_id)
+            await b.wait(then.job_id)
+    waits = {chat.messages[m]: [t for k, t in seen if k == "waiting"]
+             for m, seen in chat.by_message.items()}
+    assert waits == {ANSWER: ["#1"], second: ["behind"]}
+
+
 async def test_a_restarted_adapter_resumes_the_reply_in_the_same_message(
     client: CoreClient, make_worker: Any
 ) -> None:
