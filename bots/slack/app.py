@@ -18,7 +18,7 @@ from bots.slack.commands import FORGET_NO, FORGET_YES, Commands
 from bots.slack.config import SlackTuning
 from bots.slack.handlers import Inbound
 from bots.slack.receivers import HttpReceiver, Receiver, SocketModeReceiver
-from bots.slack.reply import Env
+from bots.slack.reply import SlackShared
 from bots.slack.scheduler import CountingWebClient, Scheduler, api_error
 from bots.slack.sink import SlackPlatform
 from bots.slack.store import SlackStore
@@ -140,7 +140,7 @@ class SlackBot:
     async def run(self, stop: asyncio.Event) -> None:
         async with aiohttp.ClientSession() as session, self.scheduler:
             web = self._web(session)
-            env = Env(web, self.tuning, self.scheduler.wake, self.scopes)
+            env = SlackShared(web, self.tuning, self.scheduler.wake, self.scopes)
             platform = SlackPlatform(env, self.scheduler,
                                      native=self.settings.slack.native_streaming)
             deliveries = self.deliveries = Deliveries(

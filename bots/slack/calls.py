@@ -19,7 +19,7 @@ from slack_sdk.errors import SlackApiError
 
 from bots.slack.render import message_payload
 from bots.slack.reply import METADATA_EVENT, Msg, Reply
-from bots.slack.scheduler import Op, api_error
+from bots.slack.scheduler import SlackCall, api_error
 from kullm_core import metrics
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _payload(reply: Reply, md: str) -> dict[str, Any]:
                            and reply.target.team not in reply.env.blocks_off)
 
 
-async def run_op(reply: Reply, op: Op) -> None:
+async def run_op(reply: Reply, op: SlackCall) -> None:
     """Make the call `op` describes and record its effect on `reply`."""
     t, web, d = reply.target, reply.env.web, op.data
     if op.kind == "status":
@@ -109,7 +109,7 @@ def _visible(reply: Reply) -> None:
             metrics.first_text("slack", reply.first_visible_at - reply.received_at)
 
 
-async def _post(reply: Reply, op: Op) -> None:
+async def _post(reply: Reply, op: SlackCall) -> None:
     t = reply.target
     payload = _payload(reply, op.data["md"])
     if not payload.get("blocks"):
@@ -128,7 +128,7 @@ async def _post(reply: Reply, op: Op) -> None:
     await _persist(reply)
 
 
-async def _stop(reply: Reply, op: Op) -> None:
+async def _stop(reply: Reply, op: SlackCall) -> None:
     t, d = reply.target, op.data
     m = reply.msgs[op.index]
     try:
@@ -177,7 +177,7 @@ async def _reconcile(reply: Reply, part: int) -> None:
             return
 
 
-def handle_error(reply: Reply, op: Op, exc: BaseException) -> None:
+def handle_error(reply: Reply, op: SlackCall, exc: BaseException) -> None:
     """A call failed with something other than a rate limit (the scheduler handles 429)."""
     if op.kind in SIDE_CALLS:
         log.info("job %s: %s failed (%s); skipped", reply.job_id, op.kind, exc)
@@ -192,7 +192,7 @@ def handle_error(reply: Reply, op: Op, exc: BaseException) -> None:
     reply.env.wake()
 
 
-def _api_error(reply: Reply, op: Op, exc: SlackApiError) -> None:
+def _api_error(reply: Reply, op: SlackCall, exc: SlackApiError) -> None:
     status, error = api_error(exc)
     team = reply.target.team
     if op.kind == "start" and error in STREAM_UNAVAILABLE:
@@ -220,7 +220,7 @@ def _api_error(reply: Reply, op: Op, exc: SlackApiError) -> None:
         reply.give_up(f"{op.kind}: {error or status}")
 
 
-def _shrink(reply: Reply, op: Op) -> None:
+def _shrink(reply: Reply, op: SlackCall) -> None:
     floor = reply.env.tuning.min_message_chars
     if reply.mode == "stream" and op.kind in ("append", "stop") and op.data.get("n"):
         m = reply.msgs[op.index]
@@ -239,7 +239,7 @@ def _shrink(reply: Reply, op: Op) -> None:
     reply.rewrite()
 
 
-def _transient(reply: Reply, op: Op, why: str) -> None:
+def _transient(reply: Reply, op: SlackCall, why: str) -> None:
     reply.failures += 1
     if reply.failures > reply.env.tuning.max_failures:
         reply.give_up(f"{op.kind}: {why} ({reply.failures} failures)")

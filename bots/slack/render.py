@@ -90,7 +90,7 @@ def neutralize(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class Piece:
+class Chunk:
     """A segment's text as sent: `prefix` + body + `suffix` (the fence repairs)."""
 
     prefix: str
@@ -102,7 +102,7 @@ class Piece:
         return self.prefix + self.body + self.suffix
 
 
-def piece(text: str, seg: Segment, *, close_open_fence: bool) -> Piece:
+def as_chunk(text: str, seg: Segment, *, close_open_fence: bool) -> Chunk:
     """The Markdown a segment shows. A fence open at its start is reopened; one open at its
     end is closed when the segment is closed (or when asked, for a tidy partial render)."""
     lang = fence_at(text, seg.start) if seg.start else None
@@ -112,7 +112,7 @@ def piece(text: str, seg: Segment, *, close_open_fence: bool) -> Piece:
     closing = seg.closed or close_open_fence
     if closing and fence_at(text, seg.end) is not None and not body.endswith("```"):
         suffix = "\n```" if not body.endswith("\n") else "```"
-    return Piece(prefix, body, suffix)
+    return Chunk(prefix, body, suffix)
 
 
 _LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)")

@@ -25,8 +25,8 @@ from typing import Any, Literal
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.config import SlackTuning
-from bots.slack.render import Segment, neutralize, piece, split
-from bots.slack.scheduler import Op
+from bots.slack.render import Segment, as_chunk, neutralize, split
+from bots.slack.scheduler import SlackCall
 from bots.slack.target import Target
 from kullm_core.budget import SlackScopes
 
@@ -49,7 +49,7 @@ class Msg:
 
 
 @dataclass
-class Env:
+class SlackShared:
     """What all replies share: the Web API client, limits, per-workspace capabilities."""
 
     web: AsyncWebClient
@@ -76,7 +76,7 @@ class Reply:
         self,
         job_id: str,
         target: Target,
-        env: Env,
+        env: SlackShared,
         *,
         mode: Mode,
         msgs: list[Msg] | None = None,
@@ -161,7 +161,7 @@ class Reply:
     def finished(self) -> bool:
         return self.done.is_set()
 
-    def next_op(self, now: float) -> Op | None:
+    def next_op(self, now: float) -> SlackCall | None:
         if self.done.is_set():
             return None
         op = self._op()
@@ -183,11 +183,11 @@ class Reply:
         self.gave_up = True
         self.done.set()
 
-    def _call(self, kind: str, method: str, **kw: Any) -> Op:
+    def _call(self, kind: str, method: str, **kw: Any) -> SlackCall:
         """An op of Web API `method`, with the budget buckets it counts against and those a
         429 on it pauses."""
         t, scopes = self.target, self.env.scopes
-        return Op(kind, scopes.call(t.team, method, t.channel),
+        return SlackCall(kind, scopes.call(t.team, method, t.channel),
                   paused=scopes.on_429(t.team, method, t.channel), **kw)
 
     def state(self) -> dict[str, Any]:
@@ -195,7 +195,7 @@ class Reply:
         return {"mode": self.mode,
                 "msgs": [{"ts": m.ts, "streaming": m.streaming} for m in self.msgs]}
 
-    def _op(self) -> Op | None:
+    def _op(self) -> SlackCall | None:
         src = self.source()
         if self.reconcile is not None:
             return self._call("reconcile", "conversations.replies", urgent=True,
@@ -212,16 +212,16 @@ class Reply:
     # -- update mode ---------------------------------------------------------------------
 
     def render(self, src: str, seg: Segment) -> str:
-        text = piece(src, seg, close_open_fence=not self.final).text
+        text = as_chunk(src, seg, close_open_fence=not self.final).text
         return text if text.strip() else "…"
 
-    def _update_op(self, src: str) -> Op | None:
+    def _update_op(self, src: str) -> SlackCall | None:
         for i, m in enumerate(self.msgs):
             if m.streaming:
                 return self._call("stop", "chat.stopStream", urgent=True, index=i,
                                   data={"text": "", "n": 0})
         segs = split(src, self.limit)
-        dirty: Op | None = None
+        dirty: SlackCall | None = None
         for i, seg in enumerate(segs):
             want = self.render(src, seg)
             if i >= len(self.msgs) or not self.msgs[i].ts:
@@ -238,7 +238,7 @@ class Reply:
 
     # -- stream mode ---------------------------------------------------------------------
 
-    def _stream_op(self, src: str) -> Op | None:
+    def _stream_op(self, src: str) -> SlackCall | None:
         cur = len(self.msgs) - 1 if self.msgs and self.msgs[-1].streaming else len(self.msgs)
         appended = self.msgs[cur].appended if cur < len(self.msgs) else 0
         start = self.forced[-1] if self.forced else 0
@@ -255,12 +255,12 @@ class Reply:
             chunk = _streamable(body)
             if not chunk.strip():
                 return None
-            pre = piece(src, seg, close_open_fence=False).prefix
+            pre = as_chunk(src, seg, close_open_fence=False).prefix
             return self._call("start", "chat.startStream", urgent=True, index=cur,
                               data={"text": pre + neutralize(chunk), "n": len(chunk)})
         rest = src[seg.start + appended:seg.end]
         if closing:
-            whole = piece(src, seg, close_open_fence=False)
+            whole = as_chunk(src, seg, close_open_fence=False)
             return self._call("stop", "chat.stopStream", urgent=True, index=cur,
                               data={"text": neutralize(rest) + whole.suffix, "n": len(rest),
                             "end": seg.end, "sent": whole.text})

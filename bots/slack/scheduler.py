@@ -1,9 +1,9 @@
 """The one outbound scheduler: every Slack write of the adapter goes through it.
 
-Replies do not call Slack themselves: they describe their next call (`Op`) and the buckets of
-the send budget it counts against (`SlackScopes.call`: the method per workspace by its tier,
-and for posts the channel). The scheduler pulls the next op of every reply and runs it once
-`SendBudget` grants a slot in each of its buckets. The budget lives in Redis, so it holds
+Replies do not call Slack themselves: they describe their next call (`SlackCall`) and the
+buckets of the send budget it counts against (`SlackScopes.call`: the method per workspace by
+its tier, and for posts the channel). The scheduler pulls the next op of every reply and runs
+it once `SendBudget` grants a slot in each of its buckets. The budget lives in Redis, so it holds
 across every replica of the adapter, and it serves the replies waiting for a bucket least
 recently served first (urgent ops, such as final text, skip that line). A reply merges all
 text that arrived while it waited into its next call: its op is asked for again on every try.
@@ -45,7 +45,7 @@ _REDIS_RETRY_S = 0.2
 
 
 @dataclass
-class Op:
+class SlackCall:
     """One Slack call an outbound item wants to make next."""
 
     kind: str
@@ -70,11 +70,11 @@ class Outbound(Protocol):
     @property
     def finished(self) -> bool: ...
 
-    def next_op(self, now: float) -> Op | None: ...
+    def next_op(self, now: float) -> SlackCall | None: ...
 
-    async def run(self, op: Op) -> None: ...
+    async def run(self, op: SlackCall) -> None: ...
 
-    def on_error(self, op: Op, exc: BaseException) -> None: ...
+    def on_error(self, op: SlackCall, exc: BaseException) -> None: ...
 
 
 def retry_after_of(headers: Any, default: float = 1.0) -> float:
@@ -123,7 +123,7 @@ class PausingRateLimitHandler(AsyncRateLimitErrorRetryHandler):
 class _OneShot:
     """A single call through the scheduler, awaited by its caller."""
 
-    def __init__(self, name: str, op: Op, fn: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(self, name: str, op: SlackCall, fn: Callable[[], Awaitable[Any]]) -> None:
         self.name = name
         self._op = op
         self._fn = fn
@@ -134,16 +134,16 @@ class _OneShot:
     def finished(self) -> bool:
         return self.future.done()
 
-    def next_op(self, now: float) -> Op | None:
+    def next_op(self, now: float) -> SlackCall | None:
         return None if self.future.done() else self._op
 
-    async def run(self, op: Op) -> None:
+    async def run(self, op: SlackCall) -> None:
         self._tries += 1
         result = await self._fn()
         if not self.future.done():
             self.future.set_result(result)
 
-    def on_error(self, op: Op, exc: BaseException) -> None:
+    def on_error(self, op: SlackCall, exc: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(exc)
 
@@ -254,7 +254,7 @@ class Scheduler:
                    channel: str = "", urgent: bool = True) -> Any:
         """Run one Slack call of `method` in turn with everything else (ephemeral answers,
         reactions, profiles)."""
-        op = Op("call", self.scopes.call(team, method, channel),
+        op = SlackCall("call", self.scopes.call(team, method, channel),
                 paused=self.scopes.on_429(team, method, channel), urgent=urgent)
         shot = _OneShot(method, op, fn)
         self.add(shot)
@@ -306,7 +306,7 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.005))
 
-    async def _grant(self, item: Outbound) -> tuple[Op, Grant] | None:
+    async def _grant(self, item: Outbound) -> tuple[SlackCall, Grant] | None:
         """A slot for the item's next op, asking for the op again on every try (text that
         arrived meanwhile is merged, an op that became urgent skips the line)."""
         most = self.budget.stale_us / 1_000_000 / 4

@@ -15,8 +15,8 @@ import logging
 from typing import Any
 
 from bots.slack.calls import handle_error, run_op
-from bots.slack.reply import Env, Mode, Msg, Reply
-from bots.slack.scheduler import Op, Scheduler
+from bots.slack.reply import Mode, Msg, Reply, SlackShared
+from bots.slack.scheduler import Scheduler, SlackCall
 from bots.slack.target import Target
 from bots.slack.texts import st
 from kullm_core import metrics
@@ -35,10 +35,10 @@ class SlackReply(Reply):
 
     # -- Outbound (the scheduler) ----------------------------------------------------------
 
-    async def run(self, op: Op) -> None:
+    async def run(self, op: SlackCall) -> None:
         await run_op(self, op)
 
-    def on_error(self, op: Op, exc: BaseException) -> None:
+    def on_error(self, op: SlackCall, exc: BaseException) -> None:
         handle_error(self, op, exc)
 
     # -- ReplySink (the core) --------------------------------------------------------------
@@ -119,7 +119,7 @@ class SlackPlatform:
 
     namespace = "slack"
 
-    def __init__(self, env: Env, scheduler: Scheduler, *, native: bool) -> None:
+    def __init__(self, env: SlackShared, scheduler: Scheduler, *, native: bool) -> None:
         self.env = env
         self.scheduler = scheduler
         self.native = native

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from bots.slack.render import (
+    as_chunk,
     fence_at,
     inbound_text,
     message_payload,
     neutralize,
-    piece,
     split,
     to_mrkdwn,
     to_plain,
@@ -52,7 +52,7 @@ def test_forced_cuts_and_text_already_streamed_are_kept() -> None:
 def test_a_code_block_cut_in_two_is_closed_and_reopened() -> None:
     code = "설명입니다.\n```python\n" + "x = 1\n" * 200 + "```\n끝."
     segs = split(code, 300)
-    pieces = [piece(code, s, close_open_fence=False) for s in segs]
+    pieces = [as_chunk(code, s, close_open_fence=False) for s in segs]
     assert pieces[0].suffix == "```"
     assert pieces[1].prefix == "```python\n"
     for p in pieces:

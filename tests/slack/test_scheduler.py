@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bots.slack.scheduler import Op, Scheduler
+from bots.slack.scheduler import Scheduler, SlackCall
 from kullm_core.budget import Bucket, Refusal, SendBudget
 from kullm_core.keys import Keys
 
@@ -32,17 +32,19 @@ class Item:
     def finished(self) -> bool:
         return self.todo == 0
 
-    def next_op(self, now: float) -> Op | None:
-        return Op("call", (UPDATE,), paused=(UPDATE,), urgent=self.urgent) if self.todo else None
+    def next_op(self, now: float) -> SlackCall | None:
+        if not self.todo:
+            return None
+        return SlackCall("call", (UPDATE,), paused=(UPDATE,), urgent=self.urgent)
 
-    async def run(self, op: Op) -> None:
+    async def run(self, op: SlackCall) -> None:
         if self.fail_first is not None:
             exc, self.fail_first = self.fail_first, None
             raise exc
         self.log.append(self.name)
         self.todo -= 1
 
-    def on_error(self, op: Op, exc: BaseException) -> None:
+    def on_error(self, op: SlackCall, exc: BaseException) -> None:
         self.errors.append(exc)
         self.todo = 0
 

@@ -18,7 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.app import scopes_for
 from bots.slack.config import SlackTuning
-from bots.slack.reply import Env, Mode
+from bots.slack.reply import Mode, SlackShared
 from bots.slack.scheduler import Scheduler
 from bots.slack.sink import SlackReply
 from bots.slack.target import Target
@@ -31,7 +31,7 @@ from tests.fakes.slack_api import BOT_TOKEN, TEAM, FakeSlack, Limits
 @dataclass
 class Rig:
     fake: FakeSlack
-    env: Env
+    env: SlackShared
     scheduler: Scheduler
     n: int = 0
 
@@ -58,7 +58,7 @@ async def rig(settings: Settings, limits: Limits | None = None,
         web = AsyncWebClient(token=BOT_TOKEN, base_url=fake.api_url, session=session,
                              retry_handlers=[scheduler.rate_limit_handler(2)])
         async with scheduler:
-            yield Rig(fake, Env(web, tune, scheduler.wake, scopes), scheduler)
+            yield Rig(fake, SlackShared(web, tune, scheduler.wake, scopes), scheduler)
     await redis.aclose()
 
 
