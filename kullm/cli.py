@@ -18,7 +18,7 @@ from kullm.runtime import open_redis
 from kullm_core.client import CoreClient
 from kullm_core.errors import KullmError, RedisUnavailable
 from kullm_core.keys import Keys
-from kullm_core.redis_text import text
+from kullm_core.redis_text import as_str
 from kullm_core.settings import Settings, load_settings
 
 log = logging.getLogger("kullm")
@@ -147,7 +147,7 @@ async def _history(settings: Settings, conversation: str | None) -> int:
         if conversation is None:
             prefix = keys.conv("")
             async for k in redis.scan_iter(match=prefix + "*"):
-                print(text(k)[len(prefix):])
+                print(as_str(k)[len(prefix):])
             return 0
         async with CoreClient(redis, settings) as client:
             turns = await client.store.history_by_key(conversation)

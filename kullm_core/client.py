@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from kullm_core.keys import CANCEL_TTL_S, USER_JOBS_TTL_S, Keys
 from kullm_core.limits import Limiter
 from kullm_core.queue import EnqueueResult, RedisJobQueue
-from kullm_core.redis_text import text as redis_text
+from kullm_core.redis_text import as_str
 from kullm_core.settings import Settings
 from kullm_core.store import RedisConversationStore
 from kullm_core.streams import ReplyStreams
@@ -149,7 +149,7 @@ class CoreClient:
         raw = await self.redis.get(self.keys.active(conv.key))
         if not raw:
             return None
-        job_id = redis_text(raw)
+        job_id = as_str(raw)
         await self.cancel_job(job_id)
         return job_id
 
@@ -162,7 +162,7 @@ class CoreClient:
 
     async def active_job(self, conv: ConversationRef) -> str | None:
         raw = await self.redis.get(self.keys.active(conv.key))
-        return redis_text(raw) or None
+        return as_str(raw) or None
 
     async def retry(
         self, conv: ConversationRef, user: UserRef, source_id: str,
@@ -211,7 +211,7 @@ class CoreClient:
         kept and why): their unanswered jobs are stopped first, so that no reply written
         after this brings their text back. Returns the turns removed."""
         raw = await self.redis.smembers(self.keys.user_jobs(platform, user_id))
-        jobs = sorted(redis_text(j) for j in raw)
+        jobs = sorted(as_str(j) for j in raw)
         if jobs:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job_id in jobs:

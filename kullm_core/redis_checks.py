@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from kullm_core.errors import EvictionPolicyError
-from kullm_core.redis_text import text
+from kullm_core.redis_text import as_str
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ async def check_memory_policy(redis: Redis, allow_eviction: bool, owner: str) ->
         log.warning("%s: cannot read maxmemory-policy (%s); make sure the server uses "
                     "noeviction, or history and queued messages can be lost", owner, exc)
         return ""
-    policy = text(reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy") or b"")
+    policy = as_str(reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy") or b"")
     if not policy or policy == "noeviction":
         return policy
     if not allow_eviction:

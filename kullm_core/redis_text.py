@@ -8,7 +8,7 @@ import socket
 import uuid
 
 
-def text(value: bytes | str | None) -> str:
+def as_str(value: bytes | str | None) -> str:
     """A Redis reply value as `str` (UTF-8); None (a missing key) is ``""``."""
     if value is None:
         return ""

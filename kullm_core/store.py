@@ -8,7 +8,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 
 from kullm_core.keys import Keys
-from kullm_core.redis_text import text
+from kullm_core.redis_text import as_str
 from kullm_core.settings import Settings
 from kullm_core.wire import ConversationRef, Turn, parse_turn
 
@@ -119,7 +119,7 @@ class RedisConversationStore:
 
     async def conversations_of(self, platform: str, user_id: str) -> list[str]:
         members = await self._r.smembers(self._k.user_index(platform, user_id))
-        return sorted(text(m) for m in members)
+        return sorted(as_str(m) for m in members)
 
     async def forget_user(self, platform: str, user_id: str, job_ids: list[str] | None = None
                           ) -> int:
@@ -138,8 +138,8 @@ class RedisConversationStore:
             ids = await self._forget(keys=[self._k.conv(conv_key)],
                                      args=[user_id, self.retention_ms])
             removed += len(ids)
-            jobs.update(text(i) for i in ids)
-        jobs.update(text(i) for i in await self._forget_dead(keys=[self._k.dead],
+            jobs.update(as_str(i) for i in ids)
+        jobs.update(as_str(i) for i in await self._forget_dead(keys=[self._k.dead],
                                                           args=[platform, user_id]))
         keys = [self._k.reply(j) for j in sorted(jobs)]
         keys += [self._k.user_index(platform, user_id), self._k.user_jobs(platform, user_id)]

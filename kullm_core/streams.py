@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from kullm_core.keys import Keys
-from kullm_core.redis_text import text
+from kullm_core.redis_text import as_str
 from kullm_core.wire import TERMINAL, Event, parse_event
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class ReplyStreams:
                 continue
             failures = 0
             for raw_key, entries in resp or []:
-                key = text(raw_key)
+                key = as_str(raw_key)
                 follower = self._by_key.get(key)
                 if follower is not None:
                     self._deliver(follower, entries)
@@ -103,7 +103,7 @@ class ReplyStreams:
     @staticmethod
     def _deliver(follower: _Follower, entries: list[tuple[bytes | str, dict[Any, Any]]]) -> None:
         for raw_id, fields in entries:
-            entry_id = text(raw_id)
+            entry_id = as_str(raw_id)
             follower.last_id = entry_id
             raw = fields.get(b"e") or fields.get("e") or b""
             try:

@@ -43,7 +43,7 @@ from kullm_core.keys import (
 from kullm_core.prompt import PromptBuilder
 from kullm_core.queue import ClaimedJob, RedisJobQueue
 from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard, check_memory_policy, is_nogroup
-from kullm_core.redis_text import owner_id, text
+from kullm_core.redis_text import as_str, owner_id
 from kullm_core.session import JobSession
 from kullm_core.settings import Settings
 from kullm_core.store import RedisConversationStore
@@ -362,7 +362,7 @@ class Worker:
                 await _wait_any(stop, timeout=delay)
 
     def _cancel(self, raw: bytes | str) -> None:
-        job_id = text(raw)
+        job_id = as_str(raw)
         entry = self.sessions.get(job_id)
         if entry:
             log.info("job %s: cancelling", job_id)

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from bots.slack.config import SlackTuning
 from kullm_core.keys import Keys
-from kullm_core.redis_text import text
+from kullm_core.redis_text import as_str
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class SlackStore:
 
     async def last(self, team: str, channel: str, user: str) -> str | None:
         """The thread of the user's latest question in this channel ('' = DM top level)."""
-        raw = text(await self.r.get(self.last_key(team, channel, user)))
+        raw = as_str(await self.r.get(self.last_key(team, channel, user)))
         if not raw:
             return None
         return "" if raw == "-" else raw
@@ -73,7 +73,7 @@ class SlackStore:
 
     async def locale(self, team: str, user: str) -> str | None:
         raw = await self.r.get(self.locale_key(team, user))
-        return None if raw is None else text(raw)
+        return None if raw is None else as_str(raw)
 
     async def set_locale(self, team: str, user: str, locale: str, ttl: int) -> None:
         await self.r.set(self.locale_key(team, user), locale, ex=ttl)

@@ -10,7 +10,7 @@ from typing import Any
 
 from kullm_core.keys import REPLY_TTL_BEFORE_DONE_S
 from kullm_core.queue.base import QueueRole
-from kullm_core.redis_text import text
+from kullm_core.redis_text import as_str
 from kullm_core.wire import TERMINAL, Event, parse_event
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,8 @@ class ReplyChannel(QueueRole):
                 pipe.xadd(key, {"e": event.dumps()})
                 pipe.expire(key, REPLY_TTL_BEFORE_DONE_S)
                 entry, _ = await pipe.execute()
-            return text(entry)
-        return text(await self.r.xadd(key, {"e": event.dumps()}))
+            return as_str(entry)
+        return as_str(await self.r.xadd(key, {"e": event.dumps()}))
 
     async def last_event(self, job_id: str) -> Event | None:
         """The job's latest reply event; None when its stream is gone or unreadable."""
@@ -52,7 +52,7 @@ class ReplyChannel(QueueRole):
                 return
             for _stream, entries in resp or []:
                 for entry_id, fields in entries:
-                    last_id = text(entry_id)
+                    last_id = as_str(entry_id)
                     raw = fields.get(b"e") or fields.get("e")
                     try:
                         event = parse_event(raw)

@@ -20,7 +20,7 @@ from kullm_core.keys import ACTIVE_TTL_S, GROUP, QUOTA_TTL_S, Keys
 from kullm_core.queue.base import QueueConfig
 from kullm_core.queue.channel import ReplyChannel
 from kullm_core.queue.scripts import COMMIT_LUA, FIRST_LUA, CommitCall
-from kullm_core.redis_text import text
+from kullm_core.redis_text import as_str
 from kullm_core.wire import ErrorEvent, Event, Job, QueuedEvent, Turn, parse_job
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class JobConsumer(ReplyChannel):
         out: list[ClaimedJob] = []
         for _stream, entries in resp or []:
             for entry_id, fields in entries:
-                claimed = await self._decode(text(entry_id), fields, attempt=1)
+                claimed = await self._decode(as_str(entry_id), fields, attempt=1)
                 if claimed:
                     out.append(claimed)
         return out
@@ -61,7 +61,7 @@ class JobConsumer(ReplyChannel):
             return ClaimedJob(entry_id, parse_job(raw), attempt)
         except ValueError:
             log.error("job entry %s is not a valid v1 job; moved to dead letters", entry_id)
-            await self.dead_letter(entry_id, text(raw), "unreadable")
+            await self.dead_letter(entry_id, as_str(raw), "unreadable")
             return None
 
     async def touch(self, consumer: str, entry_ids: list[str]) -> None:
@@ -78,7 +78,7 @@ class JobConsumer(ReplyChannel):
         claimed = resp[1] if len(resp) > 1 else []
         out: list[ClaimedJob] = []
         for entry_id, fields in claimed:
-            eid = text(entry_id)
+            eid = as_str(entry_id)
             info = await self.r.xpending_range(self.keys.jobs, GROUP, eid, eid, 1)
             attempt = int(info[0]["times_delivered"]) if info else 2
             cj = await self._decode(eid, fields or {}, attempt)
@@ -116,7 +116,7 @@ class JobConsumer(ReplyChannel):
         reply stream holds only `queued` events and it never became its conversation's
         active job (set first thing when a worker begins, so a crash before `started`
         still counts as an attempt)."""
-        active = text(await self.r.get(self.keys.active(job.conversation.key)))
+        active = as_str(await self.r.get(self.keys.active(job.conversation.key)))
         if active == job.id:
             return False
         # reply stream expired (None), or anything but `queued`: count the attempt

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from kullm_core.keys import GROUP, ORDER_TTL_S, REPLY_TTL_BEFORE_DONE_S, Keys
 from kullm_core.queue.base import QueueConfig, QueueRole
 from kullm_core.queue.scripts import ENQUEUE_LUA, POSITION_LUA, EnqueueCall, PositionCall
-from kullm_core.redis_text import text
+from kullm_core.redis_text import as_str
 from kullm_core.wire import Job
 
 
@@ -43,15 +43,15 @@ class JobProducer(QueueRole):
         status, ident, position = await self._enqueue(keys=call.keys(), args=call.args())
         code = int(status)
         if code == 0:
-            return EnqueueResult("duplicate", text(ident) or job.id, 0)
+            return EnqueueResult("duplicate", as_str(ident) or job.id, 0)
         if code < 0:
             return EnqueueResult("busy", job.id, int(position))
-        return EnqueueResult("queued", job.id, int(position), text(ident))
+        return EnqueueResult("queued", job.id, int(position), as_str(ident))
 
     async def _last_delivered(self) -> str:
         for group in await self.r.xinfo_groups(self.keys.jobs):
-            if text(group["name"]) == GROUP:
-                return text(group["last-delivered-id"])
+            if as_str(group["name"]) == GROUP:
+                return as_str(group["last-delivered-id"])
         return "0-0"
 
     async def waiting_jobs(self, limit: int = 200) -> list[tuple[str, int]]:
@@ -69,7 +69,7 @@ class JobProducer(QueueRole):
         """Jobs no worker has taken yet."""
         info = await self.r.xinfo_groups(self.keys.jobs)
         for group in info:
-            if text(group["name"]) == GROUP:
+            if as_str(group["name"]) == GROUP:
                 return int(group.get("lag") or 0)
         return 0
 
@@ -93,7 +93,7 @@ class JobProducer(QueueRole):
             for entry in order:
                 pipe.xrange(self.keys.jobs, entry, entry)
             active, *found = await pipe.execute()
-        if text(active) not in ("", job_id):
+        if as_str(active) not in ("", job_id):
             return True
         for entries in found:
             if not entries:
@@ -104,4 +104,4 @@ class JobProducer(QueueRole):
 
 
 def _job_id(fields: dict[Any, Any]) -> str:
-    return text(fields.get(b"id") or fields.get("id"))
+    return as_str(fields.get(b"id") or fields.get("id"))

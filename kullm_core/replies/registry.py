@@ -16,7 +16,7 @@ import time
 from redis.asyncio import Redis
 
 from kullm_core.keys import REPLY_INDEX_TTL_S, REPLY_RECORD_TTL_S, Keys
-from kullm_core.redis_text import text
+from kullm_core.redis_text import as_str
 from kullm_core.wire import ReplyRecord, parse_reply_record
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class ReplyRegistry:
         """Every registered reply (records older than their TTL are pruned first)."""
         await self.r.zremrangebyscore(self.index_key, "-inf", time.time() - REPLY_RECORD_TTL_S)
         raw: list[bytes | str] = await self.r.zrange(self.index_key, 0, -1)  # type: ignore[assignment]
-        return [text(m) for m in raw]
+        return [as_str(m) for m in raw]
 
     async def orphans(self, exclude: set[str]) -> list[str]:
         """Registered replies no live process holds (lease lapsed or handed back)."""

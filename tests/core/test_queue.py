@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from kullm_core.keys import Keys
 from kullm_core.queue import ClaimedJob, RedisJobQueue
+from kullm_core.redis_text import as_str, owner_id
 from kullm_core.settings import load_settings
 from kullm_core.wire import (
     ConversationRef,
@@ -195,3 +196,8 @@ async def test_an_unreadable_job_entry_goes_to_the_dead_letters(queue: RedisJobQ
 def test_keys_are_built_from_one_prefix() -> None:
     k = Keys("p")
     assert (k.jobs, k.order("c"), k.active("c")) == ("p:jobs", "p:order:c", "p:active:c")
+
+
+def test_redis_values_read_as_text_and_owner_ids_are_unique() -> None:
+    assert [as_str(b"\xea\xb0\x80"), as_str("가"), as_str(None)] == ["가", "가", ""]
+    assert owner_id() != owner_id()
