@@ -23,6 +23,7 @@ from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError, KullmError
 from kullm_core.keys import WARMING_TTL_S, Keys
 from kullm_core.redis_checks import check_memory_policy
+from kullm_core.redis_text import owner_id, release_owned
 from kullm_core.settings import Settings
 from kullm_core.worker import Worker
 
@@ -79,11 +80,11 @@ async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
     return await fut
 
 
-async def _keep_warming_flag(redis: Redis, keys: Keys) -> None:
+async def _keep_warming_flag(redis: Redis, keys: Keys, owner: str) -> None:
     """While the model loads, tell adapters (so they tell users) that the bot warms up."""
     while True:
         with contextlib.suppress(RedisError, OSError):
-            await redis.set(keys.warming, "1", ex=WARMING_TTL_S)
+            await redis.set(keys.warming, owner, ex=WARMING_TTL_S)
         await asyncio.sleep(WARMING_TTL_S / 3)
 
 
@@ -105,7 +106,8 @@ async def load_engine(
     from kullm_core.engine.loader import build_engine
 
     keys = Keys(settings.redis.prefix)
-    flag = asyncio.create_task(_keep_warming_flag(redis, keys), name="warming-flag")
+    owner = owner_id()
+    flag = asyncio.create_task(_keep_warming_flag(redis, keys, owner), name="warming-flag")
     load = asyncio.ensure_future(in_daemon_thread(build_engine, settings))
     stopped = asyncio.create_task(stop.wait())
     try:
@@ -114,7 +116,7 @@ async def load_engine(
         flag.cancel()
         stopped.cancel()
         with contextlib.suppress(RedisError, OSError):
-            await redis.delete(keys.warming)
+            await release_owned(redis, [keys.warming], owner)
     if not load.done():
         log.info("stopped while the model was loading")
         load.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -27,7 +27,7 @@
 | {p}:positions               | string | POSITIONS_LOCK_TTL_S (1.5 s; one worker at a time   |
 |                             |        | announces positions; lapses, never deleted)         |
 | {p}:warming                 | string | WARMING_TTL_S (30 s), renewed while a worker loads  |
-|                             |        | its model                                           |
+|                             |        | its model; holds its owner id, released only by it  |
 | {p}:{ns}:rindex             | zset   | REPLY_INDEX_TTL_S after the last new reply; members|
 |                             |        | older than REPLY_RECORD_TTL_S pruned on each scan   |
 | {p}:{ns}:rrec:{job_id}      | string | REPLY_RECORD_TTL_S (deleted once delivered)         |

@@ -16,7 +16,7 @@ import time
 from redis.asyncio import Redis
 
 from kullm_core.keys import REPLY_INDEX_TTL_S, REPLY_RECORD_TTL_S, Keys
-from kullm_core.redis_text import as_str
+from kullm_core.redis_text import RELEASE_OWNED_LUA, as_str
 from kullm_core.wire import ReplyRecord, parse_reply_record
 
 log = logging.getLogger(__name__)
@@ -35,13 +35,6 @@ end
 return lost
 """
 
-# KEYS: lease keys; ARGV[1]: owner. Deletes the keys this owner still holds.
-_RELEASE_LUA = """
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
-end
-return 1
-"""
 
 
 class ReplyRegistry:
@@ -55,7 +48,7 @@ class ReplyRegistry:
         self.owner = owner
         self.lease_ms = max(1, int(lease_s * 1000))
         self._renew = redis.register_script(_RENEW_LUA)
-        self._release = redis.register_script(_RELEASE_LUA)
+        self._release = redis.register_script(RELEASE_OWNED_LUA)
 
     @property
     def index_key(self) -> str:

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from kullm_core.keys import Keys
 from kullm_core.queue import ClaimedJob, RedisJobQueue
-from kullm_core.redis_text import as_str, owner_id
+from kullm_core.redis_text import as_str, owner_id, release_owned
 from kullm_core.settings import load_settings
 from kullm_core.wire import (
     ConversationRef,
@@ -201,3 +201,10 @@ def test_keys_are_built_from_one_prefix() -> None:
 def test_redis_values_read_as_text_and_owner_ids_are_unique() -> None:
     assert [as_str(b"\xea\xb0\x80"), as_str("가"), as_str(None)] == ["가", "가", ""]
     assert owner_id() != owner_id()
+
+
+async def test_an_owned_key_is_released_only_by_its_owner(redis: Redis) -> None:
+    await redis.set("lock-a", "me")
+    await redis.set("lock-b", "someone-else")
+    await release_owned(redis, ["lock-a", "lock-b", "lock-gone"], "me")
+    assert [await redis.get(k) for k in ("lock-a", "lock-b")] == [None, b"someone-else"]
