@@ -19,7 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.render import inbound_text
 from bots.slack.scheduler import Scheduler
-from bots.slack.store import SlackStore
+from bots.slack.store import LOCALE_RETRY_TTL_S, SlackStore
 from bots.slack.target import Target, conversation, source_id
 from bots.slack.texts import st, suggested_prompts
 from kullm_core import logctx, metrics
@@ -270,6 +270,6 @@ class Inbound:
             user=user, include_locale=True))
         info = (resp.get("user") if resp is not None else None) or {}
         locale, name = str(info.get("locale") or ""), str(info.get("name") or "")
-        ttl = self.locale_ttl_s if resp is not None else min(3600, self.locale_ttl_s)
+        ttl = self.locale_ttl_s if resp is not None else min(LOCALE_RETRY_TTL_S, self.locale_ttl_s)
         await self.store.set_locale(team, user, f"{locale}|{name}", ttl)
         return lang_of(locale or None), name

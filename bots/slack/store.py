@@ -4,7 +4,8 @@
 |---------------------------------------|--------|----------------------------------------------|
 | {p}:slack:thread:{team}:{chan}:{ts}   | string | history retention (the bot follows the thread) |
 | {p}:slack:last:{team}:{chan}:{user}   | string | history retention (target of /kullm commands)  |
-| {p}:slack:locale:{team}:{user}        | string | locale_ttl_s                                  |
+| {p}:slack:locale:{team}:{user}        | string | locale_ttl_s (at most LOCALE_RETRY_TTL_S when |
+|                                       |        | users.info failed: asked again sooner)        |
 
 Replies in flight (where each is shown, under a lease) are the core's reply records
 (`kullm_core.replies`, keys `{p}:slack:rrec:*` / `rlease:*` / `rindex`), the send budget is
@@ -23,6 +24,9 @@ from kullm_core.keys import Keys
 from kullm_core.redis_text import as_str
 
 log = logging.getLogger(__name__)
+
+LOCALE_RETRY_TTL_S = 3600
+"""A profile cached without users.info's answer (the call failed) is asked for again sooner."""
 
 class SlackStore:
     """Small per-thread and per-user markers of the Slack adapter."""
