@@ -26,7 +26,7 @@ from telegram.ext import (
     filters,
 )
 
-from bots.telegram.outbox import Op, Outbox, Outcome
+from bots.telegram.outbox import Outbox, OutboxOp, SendResult
 from bots.telegram.routing import (
     PLATFORM,
     addressed_text,
@@ -303,12 +303,12 @@ class Handlers:
 
     async def reply(
         self, msg: Message, text: str, markup: InlineKeyboardMarkup | None = None
-    ) -> Outcome:
+    ) -> SendResult:
         """Answer a message (threaded to it) through the outbox."""
         return await self.outbox.run(self._reply_op(msg, text, markup))
 
     @staticmethod
-    def _reply_op(msg: Message, text: str, markup: InlineKeyboardMarkup | None = None) -> Op:
+    def _reply_op(msg: Message, text: str, markup: InlineKeyboardMarkup | None = None) -> OutboxOp:
         chat_id, thread = msg.chat.id, thread_of(msg)
         reply = ReplyParameters(msg.message_id, allow_sending_without_reply=True)
 
@@ -316,17 +316,17 @@ class Handlers:
             return await bot.send_message(chat_id, text, message_thread_id=thread,
                                           reply_parameters=reply, reply_markup=markup)
 
-        return Op(chat_id, call, "sendMessage", must=True, priority=0)
+        return OutboxOp(chat_id, call, "sendMessage", must=True, priority=0)
 
-    async def edit(self, msg: Message, text: str) -> Outcome:
+    async def edit(self, msg: Message, text: str) -> SendResult:
         chat_id, mid = msg.chat.id, msg.message_id
 
         async def call(bot: Bot) -> object:
             return await bot.edit_message_text(text, chat_id=chat_id, message_id=mid)
 
         return await self.outbox.run(
-            Op(chat_id, call, "editMessageText", key=f"m{mid}", fingerprint=(text, ()), must=True,
-               priority=0)
+            OutboxOp(chat_id, call, "editMessageText", key=f"m{mid}", fingerprint=(text, ()),
+                     must=True, priority=0)
         )
 
     async def on_error(self, update: object, ctx: Ctx) -> None:

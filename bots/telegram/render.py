@@ -13,23 +13,30 @@ from collections.abc import Sequence
 import telegramify_markdown
 from telegram import MessageEntity
 
-from bots.telegram.split import MAX_MESSAGE, Entity, Piece, split_markdown, split_text, utf16_len
+from bots.telegram.split import (
+    MAX_MESSAGE,
+    Entity,
+    MessagePart,
+    split_markdown,
+    split_text,
+    utf16_len,
+)
 
 log = logging.getLogger(__name__)
 
 _NOTE_ROOM = 2  # the blank line before a note
 
 
-def render_markdown(markdown: str) -> Piece:
+def render_markdown(markdown: str) -> MessagePart:
     """Markdown as Telegram text plus entities; the plain text when conversion fails."""
     try:
         text, entities = telegramify_markdown.convert(markdown)
     except Exception:  # a converter bug must not cost the user the answer
         log.warning("markdown conversion failed; sending plain text", exc_info=True)
-        return Piece(markdown)
+        return MessagePart(markdown)
     if not text.strip():
-        return Piece(markdown)
-    return Piece(
+        return MessagePart(markdown)
+    return MessagePart(
         text,
         tuple(
             Entity(e.type, e.offset, e.length, e.url, e.language, e.custom_emoji_id)
@@ -38,11 +45,11 @@ def render_markdown(markdown: str) -> Piece:
     )
 
 
-def _with_note(pieces: list[Piece], note: str) -> list[Piece]:
+def _with_note(pieces: list[MessagePart], note: str) -> list[MessagePart]:
     if not note:
         return pieces
     if not pieces:
-        return [Piece(note)]
+        return [MessagePart(note)]
     return [*pieces[:-1], pieces[-1].with_note(note)]
 
 
@@ -50,17 +57,17 @@ def _limit(note: str, limit: int) -> int:
     return limit - (utf16_len(note) + _NOTE_ROOM if note else 0)
 
 
-def final_pieces(markdown: str, note: str = "", limit: int = MAX_MESSAGE) -> list[Piece]:
+def final_pieces(markdown: str, note: str = "", limit: int = MAX_MESSAGE) -> list[MessagePart]:
     """The finished reply as formatted messages, `note` (a finish mark) closing the last."""
     rendered = render_markdown(markdown)
     pieces = split_text(rendered.text, _limit(note, limit), rendered.entities)
     return _with_note(pieces, note)
 
 
-def plain_pieces(markdown: str, note: str = "", limit: int = MAX_MESSAGE) -> list[Piece]:
+def plain_pieces(markdown: str, note: str = "", limit: int = MAX_MESSAGE) -> list[MessagePart]:
     """The reply as plain text messages (streaming, and the fallback when formatting is
     refused): exactly the model's text, cut at the same kind of boundaries."""
-    pieces = [Piece(p) for p in split_markdown(markdown, _limit(note, limit))]
+    pieces = [MessagePart(p) for p in split_markdown(markdown, _limit(note, limit))]
     return _with_note(pieces, note)
 
 

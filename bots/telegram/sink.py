@@ -15,7 +15,7 @@ from typing import Any
 
 from bots.telegram.outbox import Outbox
 from bots.telegram.render import final_pieces, plain_pieces
-from bots.telegram.split import Piece
+from bots.telegram.split import MessagePart
 from bots.telegram.texts import t
 from bots.telegram.view import Placement, ReplyView
 from kullm_core import metrics
@@ -89,7 +89,7 @@ class TelegramSink:
         if text.strip():
             pieces, plain = final_pieces(text, note), plain_pieces(text, note)
         else:
-            pieces = plain = [Piece(note or t("empty_reply", self.lang))]
+            pieces = plain = [MessagePart(note or t("empty_reply", self.lang))]
         if not await self.view.final(pieces, plain):
             return False
         self.view.when_settled(lambda edits: metrics.delivered("telegram", edits))
@@ -98,12 +98,12 @@ class TelegramSink:
         return True
 
     async def fail(self, text: str, message: str) -> None:
-        pieces = plain_pieces(text, message) if text.strip() else [Piece(message)]
+        pieces = plain_pieces(text, message) if text.strip() else [MessagePart(message)]
         await self.view.final(pieces, pieces)
         log.info("job %s: error shown in chat %s", self.place.job_id, self.place.chat_id)
 
     async def notice(self, text: str) -> None:
-        await self.view.final([Piece(text)], [Piece(text)])
+        await self.view.final([MessagePart(text)], [MessagePart(text)])
 
     def state(self) -> dict[str, Any]:
         p = self.place

@@ -38,14 +38,14 @@ class Entity:
 
 
 @dataclass(frozen=True)
-class Piece:
+class MessagePart:
     """One message: its text and entities."""
 
     text: str
     entities: tuple[Entity, ...] = ()
 
-    def with_note(self, note: str) -> Piece:
-        return Piece(f"{self.text}\n\n{note}" if self.text else note, self.entities)
+    def with_note(self, note: str) -> MessagePart:
+        return MessagePart(f"{self.text}\n\n{note}" if self.text else note, self.entities)
 
 
 def utf16_len(text: str) -> int:
@@ -160,7 +160,7 @@ def split_text(
     limit: int = MAX_MESSAGE,
     entities: tuple[Entity, ...] = (),
     protected: list[tuple[int, int]] | None = None,
-) -> list[Piece]:
+) -> list[MessagePart]:
     """Cut `text` (with its entities) into pieces of at most `limit` UTF-16 units.
 
     `protected` spans (Python indices) are kept whole when they fit a message. Code
@@ -177,7 +177,7 @@ def split_text(
                 b = bisect.bisect_left(off, e.offset + e.length)
                 spans.append((a, b))
     cutter = _Cutter(text, limit, spans)
-    pieces: list[Piece] = []
+    pieces: list[MessagePart] = []
     start = cutter.next_start(0)
     while start < len(text):
         end = cutter.cut(start)
@@ -186,7 +186,7 @@ def split_text(
             stop -= 1
         if stop > start:
             lo, hi = cutter.off[start], cutter.off[stop]
-            pieces.append(Piece(text[start:stop], _clip(entities, lo, hi)))
+            pieces.append(MessagePart(text[start:stop], _clip(entities, lo, hi)))
         start = cutter.next_start(max(end, start + 1))
     return pieces
 

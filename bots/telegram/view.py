@@ -18,9 +18,9 @@ from typing import Literal
 from telegram import Bot, LinkPreviewOptions, ReplyParameters
 from telegram.error import BadRequest, EndPointNotFound
 
-from bots.telegram.outbox import Op, Outbox, Outcome
+from bots.telegram.outbox import Outbox, OutboxOp, SendResult
 from bots.telegram.render import plain_pieces, to_telegram
-from bots.telegram.split import Piece
+from bots.telegram.split import MessagePart
 from kullm_core import metrics
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class ReplyView:
         async with self._lock:
             if self.rec.mode == "draft":
                 self.rec.mode = "edit"  # the placeholder message becomes the reply
-            await self._show([Piece(text)], must=False)
+            await self._show([MessagePart(text)], must=False)
 
     async def interim(self, markdown: str) -> None:
         """The reply so far, as plain text: frozen parts as messages, the tail as a draft
@@ -100,7 +100,7 @@ class ReplyView:
             else:
                 await self._show(pieces, must=False, trim=False)
 
-    async def final(self, pieces: list[Piece], plain: list[Piece]) -> bool:
+    async def final(self, pieces: list[MessagePart], plain: list[MessagePart]) -> bool:
         """Show the finished reply; `plain` when Telegram refuses the formatting.
         Returns False when it could not be shown at all."""
         async with self._lock:
@@ -115,7 +115,7 @@ class ReplyView:
 
     # -- reconciling messages with pieces --------------------------------------------------
 
-    async def _show(self, pieces: list[Piece], must: bool, trim: bool = True) -> bool | None:
+    async def _show(self, pieces: list[MessagePart], must: bool, trim: bool = True) -> bool | None:
         """Make message i show piece i; extra messages are deleted when `trim`.
         None: Telegram refused the formatting. False: a piece could not be shown."""
         ok = True
@@ -135,17 +135,17 @@ class ReplyView:
                 await self.outbox.run(self._delete_op(mid))
         return ok
 
-    async def _edit(self, i: int, piece: Piece, must: bool) -> Outcome:
+    async def _edit(self, i: int, piece: MessagePart, must: bool) -> SendResult:
         mid = self.rec.message_ids[i]
         key, fp = f"m{mid}", (piece.text, piece.entities)
         if self._shown.get(key) == fp:
-            return Outcome(True, skipped=True)
+            return SendResult(True, skipped=True)
         self._shown[key] = fp
         future = self.outbox.submit(self._edit_op(mid, piece, key, fp, must))
         if not must:  # streaming: fire and forget, the outbox merges what piles up
             self._unsettled += 1
             future.add_done_callback(lambda f: self._forget_failed(key, fp, f))
-            return Outcome(True)
+            return SendResult(True)
         outcome = await future
         self._landed(outcome, edit=True)
         if not outcome.ok:
@@ -155,7 +155,7 @@ class ReplyView:
             return await self._send(piece, must, at=i)
         return outcome
 
-    def _forget_failed(self, key: str, fp: Hashable, future: asyncio.Future[Outcome]) -> None:
+    def _forget_failed(self, key: str, fp: Hashable, future: asyncio.Future[SendResult]) -> None:
         self._landed(future.result(), edit=True, settles=True)
         if not future.result().ok and self._shown.get(key) == fp:
             self._shown.pop(key, None)
@@ -166,7 +166,7 @@ class ReplyView:
         self._on_settled = report
         self._report_if_settled()
 
-    def _landed(self, outcome: Outcome, edit: bool, settles: bool = False) -> None:
+    def _landed(self, outcome: SendResult, edit: bool, settles: bool = False) -> None:
         """A call was answered: count edits, time the reply's first text."""
         self._unsettled -= settles
         if outcome.ok and not outcome.skipped:
@@ -181,7 +181,7 @@ class ReplyView:
             report, self._on_settled = self._on_settled, None
             report(self.edits)
 
-    async def _send(self, piece: Piece, must: bool, at: int | None = None) -> Outcome:
+    async def _send(self, piece: MessagePart, must: bool, at: int | None = None) -> SendResult:
         ids = self.rec.message_ids
         at = len(ids) if at is None else at
         reply_to = ids[at - 1] if at > 0 else self.rec.reply_to
@@ -196,7 +196,7 @@ class ReplyView:
             self._landed(outcome, edit=False)
         return outcome
 
-    def _draft(self, piece: Piece) -> None:
+    def _draft(self, piece: MessagePart) -> None:
         key, fp = f"d{self.rec.draft_id}", (piece.text,)
         if self._shown.get(key) == fp:
             return
@@ -205,7 +205,7 @@ class ReplyView:
         self._unsettled += 1
         future.add_done_callback(self._draft_done)
 
-    def _draft_done(self, future: asyncio.Future[Outcome]) -> None:
+    def _draft_done(self, future: asyncio.Future[SendResult]) -> None:
         outcome = future.result()
         self._landed(outcome, edit=True, settles=True)
         if outcome.ok:
@@ -218,7 +218,9 @@ class ReplyView:
 
     # -- the Bot API calls -----------------------------------------------------------------
 
-    def _send_op(self, piece: Piece, reply_to: int | None, must: bool, priority: int) -> Op:
+    def _send_op(
+        self, piece: MessagePart, reply_to: int | None, must: bool, priority: int
+    ) -> OutboxOp:
         rec = self.rec
         reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
 
@@ -229,9 +231,11 @@ class ReplyView:
                 link_preview_options=_NO_PREVIEW,
             )
 
-        return Op(rec.chat_id, call, "sendMessage", must=must, priority=priority)
+        return OutboxOp(rec.chat_id, call, "sendMessage", must=must, priority=priority)
 
-    def _edit_op(self, mid: int, piece: Piece, key: str, fp: Hashable, must: bool) -> Op:
+    def _edit_op(
+        self, mid: int, piece: MessagePart, key: str, fp: Hashable, must: bool
+    ) -> OutboxOp:
         chat_id = self.rec.chat_id
 
         async def call(bot: Bot) -> object:
@@ -240,10 +244,10 @@ class ReplyView:
                 entities=to_telegram(piece.entities), link_preview_options=_NO_PREVIEW,
             )
 
-        return Op(chat_id, call, "editMessageText", key=key, fingerprint=fp, must=must,
-                  priority=1 if must else 2)
+        return OutboxOp(chat_id, call, "editMessageText", key=key, fingerprint=fp, must=must,
+                        priority=1 if must else 2)
 
-    def _draft_op(self, piece: Piece, key: str, fp: Hashable) -> Op:
+    def _draft_op(self, piece: MessagePart, key: str, fp: Hashable) -> OutboxOp:
         rec = self.rec
 
         async def call(bot: Bot) -> object:
@@ -252,13 +256,13 @@ class ReplyView:
             )
 
         first = not self.visible.is_set()
-        return Op(rec.chat_id, call, "sendMessageDraft", key=key, fingerprint=fp,
-                  priority=0 if first else 2)
+        return OutboxOp(rec.chat_id, call, "sendMessageDraft", key=key, fingerprint=fp,
+                        priority=0 if first else 2)
 
-    def _delete_op(self, mid: int) -> Op:
+    def _delete_op(self, mid: int) -> OutboxOp:
         chat_id = self.rec.chat_id
 
         async def call(bot: Bot) -> object:
             return await bot.delete_message(chat_id, mid)
 
-        return Op(chat_id, call, "deleteMessage", must=True, priority=1)
+        return OutboxOp(chat_id, call, "deleteMessage", must=True, priority=1)
