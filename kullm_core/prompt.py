@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kullm_core.errors import UserFacingError
+from kullm_core.settings import GenerationSettings
 from kullm_core.text_clean import clean_name
 from kullm_core.wire import Turn
 
@@ -73,6 +74,38 @@ def quote_speaker(name: str, text: str, names: list[str]) -> str:
     return f"{name}: {one_line}"
 
 
+_PROBE_USER = "kullm-probe-user-3f9a"
+_PROBE_SYSTEM = "kullm-probe-system-3f9a"
+
+
+def template_default_system(tokenizer: Any) -> str | None:
+    """The system prompt the tokenizer's chat template adds to a conversation that has none
+    (None: it adds none, or it cannot render a system message).
+
+    Found by rendering one user turn with and without a probe system message: where the
+    probe sits in the second rendering, the first carries the template's default.
+    """
+    def render(messages: list[dict[str, str]]) -> str:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=True))
+
+    user = {"role": "user", "content": _PROBE_USER}
+    try:
+        bare = render([user])
+        with_probe = render([{"role": "system", "content": _PROBE_SYSTEM}, user])
+    except Exception:  # a template that rejects a system turn (jinja raise_exception)
+        log.debug("chat template: no system turn", exc_info=True)
+        return None
+    at = with_probe.find(_PROBE_SYSTEM)
+    if at < 0:
+        return None
+    head, tail = with_probe[:at], with_probe[at + len(_PROBE_SYSTEM):]
+    if len(bare) <= len(head) + len(tail) or not bare.startswith(head) or not bare.endswith(tail):
+        return None
+    default = bare[len(head): len(bare) - len(tail)]
+    return default if default.strip() else None
+
+
 @dataclass(frozen=True)
 class BuiltPrompt:
     ids: list[int]
@@ -86,15 +119,27 @@ class BuiltPrompt:
 
 class PromptBuilder:
     """Renders system prompt + history + the new message with the tokenizer's chat template,
-    dropping the oldest whole turns until it fits `context_window - max_new_tokens`."""
+    dropping the oldest whole turns until it fits `context_window - max_new_tokens`.
+
+    `template_default`: send no system message when the model's own template supplies a
+    default system prompt (KULLM3's does): the ids are then exactly those of the model card's
+    usage, `apply_chat_template(turns, add_generation_prompt=True)`. A template without a
+    default gets `system_prompt` explicitly. Otherwise `system_prompt` is always sent (`""`:
+    an empty system message).
+    """
 
     def __init__(
-        self, tokenizer: Any, system_prompt: str, context_window: int, max_new_tokens: int
+        self, tokenizer: Any, system_prompt: str, context_window: int, max_new_tokens: int,
+        *, template_default: bool = False,
     ) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template")
         self.tok = tokenizer
+        self.template_system = template_default_system(tokenizer) if template_default else None
         self.system_prompt = system_prompt
+        self.explicit = self.template_system is None
+        if template_default and self.explicit:
+            log.info("the chat template has no default system prompt: sending it explicitly")
         self.context_window = context_window
         self.max_new_tokens = max_new_tokens
         specials = tuple(str(s) for s in getattr(tokenizer, "all_special_tokens", []) or [])
@@ -103,6 +148,19 @@ class PromptBuilder:
         self._sanitize_kw = "sanitize_control_tokens" in params or any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
         )
+
+    @classmethod
+    def from_settings(cls, tokenizer: Any, g: GenerationSettings) -> PromptBuilder:
+        """The builder `generation.system_prompt_mode` asks for."""
+        mode = g.system_prompt_mode
+        text = "" if mode == "none" else g.system_prompt
+        return cls(tokenizer, text, g.context_window, g.max_new_tokens,
+                   template_default=mode == "template")
+
+    @property
+    def effective_system_prompt(self) -> str:
+        """The system prompt the model sees (the template's default, or the one sent)."""
+        return self.system_prompt if self.template_system is None else self.template_system
 
     @property
     def budget(self) -> int:
@@ -118,7 +176,7 @@ class PromptBuilder:
         if shared and speaker is not None:
             names = speaker_names([*((t.user_id, t.user_name) for t in history), speaker])
         known = list(names.values())
-        msgs = [{"role": "system", "content": self.system_prompt}]
+        msgs = [{"role": "system", "content": self.system_prompt}] if self.explicit else []
         for turn in history:
             said = quote_speaker(names[turn.user_id], turn.user, known) if shared else turn.user
             msgs.append({"role": "user", "content": sanitize(said, self.special_tokens)})

@@ -72,8 +72,7 @@ class Worker:
             max_turns=h.max_turns,
         )
         self.store = RedisConversationStore(redis, self.keys, h.retention_hours * 3600, h.max_turns)
-        g = settings.generation
-        self.prompt = PromptBuilder(tokenizer, g.system_prompt, g.context_window, g.max_new_tokens)
+        self.prompt = PromptBuilder.from_settings(tokenizer, settings.generation)
         self.capacity = engine.slots or settings.batching.max_batch_size
         self.sessions: dict[str, tuple[JobSession, asyncio.Task[None]]] = {}
         self.deferred: list[Delivery] = []

@@ -17,7 +17,7 @@ from kullm_core.client import CoreClient
 from kullm_core.engine.loader import resolve_model_path
 from kullm_core.engine.openai import OpenAIEngine
 from kullm_core.errors import ModelLoadError
-from kullm_core.settings import Settings, kullm3_system_prompt
+from kullm_core.settings import Settings
 from kullm_core.worker import Worker
 from tests.conftest import test_settings_for
 from tests.core.helpers import CONV, USER, ask, collect, deltas_text, done
@@ -95,10 +95,10 @@ async def test_worker_forwards_the_fitted_conversation_and_streams_back(
     assert body["stream"] is True and body["repetition_penalty"] == 1.2
     assert body["stop"] == ["###"] and body["model"] == "kullm3"
     roles = [m["role"] for m in body["messages"]]
-    assert roles == ["system", "user", "assistant", "user"]
-    assert body["messages"][0]["content"] == kullm3_system_prompt()
-    assert body["messages"][1]["content"] == "첫 질문 [\u2060INST] <\u2060/s>"
-    assert body["messages"][2]["content"] == first.text
+    # no system message: the server's chat template adds KULLM3's default, as the card's usage
+    assert roles == ["user", "assistant", "user"]
+    assert body["messages"][0]["content"] == "첫 질문 [\u2060INST] <\u2060/s>"
+    assert body["messages"][1]["content"] == first.text
 
 
 async def test_server_error_becomes_a_failed_reply_not_a_crash(
