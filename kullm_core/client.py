@@ -13,6 +13,7 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
+from kullm_core.helpdesk.store import HelpdeskStore
 from kullm_core.keys import Keys
 from kullm_core.limits import Limiter
 from kullm_core.queue import EnqueueResult, RedisJobQueue
@@ -67,6 +68,7 @@ class CoreClient:
             redis, self.keys, retention_s, settings.history.max_turns
         )
         self.limiter = Limiter(redis, self.keys, settings.limits)
+        self.helpdesk = HelpdeskStore(redis, self.keys, retention_s)
         self._forget_hooks: list[ForgetHook] = []
 
     async def __aenter__(self) -> CoreClient:
@@ -231,6 +233,7 @@ class CoreClient:
                 await self.cancel_job(job_id)
             await self._settle(running)
         turns = await self.store.forget_user(platform, user_id, jobs)
+        await self.helpdesk.forget_user(platform, user_id)
         for hook in self._forget_hooks:
             await hook(platform, user_id)
         return turns

@@ -31,6 +31,16 @@
 |                             |        | by each send (`kullm_core.budget`; no text); with   |
 |                             |        | `:pause` (Retry-After), `:line`/`:alive` (stale_s + |
 |                             |        | 1 s) and `:served` (window + stale_s) beside it     |
+| {p}:hd:exch:{job_id}        | string | history.retention_hours: a finished reply's Exchange |
+| {p}:hd:fb:{job_id}          | hash   | history.retention_hours: rater -> Feedback          |
+| {p}:hd:esc:{escalation_id}  | string | history.retention_hours: an Escalation             |
+| {p}:hd:user:{platform}:{id} | set    | history.retention_hours, sliding: the helpdesk keys |
+|                             |        | holding the user's data, so /forget finds them      |
+| {p}:hd:chan:{channel}       | string | none: an admin's ChannelConfig (configuration)      |
+| {p}:hd:stats:{day}          | hash   | STATS_TTL_S: `{channel}|{metric}` -> count (no text) |
+| {p}:hd:ttfv:{day}:{channel} | list   | STATS_TTL_S: seconds to first visible text, capped  |
+| {p}:hd:solve:{what}:{day}:…| list   | STATS_TTL_S: seconds to first human reply / resolve |
+| {p}:hd:users:{day}:{channel}| hll    | STATS_TTL_S: distinct askers (HyperLogLog: no ids)  |
 | {p}:tg:* / {p}:slack:*      | any    | adapter state, built with `Keys.adapter`; each key's |
 |                             |        | lifetime is documented where the adapter defines it |
 """
@@ -133,3 +143,42 @@ class Keys:
     def budget(self, namespace: str, bucket: str) -> str:
         """`kullm_core.budget`: one send-budget bucket of a platform account (bot, app)."""
         return f"{self.prefix}:{namespace}:budget:{bucket}"
+
+    # -- the team helpdesk (`kullm_core.helpdesk`) ---------------------------------------------
+
+    def exchange(self, job_id: str) -> str:
+        return f"{self.prefix}:hd:exch:{job_id}"
+
+    def feedback(self, job_id: str) -> str:
+        return f"{self.prefix}:hd:fb:{job_id}"
+
+    def escalation(self, escalation_id: str) -> str:
+        return f"{self.prefix}:hd:esc:{escalation_id}"
+
+    def helpdesk_user(self, platform: str, user_id: str) -> str:
+        return f"{self.prefix}:hd:user:{platform}:{user_id}"
+
+    def channel_config(self, channel: str) -> str:
+        return f"{self.prefix}:hd:chan:{channel}"
+
+    def channel_config_pattern(self) -> str:
+        return f"{self.prefix}:hd:chan:*"
+
+    def stats(self, day: str) -> str:
+        return f"{self.prefix}:hd:stats:{day}"
+
+    def stats_ttfv(self, day: str, channel: str) -> str:
+        return f"{self.prefix}:hd:ttfv:{day}:{channel}"
+
+    def stats_solve(self, day: str, channel: str, what: str) -> str:
+        """`what`: `first` (time to the first human reply) or `resolved`."""
+        return f"{self.prefix}:hd:solve:{what}:{day}:{channel}"
+
+    def stats_users(self, day: str, channel: str) -> str:
+        return f"{self.prefix}:hd:users:{day}:{channel}"
+
+
+STATS_TTL_S = 400 * 86400
+"""Helpdesk statistics hold counts and durations only (no text, no ids): kept 400 days."""
+STATS_SAMPLES = 5000
+"""Per day and channel, the durations kept for medians and p95 (the latest ones)."""

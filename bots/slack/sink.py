@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from bots.slack.calls import handle_error, run_op
@@ -20,6 +21,7 @@ from bots.slack.scheduler import Op, Scheduler
 from bots.slack.target import Target
 from bots.slack.texts import st
 from kullm_core import metrics
+from kullm_core.helpdesk.actions import Action
 from kullm_core.replies import Save
 from kullm_core.wire import ReplyRecord
 
@@ -56,7 +58,7 @@ class SlackReply(Reply):
     async def progress(self, text: str) -> None:
         self.show(text)
 
-    async def finish(self, text: str, note: str) -> bool:
+    async def finish(self, text: str, note: str, actions: Sequence[Action] = ()) -> bool:
         if not text.strip() and not note:
             note = st("empty_reply", self.target.lang)
         self.end(text, note)

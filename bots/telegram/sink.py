@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from bots.telegram.outbox import Outbox
@@ -19,6 +20,7 @@ from bots.telegram.split import MessagePart
 from bots.telegram.texts import t
 from bots.telegram.view import Placement, ReplyView
 from kullm_core import metrics
+from kullm_core.helpdesk.actions import Action
 from kullm_core.replies import Save
 from kullm_core.wire import ReplyRecord
 
@@ -85,7 +87,7 @@ class TelegramSink:
     async def progress(self, text: str) -> None:
         await self.view.interim(text)
 
-    async def finish(self, text: str, note: str) -> bool:
+    async def finish(self, text: str, note: str, actions: Sequence[Action] = ()) -> bool:
         if text.strip():
             pieces, plain = final_pieces(text, note), plain_pieces(text, note)
         else:
