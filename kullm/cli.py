@@ -13,6 +13,7 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
+from kullm import helpdesk_cli
 from kullm.logs import setup_logging
 from kullm.runtime import open_redis
 from kullm_core.client import CoreClient
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     h = add("history", "list conversations, or print one as JSON",
             "List stored conversation keys, or print one conversation as JSON (export).")
     h.add_argument("conversation", nargs="?", help="conversation key; omit to list keys")
+    helpdesk_cli.add_parsers(add)
     return p
 
 
@@ -115,6 +117,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await _check(settings)
     if args.cmd == "history":
         return await _history(settings, args.conversation)
+    if args.cmd in helpdesk_cli.COMMANDS:
+        return await helpdesk_cli.run(args, settings)
     if args.cmd in ("telegram", "slack"):
         from kullm import adapters
 

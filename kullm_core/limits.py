@@ -83,6 +83,11 @@ class Limiter:
             return True
         return not user_names(user, workspace).isdisjoint(s.allowed_users)
 
+    async def used_today(self, who: str, now: float | None = None) -> int:
+        """Tokens `who` (``platform:id``, the quota key's owner) used today (UTC)."""
+        day = time.strftime("%Y%m%d", time.gmtime(time.time() if now is None else now))
+        return int(await self.r.get(self.keys.quota(who, day)) or 0)
+
     async def check(
         self, user: UserRef, now: float | None = None, workspace: str = ""
     ) -> ErrorEvent | None:
