@@ -8,6 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from kullm_core import metrics
 from kullm_core.client import CoreClient
 from kullm_core.helpdesk.channels import ChannelModes, Seen, should_answer
 from kullm_core.helpdesk.store import HelpdeskStore, asker_of
@@ -72,6 +73,8 @@ class Helpdesk:
             log.info("job %s: rating on an answer that is gone (forgotten or expired)", job_id)
             return Rated(t("hd.gone", lang), ok=False)
         _, before = got
+        if before != rating:
+            metrics.rated(rater.platform, rating)
         key = "hd.rated_again" if before is not None and before != rating else "hd.rated"
         return Rated(t(key, lang, rating="👍" if rating == "up" else "👎"), ok=True,
                      ask_comment=rating == "down")
@@ -104,6 +107,8 @@ class Helpdesk:
                          asker=asker_of(conv, asker), asker_name=asker.name,
                          question=question[:1500], job_id=job_id, link=link)
         esc, opened = await self.store.open_escalation(esc, asker)
+        if opened:
+            metrics.escalated(conv.platform)
         cfg = await self.modes.get(channel)
         log.info("escalation %s in %s: %s", esc.id, channel, "opened" if opened else "open")
         return Handoff(esc, opened, cfg)
@@ -129,6 +134,7 @@ class Helpdesk:
         done = await self.store.resolve(escalation_id, asker_of(esc.conversation, user))
         if done is None:
             return None, t("hd.already_resolved", user.lang)
+        metrics.resolved(esc.conversation.platform)
         took = time.time() - done.opened_at
         log.info("escalation %s resolved after %.0f s", escalation_id, took)
         return done, t("hd.resolved", user.lang, name=user.name or user.id)

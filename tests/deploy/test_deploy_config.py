@@ -42,6 +42,8 @@ METRICS = {
     "kullm_adapter_messages_received_total", "kullm_adapter_replies_delivered_total",
     "kullm_adapter_platform_calls_total", "kullm_adapter_platform_429_total",
     "kullm_adapter_first_text_seconds", "kullm_adapter_edits_per_reply",
+    "kullm_helpdesk_ratings_total", "kullm_helpdesk_escalations_total",
+    "kullm_helpdesk_resolved_total",
 }
 HISTOGRAMS = {"kullm_first_token_seconds", "kullm_token_seconds",
               "kullm_adapter_first_text_seconds", "kullm_adapter_edits_per_reply"}
