@@ -21,16 +21,26 @@ from kullm_core.settings import Settings
 from kullm_core.store import RedisConversationStore
 from kullm_core.streams import ReplyStreams
 from kullm_core.text_clean import clean_text
-from kullm_core.wire import ConversationRef, ErrorEvent, Event, Job, Turn, UserRef
+from kullm_core.wire import ConversationRef, ErrorEvent, Event, Job, Quoted, Turn, UserRef
 
 log = logging.getLogger(__name__)
 
 MAX_USER_TEXT = 16000
+MAX_CONTEXT = 50
 _USER_JOBS_TTL_S = 86400
 _SETTLE_S = 10.0
 
 ForgetHook = Callable[[str, str], Awaitable[object]]
 """An adapter's own part of /forget: called with (platform, user id)."""
+
+
+def _cleaned(context: list[Quoted]) -> list[Quoted]:
+    out = []
+    for q in context[-MAX_CONTEXT:]:
+        text = clean_text(q.text).strip()[:MAX_USER_TEXT]
+        if text:
+            out.append(q.model_copy(update={"text": text}))
+    return out
 
 
 @dataclass(frozen=True)
@@ -88,8 +98,11 @@ class CoreClient:
         *,
         replace_last: bool = False,
         check_limits: bool = True,
+        context: list[Quoted] | None = None,
     ) -> Submission:
-        """Queue a message for an answer. Idempotent on `source_id` (the platform message id)."""
+        """Queue a message for an answer. Idempotent on `source_id` (the platform message id).
+        `context`: others' messages quoted into the prompt (cleaned like the text; at most
+        `MAX_CONTEXT` of them, the newest, and `MAX_USER_TEXT` characters each)."""
         job_id = Job.id_for(source_id)
         text = clean_text(text).strip()
         if not text:
@@ -114,6 +127,7 @@ class CoreClient:
             text=text,
             replace_last=replace_last,
             meta=meta or {},
+            context=_cleaned(context or []),
         )
         res: EnqueueResult = await self.queue.enqueue(job)
         if res.status == "busy":

@@ -8,13 +8,14 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kullm_core.errors import UserFacingError
 from kullm_core.settings import GenerationSettings
 from kullm_core.text_clean import clean_name
-from kullm_core.wire import Turn
+from kullm_core.wire import Quoted, Turn
 
 log = logging.getLogger(__name__)
 
@@ -167,24 +168,43 @@ class PromptBuilder:
         return self.context_window - self.max_new_tokens
 
     def messages(
-        self, history: list[Turn], text: str, speaker: Speaker | None = None
+        self, history: list[Turn], text: str, speaker: Speaker | None = None,
+        context: Sequence[Quoted] = (),
     ) -> list[dict[str, str]]:
         """Chat messages. In a conversation several people share (a helpdesk thread), each
-        user message is prefixed with its author's name so the model knows who asks."""
-        shared = speaker is not None and len({t.user_id for t in history} | {speaker[0]}) > 1
+        user message is prefixed with its author's name so the model knows who asks.
+
+        `context`: messages of other people the bot was not asked about (the earlier human
+        messages of a Slack thread, the message a Telegram question replies to). Each goes,
+        quoted under its author's name, into the user message that followed it in time."""
+        people = [*((t.user_id, t.user_name) for t in history),
+                  *((q.user_id, q.name) for q in context)]
+        shared = speaker is not None and (
+            bool(context) or len({uid for uid, _ in people} | {speaker[0]}) > 1)
         names: dict[str, str] = {}
         if shared and speaker is not None:
-            names = speaker_names([*((t.user_id, t.user_name) for t in history), speaker])
+            names = speaker_names([*people, speaker])
         known = list(names.values())
+        pending = sorted(context, key=lambda q: q.at)
+
+        def said(uid: str, body: str, until: float | None) -> str:
+            nonlocal pending
+            if not shared:
+                return body
+            before = [q for q in pending if until is None or q.at <= until]
+            pending = [q for q in pending if q not in before]
+            lines = [quote_speaker(names[q.user_id], q.text, known) for q in before]
+            return "\n".join([*lines, quote_speaker(names[uid], body, known)])
+
         msgs = [{"role": "system", "content": self.system_prompt}] if self.explicit else []
         for turn in history:
-            said = quote_speaker(names[turn.user_id], turn.user, known) if shared else turn.user
-            msgs.append({"role": "user", "content": sanitize(said, self.special_tokens)})
+            msgs.append({"role": "user", "content": sanitize(
+                said(turn.user_id, turn.user, turn.at), self.special_tokens)})
             msgs.append(
                 {"role": "assistant", "content": sanitize(turn.assistant, self.special_tokens)}
             )
-        if shared and speaker is not None:
-            text = quote_speaker(names[speaker[0]], text, known)
+        if speaker is not None:
+            text = said(speaker[0], text, None)
         msgs.append({"role": "user", "content": sanitize(text, self.special_tokens)})
         return msgs
 
@@ -201,29 +221,41 @@ class PromptBuilder:
         return [int(i) for i in ids]
 
     def build(
-        self, history: list[Turn], text: str, speaker: Speaker | None = None
+        self, history: list[Turn], text: str, speaker: Speaker | None = None,
+        context: Sequence[Quoted] = (),
     ) -> BuiltPrompt:
-        """Fit and render. Raises `UserFacingError('too_long')` if the new message alone
-        (with the system prompt) cannot fit."""
+        """Fit and render: the oldest turns and quoted messages are dropped first, in time
+        order, the new message never. Raises `UserFacingError('too_long')` if the new
+        message alone (with the system prompt) cannot fit."""
         alone = self.render_ids(self.messages([], text))
         if len(alone) > self.budget:
             raise UserFacingError(
                 "too_long", f"prompt needs {len(alone)} tokens, budget {self.budget}",
                 tokens=len(alone), limit=self.budget,
             )
-        # Fewest dropped turns that fit: token count only shrinks as turns are dropped.
-        lo, hi = 0, len(history)
-        best: list[int] | None = alone if not history else None
+        items: list[Turn | Quoted] = sorted([*history, *context], key=lambda x: x.at)
+
+        def kept(drop: int) -> tuple[list[Turn], list[Quoted]]:
+            rest = items[drop:]
+            return ([x for x in history if x in rest],
+                    [q for q in context if q in rest])
+
+        # Fewest dropped items that fit: token count only shrinks as items are dropped.
+        lo, hi = 0, len(items)
+        best: list[int] | None = alone if not items else None
         while lo < hi:
             mid = (lo + hi) // 2
-            ids = self.render_ids(self.messages(history[mid:], text, speaker))
+            turns, quoted = kept(mid)
+            ids = self.render_ids(self.messages(turns, text, speaker, quoted))
             if len(ids) <= self.budget:
                 hi, best = mid, ids
             else:
                 lo = mid + 1
-        if best is None:  # no turn of history fits beside the new message
-            best = alone
-        kept = history[lo:]
+        turns, quoted = kept(lo)
+        if best is None:  # nothing of the history fits beside the new message
+            best, turns, quoted = alone, [], []
+        dropped = len(history) - len(turns)
         if lo:
-            log.debug("dropped %d oldest turns to fit %d tokens", lo, self.budget)
-        return BuiltPrompt(best, self.messages(kept, text, speaker), lo)
+            log.debug("dropped %d oldest turns and %d quoted messages to fit %d tokens",
+                      dropped, len(context) - len(quoted), self.budget)
+        return BuiltPrompt(best, self.messages(turns, text, speaker, quoted), dropped)

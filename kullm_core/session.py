@@ -117,7 +117,8 @@ class JobSession:
             if job.replace_last and history:
                 history = history[:-1]
             speaker = (job.user.id, job.user.name)
-            built = await asyncio.to_thread(self.prompt.build, history, job.text, speaker)
+            built = await asyncio.to_thread(self.prompt.build, history, job.text, speaker,
+                                            job.context)
         except UserFacingError as exc:
             log.info("job %s: refused (%s: %s)", job.id, exc.kind, exc)
             refusal = ErrorEvent(kind=exc.kind, params=exc.params)  # type: ignore[arg-type]

@@ -51,6 +51,17 @@ class UserRef(_Wire):
     lang: str = "ko"
 
 
+class Quoted(_Wire):
+    """A message of someone else that gives a question its context (a Slack thread's
+    earlier human messages, the Telegram message a question replies to)."""
+
+    user_id: str
+    name: str = ""
+    text: str
+    at: float = 0.0
+    """When it was written (orders it among the conversation's turns)."""
+
+
 class Job(_Wire):
     """One user message to answer."""
 
@@ -66,6 +77,8 @@ class Job(_Wire):
     """Regenerate: the answer replaces the conversation's last turn (`/retry`)."""
     meta: dict[str, str] = Field(default_factory=dict)
     """Opaque routing data for the adapter that delivers the reply (chat ids, thread ts...)."""
+    context: list[Quoted] = Field(default_factory=list)
+    """Messages of others quoted into the prompt (see `Quoted`); not stored in history."""
 
     @staticmethod
     def id_for(source_id: str) -> str:
@@ -159,6 +172,7 @@ class ReplyRequest(_Wire):
     kind: Literal["ask", "retry"] = "ask"
     text: str = ""
     meta: dict[str, str] = Field(default_factory=dict)
+    context: list[Quoted] = Field(default_factory=list)
 
 
 class ReplyRecord(_Wire):
@@ -191,11 +205,13 @@ class ReplyRecord(_Wire):
     @classmethod
     def ask(cls, conv: ConversationRef, user: UserRef, source_id: str, text: str,
             target: dict[str, Any], *, kind: Literal["ask", "retry"] = "ask",
-            meta: dict[str, str] | None = None) -> ReplyRecord:
+            meta: dict[str, str] | None = None,
+            context: list[Quoted] | None = None) -> ReplyRecord:
         """A new reply to a user's message (`kind="retry"`: regenerate the last answer)."""
         return cls(job_id=Job.id_for(source_id), source_id=source_id, conversation=conv,
                    user=user, target=target,
-                   request=ReplyRequest(kind=kind, text=text, meta=meta or {}))
+                   request=ReplyRequest(kind=kind, text=text, meta=meta or {},
+                                        context=context or []))
 
 
 def parse_reply_record(raw: str | bytes) -> ReplyRecord:

@@ -171,8 +171,10 @@ class ReplyRun:
         req = rec.request
         if req is not None and req.kind == "retry":
             return await client.retry(rec.conversation, rec.user, rec.source_id, req.meta)
-        text, meta = (req.text, req.meta) if req is not None else ("", {})
-        return await client.submit(rec.conversation, rec.user, text, rec.source_id, meta)
+        if req is None:
+            return await client.submit(rec.conversation, rec.user, "", rec.source_id, {})
+        return await client.submit(rec.conversation, rec.user, req.text, rec.source_id, req.meta,
+                                   context=req.context)
 
     async def submit(self) -> bool | None:
         """One try: True accepted, False over (the user was told why), None the queue is
