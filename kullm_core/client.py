@@ -113,12 +113,15 @@ class CoreClient:
                 "rejected",
                 error=ErrorEvent(kind="too_long", params={"limit": MAX_USER_TEXT}),
             )
+        max_tokens = 0
         if check_limits:
-            refusal = await self.limiter.check(user, workspace=conv.workspace)
-            if refusal is not None:
+            admitted = await self.limiter.admit(
+                user, job_id, self.settings.generation.max_new_tokens, workspace=conv.workspace)
+            if admitted.refusal is not None:
                 log.info("job %s: user %s:%s limited (%s)", job_id, user.platform, user.id,
-                         refusal.kind)
-                return Submission(job_id, "rejected", error=refusal)
+                         admitted.refusal.kind)
+                return Submission(job_id, "rejected", error=admitted.refusal)
+            max_tokens = admitted.max_tokens
         job = Job(
             id=job_id,
             source_id=source_id,
@@ -128,8 +131,11 @@ class CoreClient:
             replace_last=replace_last,
             meta=meta or {},
             context=_cleaned(context or []),
+            max_tokens=max_tokens,
         )
         res: EnqueueResult = await self.queue.enqueue(job)
+        if res.status != "queued" and max_tokens:
+            await self.limiter.release(user, job_id)
         if res.status == "busy":
             log.warning("job %s: queue full (%d waiting)", job_id, res.position)
             return Submission(

@@ -17,8 +17,10 @@
 | {p}:ujobs:{platform}:{user} | set    | 1 day + queue.reply_ttl_s, sliding: the user's job  |
 |                             |        | ids, so /forget finds their reply streams           |
 | {p}:worker:{worker_id}      | string | 3 heartbeats (health)                               |
-| {p}:rate:{user}:{minute}    | string | 2 minutes                                           |
-| {p}:quota:{user}:{day}      | string | 2 days                                              |
+| {p}:quota:{user}:{day}      | string | QUOTA_TTL_S (2 days): tokens generated that day     |
+| {p}:qres:{user}:{day}       | hash   | QUOTA_TTL_S: job -> tokens reserved (until it ends) |
+| {p}:uquota:{user}           | string | none: an admin's per-user daily limit (config)      |
+| {p}:rwin:{user}             | zset   | 1 minute: the moving window of the user's requests  |
 | {p}:seen:{platform}:{id}    | string | queue.dedupe_ttl_s (adapter update/event dedupe)    |
 | {p}:chan:cancel             | pubsub | (channel, nothing stored)                           |
 | {p}:positions               | string | 1.5 s (one worker at a time announces positions)    |
@@ -117,11 +119,17 @@ class Keys:
     def worker_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
 
-    def rate(self, user: str, minute: int) -> str:
-        return f"{self.prefix}:rate:{user}:{minute}"
-
     def quota(self, user: str, day: str) -> str:
         return f"{self.prefix}:quota:{user}:{day}"
+
+    def quota_reserved(self, user: str, day: str) -> str:
+        return f"{self.prefix}:qres:{user}:{day}"
+
+    def user_quota(self, user: str) -> str:
+        return f"{self.prefix}:uquota:{user}"
+
+    def request_window(self, user: str) -> str:
+        return f"{self.prefix}:rwin:{user}"
 
     def seen(self, platform: str, item_id: str) -> str:
         return f"{self.prefix}:seen:{platform}:{item_id}"
@@ -178,6 +186,8 @@ class Keys:
         return f"{self.prefix}:hd:users:{day}:{channel}"
 
 
+QUOTA_TTL_S = 2 * 86400
+"""A day's token counters outlive the day (UTC) they count."""
 STATS_TTL_S = 400 * 86400
 """Helpdesk statistics hold counts and durations only (no text, no ids): kept 400 days."""
 STATS_SAMPLES = 5000

@@ -79,6 +79,9 @@ class Job(_Wire):
     """Opaque routing data for the adapter that delivers the reply (chat ids, thread ts...)."""
     context: list[Quoted] = Field(default_factory=list)
     """Messages of others quoted into the prompt (see `Quoted`); not stored in history."""
+    max_tokens: int = 0
+    """Tokens the asker's daily quota reserved for this answer: it is generated with at most
+    that many (0: no quota applies)."""
 
     @staticmethod
     def id_for(source_id: str) -> str:
