@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bots.telegram.outbox import Outbox
-from bots.telegram.render import final_pieces, plain_pieces
+from bots.telegram.render import close_open_markup, final_pieces, plain_pieces
 from bots.telegram.split import MessagePart
 from bots.telegram.texts import t
 from bots.telegram.view import Placement, ReplyView
@@ -100,8 +100,12 @@ class TelegramSink:
         return True
 
     async def fail(self, text: str, message: str) -> None:
-        pieces = plain_pieces(text, message) if text.strip() else [MessagePart(message)]
-        await self.view.final(pieces, pieces)
+        if text.strip():  # formatted as it streamed: the spans it left open closed
+            closed = close_open_markup(text)
+            pieces, plain = final_pieces(closed, message), plain_pieces(text, message)
+        else:
+            pieces = plain = [MessagePart(message)]
+        await self.view.final(pieces, plain)
         log.info("job %s: error shown in chat %s", self.place.job_id, self.place.chat_id)
 
     async def notice(self, text: str) -> None:

@@ -78,8 +78,8 @@ def _safe_cut(text: str, pos: int, start: int) -> int:
     return pos
 
 
-def fenced_blocks(markdown: str) -> list[tuple[int, int]]:
-    """Spans of fenced code blocks in Markdown (an unclosed fence runs to the end)."""
+def _fences(markdown: str) -> tuple[list[tuple[int, int]], re.Match[str] | None]:
+    """Closed fenced code blocks, and the fence still open at the end (or None)."""
     spans: list[tuple[int, int]] = []
     opening: re.Match[str] | None = None
     for m in _FENCE.finditer(markdown):
@@ -88,9 +88,26 @@ def fenced_blocks(markdown: str) -> list[tuple[int, int]]:
         elif m.group(1)[0] == opening.group(1)[0] and len(m.group(1)) >= len(opening.group(1)):
             spans.append((opening.start(), m.end()))
             opening = None
+    return spans, opening
+
+
+def fenced_blocks(markdown: str) -> list[tuple[int, int]]:
+    """Spans of fenced code blocks in Markdown (an unclosed fence runs to the end)."""
+    spans, opening = _fences(markdown)
     if opening is not None:
         spans.append((opening.start(), len(markdown)))
     return spans
+
+
+def open_block_start(markdown: str) -> int | None:
+    """Where the Markdown's last block (text after the last blank line or code block) starts;
+    None while a fenced code block is still open (streamed text inside code)."""
+    spans, opening = _fences(markdown)
+    if opening is not None:
+        return None
+    start = spans[-1][1] if spans else 0
+    blanks = [m.end() for m in _PARAGRAPH.finditer(markdown, start)]
+    return blanks[-1] if blanks else start
 
 
 class _Cutter:

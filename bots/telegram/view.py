@@ -1,5 +1,8 @@
 """The Telegram messages that show one reply, kept in step with its text.
 
+The text is formatted while it streams (`render.streaming_pieces`), rendered as the finished
+reply will be; once Telegram refuses an interim formatting the rest of the stream is plain.
+
 Draft mode (private chats): the growing text is a native draft (`sendMessageDraft`) and the
 finished reply is sent as real messages. Edit mode (groups, or where drafts are refused): a
 first message is sent as soon as there is text and then edited as the text grows. Replies
@@ -19,7 +22,7 @@ from telegram import Bot, LinkPreviewOptions, ReplyParameters
 from telegram.error import BadRequest, EndPointNotFound
 
 from bots.telegram.outbox import Outbox, OutboxOp, SendResult
-from bots.telegram.render import plain_pieces, to_telegram
+from bots.telegram.render import plain_pieces, streaming_pieces, to_telegram
 from bots.telegram.split import MessagePart
 from kullm_core import metrics
 
@@ -72,6 +75,8 @@ class ReplyView:
         self._timed = bool(rec.message_ids)  # a resumed reply was first shown by another run
         self._unsettled = 0  # fire-and-forget calls not answered yet
         self._on_settled: Callable[[int], None] | None = None
+        self._plain = False
+        """Telegram refused an interim's formatting: stream the rest as plain text."""
 
     @property
     def drafting(self) -> bool:
@@ -87,18 +92,27 @@ class ReplyView:
             await self._show([MessagePart(text)], must=False)
 
     async def interim(self, markdown: str) -> None:
-        """The reply so far, as plain text: frozen parts as messages, the tail as a draft
+        """The reply so far, formatted: frozen parts as messages, the tail as a draft
         (draft mode) or as an edited message."""
-        pieces = plain_pieces(markdown)
-        if not pieces:
-            return
         async with self._lock:
+            pieces = plain_pieces(markdown) if self._plain else streaming_pieces(markdown)
+            if not pieces:
+                return
             self._texting = True
             if self.drafting:
-                await self._show(pieces[:-1], must=False, trim=False)
-                self._draft(pieces[-1])
+                shown = await self._show(pieces[:-1], must=False, trim=False)
+                if shown is not None:
+                    self._draft(pieces[-1])
             else:
-                await self._show(pieces, must=False, trim=False)
+                shown = await self._show(pieces, must=False, trim=False)
+            if shown is None:
+                self._refused_formatting()
+
+    def _refused_formatting(self) -> None:
+        if not self._plain:
+            log.info("job %s: interim formatting refused; streaming plain text",
+                     self.rec.job_id)
+        self._plain = True
 
     async def final(self, pieces: list[MessagePart], plain: list[MessagePart]) -> bool:
         """Show the finished reply; `plain` when Telegram refuses the formatting.
@@ -156,9 +170,12 @@ class ReplyView:
         return outcome
 
     def _forget_failed(self, key: str, fp: Hashable, future: asyncio.Future[SendResult]) -> None:
-        self._landed(future.result(), edit=True, settles=True)
-        if not future.result().ok and self._shown.get(key) == fp:
+        result = future.result()
+        self._landed(result, edit=True, settles=True)
+        if not result.ok and self._shown.get(key) == fp:
             self._shown.pop(key, None)
+        if result.refused(*_FORMAT_REFUSED):
+            self._refused_formatting()
 
     def when_settled(self, report: Callable[[int], None]) -> None:
         """Call `report(edits)` once no streamed call of this reply is still in the outbox
@@ -197,7 +214,7 @@ class ReplyView:
         return outcome
 
     def _draft(self, piece: MessagePart) -> None:
-        key, fp = f"d{self.rec.draft_id}", (piece.text,)
+        key, fp = f"d{self.rec.draft_id}", (piece.text, piece.entities)
         if self._shown.get(key) == fp:
             return
         self._shown[key] = fp
@@ -210,6 +227,9 @@ class ReplyView:
         self._landed(outcome, edit=True, settles=True)
         if outcome.ok:
             self.visible.set()
+        elif outcome.refused(*_FORMAT_REFUSED):
+            self._shown.pop(f"d{self.rec.draft_id}", None)
+            self._refused_formatting()
         elif isinstance(outcome.error, BadRequest | EndPointNotFound):
             log.info("chat %s: drafts refused (%s); editing messages instead",
                      self.rec.chat_id, outcome.error)
@@ -252,7 +272,8 @@ class ReplyView:
 
         async def call(bot: Bot) -> object:
             return await bot.send_message_draft(
-                rec.chat_id, rec.draft_id, piece.text, message_thread_id=rec.thread_id
+                rec.chat_id, rec.draft_id, piece.text, message_thread_id=rec.thread_id,
+                entities=to_telegram(piece.entities),
             )
 
         first = not self.visible.is_set()

@@ -4,8 +4,13 @@
 `{"ok": true, "result": ...}` or `{"ok": false, "error_code", "description", "parameters"}`
 like Telegram. It enforces the published flood limits (per chat, per group, overall) with
 429 + `retry_after`, and Telegram's refusals ("message is not modified", "can't parse
-entities", "message is too long", "message text is empty"). It records what users see: the
-bot's messages with their current text and entities, every edit, drafts and chat actions.
+entities", "message is too long", "message text is empty"). Formatting is checked as
+Telegram checks it, the whole call refused: entities of an unknown type, outside the text,
+or missing what their type needs (a `text_link`'s absolute URL, a `text_mention`'s user, a
+`custom_emoji`'s id), and `parse_mode` MarkdownV2 or HTML text with an unescaped reserved
+character, an entity never closed or an unknown tag. It records what users see: the bot's
+messages with their current text and entities, every edit (text and entities), drafts and
+chat actions.
 
 Users act through `send_text`, `send_sticker`, `press_button`...; updates go out through
 `getUpdates` long polling, or to a webhook once `setWebhook` is called.
@@ -17,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -107,6 +113,8 @@ class Msg:
     reply_markup: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     versions: list[str] = field(default_factory=list)
+    formats: list[list[dict[str, Any]]] = field(default_factory=list)
+    """The entities of each version."""
     deleted: bool = False
     update_id: int = 0
     date: int = field(default_factory=lambda: int(time.time()))
@@ -133,6 +141,117 @@ class Msg:
         if nested and parent is not None:
             out["reply_to_message"] = parent.json(msgs, nested=False)
         return out
+
+
+def _bad_entities(why: str) -> ApiError:
+    return ApiError(400, f"Bad Request: can't parse entities: {why}")
+
+
+_LINK_SCHEMES = ("http://", "https://", "tg://", "ton://")
+
+
+def _check_entity(e: dict[str, Any], length: int) -> None:
+    """One entity of the `entities` parameter, as Telegram checks it."""
+    kind, offset, size = e.get("type"), e.get("offset"), e.get("length")
+    if kind not in ENTITY_TYPES:
+        raise _bad_entities(f"unsupported entity type {kind!r}")
+    if not isinstance(offset, int) or not isinstance(size, int) or offset < 0 or size <= 0:
+        raise _bad_entities(f"bad entity offset or length in {e}")
+    if offset + size > length:
+        raise _bad_entities(f"entity beginning at UTF-16 offset {offset} ends after the end "
+                            f"of the text at UTF-16 offset {length}")
+    if kind == "text_link" and not str(e.get("url") or "").lower().startswith(_LINK_SCHEMES):
+        raise ApiError(400, f"Bad Request: wrong HTTP URL specified: {e.get('url')!r}")
+    if kind == "text_mention" and not isinstance(e.get("user"), dict):
+        raise _bad_entities("text_mention without a user")
+    if kind == "custom_emoji" and not e.get("custom_emoji_id"):
+        raise _bad_entities("custom_emoji without custom_emoji_id")
+
+
+_MDV2_RESERVED = set("_*[]()~`>#+-=|{}.!")
+_MDV2_PAIRED = ("||", "__", "*", "_", "~", "```", "`")
+_HTML_TAG = re.compile(r"<(/?)([a-zA-Z-]+)[^>]*>")
+_HTML_TAGS = frozenset({"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span",
+                        "tg-spoiler", "a", "code", "pre", "blockquote", "tg-emoji"})
+
+
+def _parse_markup(text: str, parse_mode: str) -> str:
+    """The text a `parse_mode` message shows; refused as Telegram refuses it."""
+    mode = parse_mode.lower()
+    if mode == "markdownv2":
+        return _parse_mdv2(text)
+    if mode == "html":
+        return _parse_html(text)
+    if mode == "markdown":
+        return text
+    raise ApiError(400, f"Bad Request: unsupported parse_mode {parse_mode!r}")
+
+
+def _parse_mdv2(text: str) -> str:
+    """MarkdownV2: every reserved character outside code and entity markers escaped, every
+    entity closed (a link is accepted as `[label](url)` without checking the URL)."""
+    out: list[str] = []
+    open_at: list[tuple[str, int]] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        byte_at = len(text[:i].encode("utf-8"))
+        if ch == "\\" and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 2
+            continue
+        code = open_at[-1][0] if open_at and open_at[-1][0].startswith("`") else ""
+        if code and not text.startswith(code, i):  # inside code only ` and \ are special
+            out.append(ch)
+            i += 1
+            continue
+        marker = next((m for m in _MDV2_PAIRED if text.startswith(m, i)), None)
+        if marker is not None:
+            if open_at and open_at[-1][0] == marker:
+                open_at.pop()
+            else:
+                open_at.append((marker, byte_at))
+            i += len(marker)
+            continue
+        if ch in "[](":  # a link's brackets; its URL runs to the next unescaped `)`
+            if ch == "(" and out and text[i - 1] == "]":
+                end = text.find(")", i)
+                if end < 0:
+                    raise _bad_entities(f"Can't find end of a URL at byte offset {byte_at}")
+                i = end + 1
+            else:
+                i += 1
+            continue
+        if ch in _MDV2_RESERVED:
+            raise _bad_entities(f"Character '{ch}' is reserved and must be escaped with the "
+                                "preceding '\\'")
+        out.append(ch)
+        i += 1
+    if open_at:
+        raise _bad_entities(f"Can't find end of the entity starting at byte offset "
+                            f"{open_at[0][1]}")
+    return "".join(out)
+
+
+def _parse_html(text: str) -> str:
+    stack: list[tuple[str, int]] = []
+    for m in _HTML_TAG.finditer(text):
+        closing, tag = m.group(1) == "/", m.group(2).lower()
+        at = len(text[: m.start()].encode("utf-8"))
+        if tag not in _HTML_TAGS:
+            raise _bad_entities(f'Unsupported start tag "{tag}" at byte offset {at}')
+        if not closing:
+            stack.append((tag, at))
+        elif not stack or stack[-1][0] != tag:
+            raise _bad_entities(f'Unexpected end tag at byte offset {at}')
+        else:
+            stack.pop()
+    if stack:
+        raise _bad_entities(f"Can't find end tag corresponding to start tag "
+                            f'"{stack[-1][0]}"')
+    plain = _HTML_TAG.sub("", text)
+    return plain.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace(
+        "&amp;", "&")
 
 
 class ApiError(Exception):
@@ -167,6 +286,8 @@ class FakeTelegram:
         self.calls: list[Call] = []
         self.violations: list[Call] = []
         self.drafts: dict[tuple[int, int], list[str]] = defaultdict(list)
+        self.draft_formats: dict[tuple[int, int], list[list[dict[str, Any]]]] = defaultdict(list)
+        """The entities of each draft in `drafts`."""
         self.actions: list[tuple[int, str, float]] = []
         self.commands: dict[str, list[dict[str, str]]] = {}
         self.answered_callbacks: list[dict[str, Any]] = []
@@ -413,7 +534,11 @@ class FakeTelegram:
             raise ApiError(400, "Bad Request: message thread not found")
         return int(thread)
 
-    def _check_text(self, text: str, entities: list[dict[str, Any]], parse_mode: str) -> None:
+    def _check_text(self, text: str, entities: list[dict[str, Any]], parse_mode: str) -> str:
+        """The text the message shows (a parse mode's markup removed; the entities it makes
+        are not recorded), or the refusal Telegram gives."""
+        if parse_mode:
+            text = _parse_markup(text, parse_mode)
         if not text.strip():
             raise ApiError(400, "Bad Request: message text is empty")
         length = len(text.encode("utf-16-le")) // 2
@@ -423,10 +548,8 @@ class FakeTelegram:
             raise ApiError(400, "Bad Request: can't parse entities: Unsupported start tag "
                                 "\"b\" at byte offset 0")
         for e in entities:
-            if e.get("type") not in ENTITY_TYPES or e.get("offset", -1) < 0 or (
-                e.get("length", 0) <= 0 or e["offset"] + e["length"] > length
-            ):
-                raise ApiError(400, f"Bad Request: can't parse entities: bad entity {e}")
+            _check_entity(e, length)
+        return text
 
     def _target_chat(self, params: dict[str, Any]) -> Chat:
         chat = self.chats.get(int(params["chat_id"]))
@@ -441,13 +564,13 @@ class FakeTelegram:
     async def api_sendMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         chat = self._target_chat(params)
         text, entities = str(params.get("text", "")), list(params.get("entities") or [])
-        self._check_text(text, entities, str(params.get("parse_mode", "")))
+        text = self._check_text(text, entities, str(params.get("parse_mode", "")))
         reply = params.get("reply_parameters") or {}
         thread = self._check_thread(chat, params.get("message_thread_id"))
         msg = self._new_msg(
             chat, BOT, text=text, entities=entities, thread_id=thread,
             reply_to=reply.get("message_id"), reply_markup=params.get("reply_markup"),
-            versions=[text],
+            versions=[text], formats=[entities],
         )
         return msg.json(self.msgs)
 
@@ -459,22 +582,24 @@ class FakeTelegram:
         if not msg.from_bot:
             raise ApiError(400, "Bad Request: message can't be edited")
         text, entities = str(params.get("text", "")), list(params.get("entities") or [])
-        self._check_text(text, entities, str(params.get("parse_mode", "")))
+        text = self._check_text(text, entities, str(params.get("parse_mode", "")))
         markup = params.get("reply_markup")
         if text == msg.text and entities == msg.entities and markup == msg.reply_markup:
             raise ApiError(400, NOT_MODIFIED)
         msg.text, msg.entities, msg.reply_markup = text, entities, markup
         msg.versions.append(text)
+        msg.formats.append(entities)
         return msg.json(self.msgs)
 
     async def api_sendMessageDraft(self, params: dict[str, Any]) -> bool:
         chat = self._target_chat(params)
         if not self.drafts_supported or chat.type != "private":
             raise ApiError(400, "Bad Request: TEXTDRAFT_PEER_INVALID")
-        text = str(params.get("text", ""))
+        text, entities = str(params.get("text", "")), list(params.get("entities") or [])
         if text:
-            self._check_text(text, list(params.get("entities") or []), "")
+            text = self._check_text(text, entities, str(params.get("parse_mode", "")))
         self.drafts[(chat.id, int(params["draft_id"]))].append(text)
+        self.draft_formats[(chat.id, int(params["draft_id"]))].append(entities)
         return True
 
     async def api_sendChatAction(self, params: dict[str, Any]) -> bool:
