@@ -16,6 +16,7 @@ from kullm_core.client import CoreClient
 from kullm_core.helpdesk.stats import StatsReader, as_json, days_back, table
 from kullm_core.limits import PLATFORM_TAGS
 from kullm_core.settings import Settings
+from kullm_core.wire import UserRef
 
 COMMANDS = ("stats", "export", "admin")
 _PLATFORMS = {tag: platform for platform, tag in PLATFORM_TAGS.items()}
@@ -37,9 +38,11 @@ def add_parsers(add: Add) -> None:
                    help="output file ('-' for standard output)")
     a = add("admin", "privacy requests and per-user usage",
             "forget USER: erase everything stored of a user (a request made by email). "
-            "usage USER: their tokens today. USER is qualified: tg:123, slack:T1:U1.")
-    a.add_argument("action", choices=["forget", "usage"])
+            "usage USER: their tokens today and limits. quota USER N|default: set their "
+            "daily token limit (0 = unlimited). USER is qualified: tg:123, slack:T1:U1.")
+    a.add_argument("action", choices=["forget", "usage", "quota"])
     a.add_argument("user", help="qualified user id: tg:123, slack:T1:U1")
+    a.add_argument("value", nargs="?", help="quota: tokens per day, or 'default'")
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -52,7 +55,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if args.cmd == "export":
             return await _export(client, args.feedback)
-        return await _admin(client, args.action, args.user)
+        return await _admin(client, args.action, args.user, args.value)
 
 
 def split_user(user: str) -> tuple[str, str] | None:
@@ -64,7 +67,7 @@ def split_user(user: str) -> tuple[str, str] | None:
     return platform, rest.rsplit(":", 1)[-1]
 
 
-async def _admin(client: CoreClient, action: str, user: str) -> int:
+async def _admin(client: CoreClient, action: str, user: str, value: str | None) -> int:
     who = split_user(user)
     if who is None:
         print(f"kullm: error: {user!r} is not a qualified user id (tg:123, slack:T1:U1; "
@@ -75,9 +78,18 @@ async def _admin(client: CoreClient, action: str, user: str) -> int:
         turns = await client.forget(platform, user_id)
         print(f"forgot {user}: {turns} turn(s) and their helpdesk records")
         return 0
-    used = await client.limiter.used_today(f"{platform}:{user_id}")
-    limit = client.settings.limits.daily_tokens
-    print(f"{user}: {used} token(s) today" + (f" of {limit}" if limit else " (no limit)"))
+    lim, owner = client.limiter, f"{platform}:{user_id}"
+    if action == "quota":
+        if value is None or not (value == "default" or value.isdigit()):
+            print("kullm: error: quota needs a number of tokens per day or 'default'",
+                  file=sys.stderr)
+            return 2
+        await lim.set_daily_limit(owner, None if value == "default" else int(value))
+    use = await lim.usage(UserRef(platform=platform, id=user_id))
+    limit = f" of {use.daily_limit}" if use.daily_limit else " (no daily limit)"
+    rate = (f"{use.requests_last_minute} of {use.requests_per_minute}"
+            if use.requests_per_minute else f"{use.requests_last_minute} (no limit)")
+    print(f"{user}: {use.used_today} token(s) today{limit}; requests in the last minute: {rate}")
     return 0
 
 

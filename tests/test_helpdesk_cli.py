@@ -67,6 +67,14 @@ async def test_stats_export_and_forget_read_back_the_pipeline(
     assert (line["question"], line["answer"], line["rating"], line["comment"]) == (
         "VPN은 어떻게 켜나요?", "VPN은 설정 메뉴에서 켭니다.", "down", "메뉴 이름이 달라요")
 
+    code, out, err = await _kullm(env, "admin", "quota", "slack:T1:U1", "500")
+    assert code == 0 and "of 500" in out, err
+    assert await client.limiter.daily_limit("slack:U1") == 500
+    code, out, err = await _kullm(env, "admin", "usage", "slack:T1:U1")
+    assert code == 0 and " token(s) today of 500; requests in the last minute" in out, err
+    code, _, err = await _kullm(env, "admin", "quota", "slack:T1:U1", "lots")
+    assert code == 2 and "tokens per day" in err
+
     code, out, err = await _kullm(env, "admin", "forget", "slack:T1:U1")
     assert code == 0 and "forgot slack:T1:U1" in out, err
     assert await client.helpdesk.exchange(rec.job_id) is None
