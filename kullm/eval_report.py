@@ -80,6 +80,9 @@ def print_report(report: dict[str, Any], out: TextIO, where: Path) -> None:
     print(f"kullm eval: {report['n']} judged, {report['failed']} failed, "
           f"{report['unjudged']} not judged yet, of {report['items']} answered -> {where}",
           file=out)
+    used = report["run"].get("model_used")
+    if used:
+        print(f"model: {used['engine']}, {used['tokenizer']}", file=out)
     if report["means"]:
         print(f"{'criterion':<18}{'mean':>7}  95% CI", file=out)
         for name, m in report["means"].items():

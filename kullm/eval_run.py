@@ -250,7 +250,7 @@ async def run_eval(settings: Settings, opts: EvalOptions, *, built: Any = None,
         try:
             if fresh:
                 async with pipeline(eval_settings(settings), built) as (client, (worker, task)):
-                    _write_run(opts.out, identity, worker.prompt.effective_system_prompt)
+                    _write_run(opts.out, identity, worker)
                     await _run_all(runner, client, todo, records, opts.concurrency, task)
             elif todo:
                 await _run_all(runner, None, todo, records, opts.concurrency, None)
@@ -261,10 +261,15 @@ async def run_eval(settings: Settings, opts: EvalOptions, *, built: Any = None,
     return report
 
 
-def _write_run(out: Path, identity: dict[str, Any], system_prompt: str) -> None:
+def _write_run(out: Path, identity: dict[str, Any], worker: Any) -> None:
+    """run.json: the settings, and what the worker really used (the engine, the model folder
+    its tokenizer came from: the tiny random model says so, the system prompt the model saw)."""
     path = out / RUN
     if path.exists():
         return
-    run = {**identity, "system_prompt_seen_by_model": system_prompt,
+    run = {**identity,
+           "model_used": {"engine": worker.engine.name,
+                          "tokenizer": str(getattr(worker.prompt.tok, "name_or_path", ""))},
+           "system_prompt_seen_by_model": worker.prompt.effective_system_prompt,
            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path.write_text(json.dumps(run, ensure_ascii=False, indent=2) + "\n", "utf-8")
