@@ -150,3 +150,17 @@ async def _send_malformed(tg: FakeTelegram) -> None:
         assert ok.text == "굵게 와 a.b 그리고 ."
         text, entities = final_pieces(ANSWER)[0].text, to_telegram(final_pieces(ANSWER)[0].entities)
         assert (await bot.send_message(ALICE.id, text, entities=entities)).text == text
+
+
+async def test_refused_formatting_mid_stream_goes_on_as_plain_text(
+    tg: FakeTelegram, make_bot: MakeBot, make_worker: Any, client: CoreClient
+) -> None:
+    tg.reject_entities = True
+    async with make_worker(engine=scripted(ANSWER)), make_bot():
+        msg = await tg.send_text(ALICE.id, ALICE, "서울 소개해 줘")
+        done, (reply,) = await wait_reply(tg, client, msg, plain=True)
+    assert reply.text == done.text and reply.entities == []
+    refused_drafts = [c for c in tg.calls if c.method == "sendMessageDraft" and c.error]
+    ((_, plain_drafts),) = [(k, v) for k, v in tg.drafts.items() if k[0] == ALICE.id]
+    assert refused_drafts and len(plain_drafts) >= 2  # it kept streaming, unformatted
+    assert all(done.text.startswith(d) for d in plain_drafts)
