@@ -148,6 +148,7 @@ def print_compare(cmp: dict[str, Any], out: TextIO) -> None:
             print(f"{name:<18}{cmp['means_a'][name]:>7.3f}{d['mean']:>+8.3f}  "
                   f"[{lo:+.3f}, {hi:+.3f}]", file=out)
     la, lb = cmp["local"]["a"], cmp["local"]["b"]
+    print(f"{'local measures':<32}{'A':>8}{'B':>8}", file=out)
     for key, label in _LOCAL_LABELS.items():
         if key in la or key in lb:
             print(f"{label:<32}{_num(la.get(key)):>8}{_num(lb.get(key)):>8}", file=out)

@@ -96,3 +96,25 @@ def expected_means(records: list[dict[str, Any]]) -> dict[str, float]:
     ok = [r for r in records if r.get("status") == "ok"]
     return {c: round(sum(scores_for(r["response"])[c] for r in ok) / len(ok), 4)
             for c in CRITERIA}
+
+
+async def _serve_forever(port: int) -> None:
+    import asyncio
+
+    fake = FakeJudge()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake.chat)
+    app.router.add_get("/v1/models", fake.models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    print(f"fake judge on http://127.0.0.1:{port}/v1", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # a judge to try `kullm eval` with: python -m tests.eval.fake_judge
+    import asyncio
+    import sys
+
+    asyncio.run(_serve_forever(int(sys.argv[1]) if len(sys.argv) > 1 else 8765))
