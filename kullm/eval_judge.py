@@ -185,15 +185,19 @@ class Judge:
 
         Raises:
             JudgeUnreachable: one line naming the URL.
+            JudgeError: the server rejects the API key.
         """
         assert self._client is not None, "use `async with`"
         try:
-            await self._client.get("/models", timeout=10.0)
+            resp = await self._client.get("/models", timeout=10.0)
         except httpx.HTTPError as exc:
             raise JudgeUnreachable(
                 f"the judge at {self.url} cannot be reached ({type(exc).__name__}: {exc})"
                 .replace(": )", ")")
             ) from None
+        if resp.status_code in (401, 403):
+            raise JudgeError(f"the judge at {self.url} rejected the API key (HTTP "
+                             f"{resp.status_code}; see --judge-key-env)")
 
     def _wait(self, attempt: int, hint: float | None) -> float:
         backoff = self.backoff_s * 2 ** attempt * (0.5 + self._jitter.random() / 2)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from kullm.eval_data import EvalItem, load_items
 from kullm.eval_judge import EVAL_PROMPT, Judge, JudgeUnreachable, Sleep, Verdict
@@ -125,7 +126,8 @@ async def pipeline(settings: Settings, built: Any = None) -> AsyncIterator[tuple
                 await task
             if owned:
                 await engine.stop()
-            await _delete_run_keys(redis, settings.redis.prefix)
+            with contextlib.suppress(RedisError, OSError):  # Redis gone: the keys go with it
+                await _delete_run_keys(redis, settings.redis.prefix)
 
 
 async def _delete_run_keys(redis: Redis, prefix: str) -> None:

@@ -43,14 +43,24 @@ class FakeJudge:
         self.statuses: list[int] = []
         self.url = ""
         self.retry_after = "0"
+        self.key = ""
+        """When set, requests must carry `Authorization: Bearer <key>` (else 401)."""
+
+    def _refused(self, request: web.Request) -> web.Response | None:
+        if self.key and request.headers.get("Authorization") != f"Bearer {self.key}":
+            return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+        return None
 
     def scored_prompts(self) -> list[str]:
         return [p for p, s in zip(self.prompts, self.statuses, strict=True) if s == 200]
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "judge"}]})
+        return self._refused(request) or web.json_response(
+            {"object": "list", "data": [{"id": "judge"}]})
 
     async def chat(self, request: web.Request) -> web.Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
         body = await request.json()
         prompt = body["messages"][-1]["content"]
         self.prompts.append(prompt)

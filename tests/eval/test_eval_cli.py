@@ -76,10 +76,12 @@ async def test_the_first_run_with_no_settings_at_all(
     the tiny model is built, the embedded Redis started, three answers judged."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("KULLM_", "TELEGRAM_", "SLACK_", "OPENAI_"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", JUDGE_KEY="sk-test")
+    fake_judge.key = "sk-test"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kullm.cli", "eval", "--judge-url", fake_judge.url,
-        "--judge-model", "judge", "--limit", "3", "--out", "run", cwd=tmp_path, env=env,
+        "--judge-model", "judge", "--judge-key-env", "JUDGE_KEY", "--limit", "3",
+        "--out", "run", cwd=tmp_path, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()

@@ -12,6 +12,7 @@ from kullm.eval_judge import (
     CRITERIA,
     EVAL_PROMPT,
     Judge,
+    JudgeError,
     JudgeUnreachable,
     fill_prompt,
     parse_scores,
@@ -101,3 +102,13 @@ async def test_a_judge_that_keeps_failing_gives_up(fake_judge: FakeJudge) -> Non
     async with Judge(fake_judge.url, "judge", http_retries=2, sleep=Waits()) as judge:
         with pytest.raises(JudgeUnreachable, match="kept failing \\(HTTP 500"):
             await judge.score("지시", "", "답")
+
+
+async def test_a_rejected_key_is_said_before_any_answer(fake_judge: FakeJudge) -> None:
+    fake_judge.key = "sk-right"
+    async with Judge(fake_judge.url, "judge", api_key="sk-wrong") as judge:
+        with pytest.raises(JudgeError, match="rejected the API key \\(HTTP 401"):
+            await judge.check()
+    async with Judge(fake_judge.url, "judge", api_key="sk-right") as judge:
+        await judge.check()
+        assert (await judge.score("지시", "", "답")).scores == scores_for("답")
