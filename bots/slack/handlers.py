@@ -22,14 +22,17 @@ from bots.slack.scheduler import Scheduler
 from bots.slack.store import SlackStore
 from bots.slack.target import Target, conversation, source_id
 from bots.slack.texts import st, suggested_prompts
+from bots.slack.thread import ThreadContext
 from kullm_core import logctx, metrics
 from kullm_core.client import CoreClient
+from kullm_core.helpdesk.channels import Seen
+from kullm_core.helpdesk.service import Helpdesk, channel_of
 from kullm_core.replies import Deliveries
 from kullm_core.settings import Settings
 from kullm_core.text_clean import clean_text
 from kullm_core.texts import error_text, lang_of
 from kullm_core.texts import t as core_t
-from kullm_core.wire import ErrorEvent, ReplyRecord, UserRef
+from kullm_core.wire import ConversationRef, ErrorEvent, Quoted, ReplyRecord, UserRef
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ class Inbound:
         """The core's throttle: our refusals and the core's share one per channel."""
         client.on_forget(self._forget)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.helpdesk = Helpdesk(client)
+        self.thread_context = ThreadContext(client, web, scheduler, self.profile)
 
     # -- Bolt listeners --------------------------------------------------------------------
 
@@ -73,10 +78,14 @@ class Inbound:
         if not self._permitted(body, event, context):
             await self._forbidden(body, event, context, event.get("thread_ts") or event["ts"])
             return
+        thread = event.get("thread_ts") or event["ts"]
+        conv = conversation(self._team(body, context), event["channel"], thread)
+        if not await self._answers(conv, event, top=thread == event["ts"], mentioned=True):
+            return
         if not await self._fresh(body, event, context):
             return
-        thread = event.get("thread_ts") or event["ts"]
-        await self._question(event, context, thread=thread, reply_thread=thread)
+        await self._question(event, context, thread=thread, reply_thread=thread,
+                             quote=thread != event["ts"])
 
     async def on_message(self, body: dict[str, Any], event: dict[str, Any],
                          context: Any) -> None:
@@ -88,20 +97,26 @@ class Inbound:
             if not permitted:
                 await self._forbidden(body, event, context, event.get("thread_ts") or "")
                 return
+            thread = event.get("thread_ts") or ""
+            conv = conversation(self._team(body, context), event["channel"], thread)
+            if not await self._answers(conv, event, dm=True):
+                return
             if not await self._fresh(body, event, context):
                 return
-            thread = event.get("thread_ts") or ""
             await self._question(event, context, thread=thread, reply_thread=thread)
             return
-        thread = event.get("thread_ts")
-        if not thread or thread == event.get("ts"):
-            return  # a top-level channel message without a mention is not for the bot
         if bot and f"<@{bot}>" in (event.get("text") or ""):
             return  # the app_mention event answers it
-        if self.settings.slack.require_mention_in_threads or not permitted:
-            return  # someone not allowed in a thread the bot follows: no Redis work at all
-        team = self._team(body, context)
-        if not await self.store.in_thread(team, event["channel"], thread):
+        ts, thread = event["ts"], event.get("thread_ts") or event["ts"]
+        top, team = thread == ts, self._team(body, context)
+        if top and not permitted:
+            return  # a top-level message of someone not allowed: no Redis work at all
+        follows = not top and not self.settings.slack.require_mention_in_threads \
+            and await self.store.in_thread(team, event["channel"], thread)
+        # Every thread message is seen by the helpdesk (it times the first human reply in
+        # a conversation handed to a person), even one the bot will not answer.
+        conv = conversation(team, event["channel"], thread)
+        if not await self._answers(conv, event, top=top, follows=follows) or not permitted:
             return
         if not await self._fresh(body, event, context):
             return
@@ -114,9 +129,12 @@ class Inbound:
         if not self._permitted(body, event, context):
             await self._forbidden(body, event, context, event.get("thread_ts") or "")
             return
+        thread = event.get("thread_ts") or ""
+        conv = conversation(self._team(body, context), event["channel"], thread)
+        if not await self._answers(conv, event, dm=True):
+            return
         if not await self._fresh(body, event, context):
             return
-        thread = event.get("thread_ts") or ""
         await self._question(event, context, thread=thread, reply_thread=thread, assistant=True)
 
     async def on_assistant_started(self, body: dict[str, Any], event: dict[str, Any],
@@ -141,6 +159,19 @@ class Inbound:
         """The user switched channels in the split view: nothing to store (no API calls)."""
 
     # -- the common path -------------------------------------------------------------------
+
+    async def _answers(self, conv: ConversationRef, event: dict[str, Any], *, dm: bool = False,
+                       top: bool = False, mentioned: bool = False, follows: bool = False) -> bool:
+        """The channel's mode and an open escalation decide (`Helpdesk.should_answer`). In
+        mode `mention`, a thread the bot follows counts as addressed to it (as without
+        modes); in mode `all` it is answered as the mode says (`questions_only`)."""
+        if follows and not mentioned:
+            cfg = await self.helpdesk.modes.get(channel_of(conv))
+            mentioned = cfg.mode == "mention"
+        who = UserRef(platform="slack", id=str(event.get("user") or ""))
+        return await self.helpdesk.should_answer(conv, who, Seen(
+            dm=dm, mentioned=mentioned, top_level=top, text=str(event.get("text") or ""),
+            in_bot_thread=follows))
 
     async def _forget(self, platform: str, user: str) -> None:
         if platform == "slack":
@@ -184,7 +215,7 @@ class Inbound:
         return True
 
     async def _question(self, event: dict[str, Any], context: Any, *, thread: str,
-                        reply_thread: str, assistant: bool = False) -> None:
+                        reply_thread: str, assistant: bool = False, quote: bool = False) -> None:
         team = self._team({}, context)
         channel, ts, user = event["channel"], event["ts"], event["user"]
         metrics.received("slack")
@@ -204,8 +235,10 @@ class Inbound:
             return
         who = UserRef(platform="slack", id=user, name=name, lang=lang)
         target = Target(team, channel, reply_thread, user, ts, lang, assistant)
+        quoted: list[Quoted] = (await self.thread_context.quoted(conv, ts, context.bot_user_id)
+                                if quote else [])
         rec = ReplyRecord.ask(conv, who, source_id(team, channel, ts), text, target.meta(),
-                              meta=target.meta())
+                              meta=target.meta(), context=quoted)
         if not await self.deliveries.deliver(rec):
             return
         if known is None:
