@@ -226,7 +226,9 @@ class Inbound:
         # A question never waits for users.info (Tier 4: a burst of new users would queue
         # behind it); only a short answer of our own needs the language first.
         files = bool(event.get("files"))
-        if known is None and (files or not text):
+        if known is None and (files or not text or quote):
+            # Quoting the thread waits for Slack anyway: the asker's name goes with the
+            # quoted names.
             known = await self.profile(team, user)
         lang, name = known or ("ko", "")
         if files or not text:
