@@ -102,8 +102,12 @@ async def test_two_webhook_replicas_share_the_limits_and_answer_every_question_o
                 asks.append(await tg.mention(group, user, question))
         for user in DM_USERS:
             asks.append(await tg.send_text(user.id, user, f"DM 질문 {user.first_name}"))
+        # The balancer hands updates over one by one: follow a job once a replica took it
+        # (its reply, or the first part of it, is on screen).
+        await tg.wait_for(lambda: all(reply_texts(tg, m) for m in asks), 120)
         results = await asyncio.gather(*(wait_reply(tg, client, m, within=120) for m in asks))
-        delivered = (a.deliveries.delivered, b.deliveries.delivered)
+    # Counted once each run has ended (stopping lets the last ones finish).
+    delivered = (a.deliveries.delivered, b.deliveries.delivered)
     for ask, (done, shown) in zip(asks, results, strict=True):
         want = expected_texts(done, ask.sender.language_code)
         assert [m.text for m in shown] == want, "every answer complete"
