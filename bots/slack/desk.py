@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 COMMANDS = frozenset({"human", "resolve", "mode", "stats", "usage"})
 STATS_DAYS = 7
+_SETTINGS = frozenset({"mode", "questions", "escalated", "responders", "handoff", "reset"})
 
 
 def _s(raw: bytes | str | None) -> str:
@@ -236,7 +237,9 @@ class Desk:
         elif sub == "stats":
             await respond(text=await self.stats_text())
         else:
-            await respond(text=await self.set_mode(team, channel, args, lang))
+            # `/kullm mode all` and `/kullm mode questions on` alike.
+            words = args if args and args[0].lower() in _SETTINGS else ["mode", *args]
+            await respond(text=await self.set_mode(team, channel, words, lang))
 
     async def _open_escalation(self, team: str, channel: str,
                                conv: ConversationRef | None) -> Escalation | None:
