@@ -5,13 +5,17 @@ gives the same ids in and the same text out as the card's own `model.generate` c
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from redis import Redis
 
-from kullm import cli
 from kullm_core.texts import finish_note
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 QUESTION = "고려대학교에 대해서 알고 있니?"
 
@@ -44,8 +48,12 @@ def test_kullm_chat_once_reproduces_the_cards_generate(
         f'[model]\npath = "{tiny_model_dir}"\n'
         "[generation]\ntemperature = 0.0\nrepetition_penalty = 1.0\nmax_new_tokens = 1024\n",
         "utf-8")
-    assert cli.main(["--config", str(cfg), "chat", "--once", QUESTION]) == 0
-    chat_out = capsys.readouterr().out
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KULLM_")}
+    chat = subprocess.run(
+        [sys.executable, "-m", "kullm.cli", "--config", str(cfg), "chat", "--once", QUESTION],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert chat.returncode == 0, chat.stderr
+    chat_out = chat.stdout
 
     card_ids, card_text = _card_code(str(tiny_model_dir))
     printed = capsys.readouterr().out
