@@ -3,10 +3,14 @@
 Who gets an answer: a mention in a channel (answered in that message's thread, the thread
 being the conversation everyone in it shares), a later message in a thread the bot is part of
 (unless mentions are required there), a DM (top level = one conversation; a DM thread = its own),
-and an AI-app (assistant) thread. Never: the bot's own or other bots' messages, edits,
-deletions and other subtypes. Each Slack message is answered once, however often and under
-however many event types Slack delivers it. A message with a file gets the "text only"
-answer: the bot never pretends to have read an attachment.
+and an AI-app (assistant) thread. The channel's helpdesk mode (`Helpdesk.should_answer`) has
+the last word: `all` also answers every top-level message in its thread, `off` nothing; in a
+conversation handed to a person the bot stays silent (every message there is still shown to
+the helpdesk, which times the first human reply). A mention mid-thread quotes the thread's
+earlier human messages into the prompt (`bots.slack.thread`). Never: the bot's own or other
+bots' messages, edits, deletions and other subtypes. Each Slack message is answered once,
+however often and under however many event types Slack delivers it. A message with a file
+gets the "text only" answer: the bot never pretends to have read an attachment.
 """
 
 from __future__ import annotations

@@ -63,13 +63,15 @@ def button(action: Action, style: str = "") -> dict[str, Any]:
     return out
 
 
-def sections(text: str) -> list[dict[str, Any]]:
-    """mrkdwn text as section blocks (a message with blocks shows only its blocks)."""
+def sections(text: str, *, code: bool = False) -> list[dict[str, Any]]:
+    """mrkdwn text as section blocks (a message with blocks shows only its blocks), cut at
+    lines; `code`: each section a code block of its own."""
     out = []
+    most = _SECTION_MAX - (6 if code else 0)
     while text:
-        cut = len(text) if len(text) <= _SECTION_MAX else (
-            text.rfind("\n", 0, _SECTION_MAX) + 1 or _SECTION_MAX)
-        out.append({"type": "section", "text": {"type": "mrkdwn", "text": text[:cut]}})
+        cut = len(text) if len(text) <= most else (text.rfind("\n", 0, most) + 1 or most)
+        part = f"```{text[:cut]}```" if code else text[:cut]
+        out.append({"type": "section", "text": {"type": "mrkdwn", "text": part}})
         text = text[cut:]
     return out
 
@@ -147,8 +149,7 @@ def submitted_comment(view: dict[str, Any]) -> str:
 
 def home_view(title: str, body: str, monospace: bool) -> dict[str, Any]:
     """The App Home tab: a header and the summary (a code block for the statistics)."""
-    text = f"```{body}```" if monospace else body
     return {"type": "home", "blocks": [
         {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
-        *sections(text),
+        *sections(body, code=monospace),
     ]}

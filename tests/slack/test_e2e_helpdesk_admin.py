@@ -132,3 +132,17 @@ async def test_usage_and_the_app_home(
     assert st("hd_home_stats", "ko", days=7) in admin and "1 asked, 1 answered" in admin
     assert "asked" not in mine
     assert not fake.block_errors
+
+
+async def test_a_workspace_without_markdown_blocks_gets_the_buttons_under_mrkdwn(
+    fake: FakeSlack, run_bot: Any, client: Any, worker: Any
+) -> None:
+    fake.reject_markdown_blocks = True
+    async with run_bot(fake):
+        msg = await fake.user_message("안녕", channel="D0ALICE")
+        await answered(fake, client, msg, after=msg.ts)
+    [reply] = fake.bot_messages("D0ALICE", None, after=msg.ts)
+    assert [b["type"] for b in reply.blocks][-1] == "actions"
+    assert all(b["type"] == "section" for b in reply.blocks[:-1]) and reply.blocks[:-1]
+    assert "".join(b["text"]["text"] for b in reply.blocks[:-1]) == reply.text
+    assert fake.block_errors == [], "only the markdown block was refused, never the buttons"
