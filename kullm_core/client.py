@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -34,10 +35,19 @@ ForgetHook = Callable[[str, str], Awaitable[object]]
 """An adapter's own part of /forget: called with (platform, user id)."""
 
 
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*(?:\r\n|\n|\r))+")
+
+
+def trim(text: str) -> str:
+    """Leading blank lines and trailing whitespace off; the first line's indentation kept
+    (pasted code or YAML)."""
+    return _LEADING_BLANK_LINES.sub("", text).rstrip() if text.strip() else ""
+
+
 def _cleaned(context: list[Quoted]) -> list[Quoted]:
     out = []
     for q in context[-MAX_CONTEXT:]:
-        text = clean_text(q.text).strip()[:MAX_USER_TEXT]
+        text = trim(clean_text(q.text))[:MAX_USER_TEXT]
         if text:
             out.append(q.model_copy(update={"text": text}))
     return out
@@ -104,7 +114,7 @@ class CoreClient:
         `context`: others' messages quoted into the prompt (cleaned like the text; at most
         `MAX_CONTEXT` of them, the newest, and `MAX_USER_TEXT` characters each)."""
         job_id = Job.id_for(source_id)
-        text = clean_text(text).strip()
+        text = trim(clean_text(text))
         if not text:
             return Submission(job_id, "rejected", error=ErrorEvent(kind="bad_input"))
         if len(text) > MAX_USER_TEXT:

@@ -35,6 +35,8 @@ class ConversationRef(_Wire):
     chat: str
     thread: str = ""
     user: str = ""
+    direct: bool = False
+    """A one-to-one chat with the bot (a DM). Not part of `key`."""
 
     @property
     def key(self) -> str:

@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 
 
 def channel_of(conv: ConversationRef) -> str:
-    """The qualified chat a conversation lives in (the unit of modes and statistics)."""
+    """The qualified chat a conversation lives in (the unit of modes and statistics).
+    Direct messages all count as one place per platform account (`tg:dm`, `slack:T1:dm`):
+    a DM's chat id names the user, and statistics outlive /forget."""
+    if conv.direct or (conv.user and conv.chat == conv.user):
+        return chat_id(conv.platform, "dm", conv.workspace)
     return chat_id(conv.platform, conv.chat, conv.workspace)
 
 

@@ -210,3 +210,13 @@ async def test_a_delivered_answer_carries_its_buttons_and_is_counted(
     assert ex.first_visible_s >= 0
     rows = await StatsReader(client.redis, client.keys).rows(days_back(1), "test:c9")
     assert [r.counts["answered"] for r in rows] == [1]
+
+
+def test_direct_messages_count_as_one_place_without_the_users_id() -> None:
+    from kullm_core.helpdesk.service import channel_of
+
+    tg_dm = ConversationRef(platform="telegram", chat="42", user="42")
+    slack_dm = ConversationRef(platform="slack", workspace="T1", chat="D1", direct=True)
+    group = ConversationRef(platform="telegram", chat="-100", user="42")
+    assert (channel_of(tg_dm), channel_of(slack_dm), channel_of(group)) == (
+        "tg:dm", "slack:T1:dm", "tg:-100")
