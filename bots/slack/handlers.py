@@ -79,12 +79,17 @@ class Inbound:
                          context: Any) -> None:
         if not is_from_person(event, context.bot_user_id):
             return
-        if not self._permitted(body, event, context):
-            await self._forbidden(body, event, context, event.get("thread_ts") or event["ts"])
-            return
         thread = event.get("thread_ts") or event["ts"]
+        top, permitted = thread == event["ts"], self._permitted(body, event, context)
         conv = conversation(self._team(body, context), event["channel"], thread)
-        if not await self._answers(conv, event, top=thread == event["ts"], mentioned=True):
+        # Mid-thread, the helpdesk sees the message even from someone not allowed to ask (it
+        # may be the first human reply in a conversation handed to a person).
+        answer = (permitted or not top) and await self._answers(conv, event, top=top,
+                                                                mentioned=True)
+        if not permitted:
+            await self._forbidden(body, event, context, thread)
+            return
+        if not answer:
             return
         if not await self._fresh(body, event, context):
             return

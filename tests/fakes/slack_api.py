@@ -110,7 +110,7 @@ class FakeSlack(HelpdeskFake):
         self._faults: dict[str, list[tuple[str, int, float, bool]]] = defaultdict(list)
         self._windows: dict[str, deque[float]] = defaultdict(deque)
         self._n = 0
-        self._base = int(time.time())
+        self._last_us = 0
         self._sockets: list[web.WebSocketResponse] = []
         self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._changed = asyncio.Condition()
@@ -193,7 +193,10 @@ class FakeSlack(HelpdeskFake):
 
     def _ts(self) -> str:
         self._n += 1
-        return f"{self._base}.{self._n:06d}"
+        # Real Slack ts are the posting time (microseconds, unique per channel): quoted
+        # thread messages are ordered among the bot's turns by them.
+        self._last_us = max(int(time.time() * 1_000_000), self._last_us + 1)
+        return f"{self._last_us // 1_000_000}.{self._last_us % 1_000_000:06d}"
 
     def _limit(self, key: str, rule: tuple[int, float]) -> float | None:
         count, window = rule

@@ -171,3 +171,22 @@ async def test_a_button_on_a_forgotten_answer_says_it_is_gone(
                             == 2, what="gone, twice")
     assert await client.helpdesk.feedback(job) == []
     assert await client.helpdesk.escalation(conversation(TEAM, "D0ALICE", "")) is None
+
+
+async def test_thread_context_skips_what_the_bot_already_answered(
+    fake: FakeSlack, run_bot: Any, client: Any, make_worker: Any
+) -> None:
+    engine = ScriptedEngine(lambda _: "확인해 볼게요.", chunk_chars=4)
+    async with make_worker(engine=engine), run_bot(fake, require_mention_in_threads=True):
+        root = await fake.user_message("사내 위키가 열리지 않아요")
+        await answered(fake, client, root)
+        await fake.user_message("저는 열려요", user="U0BOB", thread_ts=root.ts, mention=False)
+        ask = await fake.user_message("차이가 뭘까요?", user="U0CAROL", thread_ts=root.ts)
+        await answered(fake, client, ask, thread=root.ts, after=ask.ts)
+    messages = engine.requests[-1].messages
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    # Alice's first question did not wait for her name (users.info): her id stands for it.
+    assert messages[0]["content"] == "U0ALICE: 사내 위키가 열리지 않아요"
+    assert messages[1]["content"] == "확인해 볼게요."
+    assert messages[2]["content"].split("\n") == ["name-u0bob: 저는 열려요",
+                                                  "name-u0carol: 차이가 뭘까요?"]
