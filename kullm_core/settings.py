@@ -80,6 +80,10 @@ class ModelSettings(_Section):
     tiny_fallback: Literal["auto", "always", "never"] = "auto"
     """When the model cannot be found: `auto` builds and uses the tiny random model only on a
     machine without a CUDA GPU (and says so loudly); `always` always uses it; `never` fails."""
+    openai_api: Literal["completions", "chat"] = "completions"
+    """`completions`: stream `/completions` with the worker's own prompt token ids (the local
+    engine's exact prompt; vLLM, SGLang). `chat`: send `messages` to `/chat/completions` and let
+    the server render its chat template (servers without token-id prompts)."""
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     openai_api_key: SecretStr = SecretStr("")
     openai_model: str = "nlpai-lab/KULLM3"
