@@ -90,6 +90,9 @@ async def test_up_then_down_keeps_one_rating_and_the_modal_takes_a_comment(
     assert await client.helpdesk.feedback(job) == [Feedback(
         job_id=job, rater=f"slack:{TEAM}:U0BOB", rating="down",
         comment="설정 메뉴 위치가 틀렸어요", at=(await client.helpdesk.feedback(job))[0].at)]
+    turns = await client.history(conversation(TEAM, HELP, msg.ts))
+    assert len(turns) == 1, "pressing buttons never asks the model"
+    assert len(fake.bot_messages(HELP, msg.ts)) == 1
     stats, refused = (r["text"] for r in fake.responses)
     assert "1 asked, 1 answered" in stats and "👍 0 👎 1" in stats
     assert refused == t("hd.admins_only", "ko")
