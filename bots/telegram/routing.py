@@ -44,6 +44,7 @@ def conversation(msg: Message, user_id: int, group_scope: str) -> ConversationRe
         chat=str(msg.chat.id),
         thread=str(thread) if thread else "",
         user=str(user_id) if per_user else "",
+        direct=is_private(msg),
     )
 
 

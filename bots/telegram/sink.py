@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from bots.telegram.keyboard import inline_keyboard
 from bots.telegram.outbox import Outbox
 from bots.telegram.render import close_open_markup, final_pieces, plain_pieces
 from bots.telegram.split import MessagePart
@@ -92,7 +93,9 @@ class TelegramSink:
             pieces, plain = final_pieces(text, note), plain_pieces(text, note)
         else:
             pieces = plain = [MessagePart(note or t("empty_reply", self.lang))]
-        if not await self.view.final(pieces, plain):
+        # The helpdesk's buttons go on the last part only: streaming and splitting are
+        # untouched, and they ride on the call that shows that part.
+        if not await self.view.final(pieces, plain, inline_keyboard(actions)):
             return False
         self.view.when_settled(lambda edits: metrics.delivered("telegram", edits))
         log.info("job %s: shown in chat %s in %d message(s)", self.place.job_id,

@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from telegram import Bot, LinkPreviewOptions, ReplyParameters
+from telegram import Bot, InlineKeyboardMarkup, LinkPreviewOptions, ReplyParameters
 from telegram.error import BadRequest, EndPointNotFound
 
+from bots.telegram.keyboard import markup_key
 from bots.telegram.outbox import Outbox, OutboxOp, SendResult
 from bots.telegram.render import plain_pieces, streaming_pieces, to_telegram
 from bots.telegram.split import MessagePart
@@ -48,6 +49,12 @@ class Placement:
     draft_id: int = 0
     message_ids: list[int] = field(default_factory=list)
     """The bot's messages showing this reply, in order."""
+
+
+def _fingerprint(piece: MessagePart, markup: InlineKeyboardMarkup | None) -> Hashable:
+    """What a message shows: its text, formatting and buttons (an edit that only adds the
+    buttons is not skipped as unchanged)."""
+    return (piece.text, piece.entities, markup_key(markup))
 
 
 class ReplyView:
@@ -114,30 +121,36 @@ class ReplyView:
                      self.rec.job_id)
         self._plain = True
 
-    async def final(self, pieces: list[MessagePart], plain: list[MessagePart]) -> bool:
-        """Show the finished reply; `plain` when Telegram refuses the formatting.
-        Returns False when it could not be shown at all."""
+    async def final(self, pieces: list[MessagePart], plain: list[MessagePart],
+                    markup: InlineKeyboardMarkup | None = None) -> bool:
+        """Show the finished reply; `plain` when Telegram refuses the formatting. `markup`
+        (the helpdesk's buttons) rides on the call that shows the last part, so it costs no
+        call of its own when that part is new or changed. Returns False when it could not
+        be shown at all."""
         async with self._lock:
             self._texting = True
             # A streamed draft still waiting must not land after the finished message.
             self.outbox.discard(self.rec.chat_id, f"d{self.rec.draft_id}")
-            result = await self._show(pieces, must=True)
+            result = await self._show(pieces, must=True, markup=markup)
             if result is None:
                 log.info("job %s: formatting refused; sending plain text", self.rec.job_id)
-                result = await self._show(plain, must=True)
+                result = await self._show(plain, must=True, markup=markup)
             return bool(result)
 
     # -- reconciling messages with pieces --------------------------------------------------
 
-    async def _show(self, pieces: list[MessagePart], must: bool, trim: bool = True) -> bool | None:
-        """Make message i show piece i; extra messages are deleted when `trim`.
-        None: Telegram refused the formatting. False: a piece could not be shown."""
+    async def _show(self, pieces: list[MessagePart], must: bool, trim: bool = True,
+                    markup: InlineKeyboardMarkup | None = None) -> bool | None:
+        """Make message i show piece i (the last one with `markup`); extra messages are
+        deleted when `trim`. None: Telegram refused the formatting. False: a piece could
+        not be shown."""
         ok = True
         for i, piece in enumerate(pieces):
+            keys = markup if i == len(pieces) - 1 else None
             if i < len(self.rec.message_ids):
-                outcome = await self._edit(i, piece, must)
+                outcome = await self._edit(i, piece, must, keys)
             else:
-                outcome = await self._send(piece, must)
+                outcome = await self._send(piece, must, markup=keys)
             if piece.entities and outcome.refused(*_FORMAT_REFUSED):
                 return None
             ok = ok and outcome.ok
@@ -149,13 +162,14 @@ class ReplyView:
                 await self.outbox.run(self._delete_op(mid))
         return ok
 
-    async def _edit(self, i: int, piece: MessagePart, must: bool) -> SendResult:
+    async def _edit(self, i: int, piece: MessagePart, must: bool,
+                    markup: InlineKeyboardMarkup | None = None) -> SendResult:
         mid = self.rec.message_ids[i]
-        key, fp = f"m{mid}", (piece.text, piece.entities)
+        key, fp = f"m{mid}", _fingerprint(piece, markup)
         if self._shown.get(key) == fp:
             return SendResult(True, skipped=True)
         self._shown[key] = fp
-        future = self.outbox.submit(self._edit_op(mid, piece, key, fp, must))
+        future = self.outbox.submit(self._edit_op(mid, piece, key, fp, must, markup))
         if not must:  # streaming: fire and forget, the outbox merges what piles up
             self._unsettled += 1
             future.add_done_callback(lambda f: self._forget_failed(key, fp, f))
@@ -166,7 +180,7 @@ class ReplyView:
             self._shown.pop(key, None)
         if outcome.refused(*_GONE):  # deleted by someone: show the piece in a new message
             self.rec.message_ids.pop(i)
-            return await self._send(piece, must, at=i)
+            return await self._send(piece, must, at=i, markup=markup)
         return outcome
 
     def _forget_failed(self, key: str, fp: Hashable, future: asyncio.Future[SendResult]) -> None:
@@ -198,16 +212,17 @@ class ReplyView:
             report, self._on_settled = self._on_settled, None
             report(self.edits)
 
-    async def _send(self, piece: MessagePart, must: bool, at: int | None = None) -> SendResult:
+    async def _send(self, piece: MessagePart, must: bool, at: int | None = None,
+                    markup: InlineKeyboardMarkup | None = None) -> SendResult:
         ids = self.rec.message_ids
         at = len(ids) if at is None else at
         reply_to = ids[at - 1] if at > 0 else self.rec.reply_to
         priority = 0 if at == 0 else (1 if must else 2)
-        outcome = await self.outbox.run(self._send_op(piece, reply_to, must, priority))
+        outcome = await self.outbox.run(self._send_op(piece, reply_to, must, priority, markup))
         if outcome.ok and outcome.value is not None:
             mid = int(outcome.value.message_id)
             ids.insert(at, mid)
-            self._shown[f"m{mid}"] = (piece.text, piece.entities)
+            self._shown[f"m{mid}"] = _fingerprint(piece, markup)
             await self._save()
             self.visible.set()
             self._landed(outcome, edit=False)
@@ -239,7 +254,8 @@ class ReplyView:
     # -- the Bot API calls -----------------------------------------------------------------
 
     def _send_op(
-        self, piece: MessagePart, reply_to: int | None, must: bool, priority: int
+        self, piece: MessagePart, reply_to: int | None, must: bool, priority: int,
+        markup: InlineKeyboardMarkup | None = None,
     ) -> OutboxOp:
         rec = self.rec
         reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
@@ -248,13 +264,14 @@ class ReplyView:
             return await bot.send_message(
                 rec.chat_id, piece.text, entities=to_telegram(piece.entities),
                 message_thread_id=rec.thread_id, reply_parameters=reply,
-                link_preview_options=_NO_PREVIEW,
+                link_preview_options=_NO_PREVIEW, reply_markup=markup,
             )
 
         return OutboxOp(rec.chat_id, call, "sendMessage", must=must, priority=priority)
 
     def _edit_op(
-        self, mid: int, piece: MessagePart, key: str, fp: Hashable, must: bool
+        self, mid: int, piece: MessagePart, key: str, fp: Hashable, must: bool,
+        markup: InlineKeyboardMarkup | None = None,
     ) -> OutboxOp:
         chat_id = self.rec.chat_id
 
@@ -262,6 +279,7 @@ class ReplyView:
             return await bot.edit_message_text(
                 piece.text, chat_id=chat_id, message_id=mid,
                 entities=to_telegram(piece.entities), link_preview_options=_NO_PREVIEW,
+                reply_markup=markup,
             )
 
         return OutboxOp(chat_id, call, "editMessageText", key=key, fingerprint=fp, must=must,

@@ -92,20 +92,20 @@ class Helpdesk:
     # -- escalation --------------------------------------------------------------------------
 
     async def escalate(self, conv: ConversationRef, asker: UserRef, *, job_id: str = "",
-                       link: str = "") -> Handoff | str:
+                       link: str = "", question: str = "") -> Handoff | str:
         """Hand `conv` to a person. `job_id`: the answer the button was under (its question
-        goes into the hand-off); otherwise the conversation's last question. Returns the
-        hand-off, or a text saying why not."""
+        goes into the hand-off); otherwise `question` (what the asker wrote with the
+        command), else the conversation's last question. Returns the hand-off, or a text
+        saying why not."""
         if not self.settings.escalation:
             return t("hd.no_escalation", asker.lang)
         channel = channel_of(conv)
-        question = ""
         turns = await self.client.history(conv)
         if job_id:
             if await self.store.exchange(job_id) is None:
                 return t("hd.gone", asker.lang)
             question = next((x.user for x in reversed(turns) if x.job_id == job_id), "")
-        elif turns:
+        elif not question and turns:
             question = turns[-1].user
         esc = Escalation(id=Escalation.id_for(conv), conversation=conv, channel=channel,
                          asker=asker_of(conv, asker), asker_name=asker.name,

@@ -10,9 +10,11 @@ or missing what their type needs (a `text_link`'s absolute URL, a `text_mention`
 `custom_emoji`'s id), and `parse_mode` MarkdownV2 or HTML text with an unescaped reserved
 character, an entity never closed or an unknown tag. It records what users see: the bot's
 messages with their current text and entities, every edit (text and entities), drafts and
-chat actions.
+chat actions. Reply markups are checked as Telegram checks them (`telegram_markup`: an inline
+keyboard's shape, `callback_data` of 1-64 bytes); a press is a `callback_query` update and
+must be answered once with `answerCallbackQuery` (`toast` reads the answer).
 
-Users act through `send_text`, `send_sticker`, `press_button`...; updates go out through
+Users act through `send_text`, `send_sticker`, `press`, `press_button`...; updates go out through
 `getUpdates` long polling, or to a webhook once `setWebhook` is called.
 """
 
@@ -22,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import math
-import re
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.fakes.telegram_format import ApiError, check_entity, parse_markup
+from tests.fakes.telegram_markup import buttons, check_reply_markup
 
 TOKEN = "123456:TEST-token"
 BOT_ID = 123456
@@ -40,11 +44,6 @@ COUNTED = frozenset({"sendMessage", "editMessageText", "sendMessageDraft"})
 JSON_FIELDS = frozenset({
     "entities", "reply_parameters", "reply_markup", "commands", "scope", "allowed_updates",
     "link_preview_options", "message_ids",
-})
-ENTITY_TYPES = frozenset({
-    "mention", "hashtag", "cashtag", "bot_command", "url", "email", "phone_number", "bold",
-    "italic", "underline", "strikethrough", "spoiler", "blockquote", "expandable_blockquote",
-    "code", "pre", "text_link", "text_mention", "custom_emoji", "date_time",
 })
 NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup "
@@ -143,125 +142,6 @@ class Msg:
         return out
 
 
-def _bad_entities(why: str) -> ApiError:
-    return ApiError(400, f"Bad Request: can't parse entities: {why}")
-
-
-_LINK_SCHEMES = ("http://", "https://", "tg://", "ton://")
-
-
-def _check_entity(e: dict[str, Any], length: int) -> None:
-    """One entity of the `entities` parameter, as Telegram checks it."""
-    kind, offset, size = e.get("type"), e.get("offset"), e.get("length")
-    if kind not in ENTITY_TYPES:
-        raise _bad_entities(f"unsupported entity type {kind!r}")
-    if not isinstance(offset, int) or not isinstance(size, int) or offset < 0 or size <= 0:
-        raise _bad_entities(f"bad entity offset or length in {e}")
-    if offset + size > length:
-        raise _bad_entities(f"entity beginning at UTF-16 offset {offset} ends after the end "
-                            f"of the text at UTF-16 offset {length}")
-    if kind == "text_link" and not str(e.get("url") or "").lower().startswith(_LINK_SCHEMES):
-        raise ApiError(400, f"Bad Request: wrong HTTP URL specified: {e.get('url')!r}")
-    if kind == "text_mention" and not isinstance(e.get("user"), dict):
-        raise _bad_entities("text_mention without a user")
-    if kind == "custom_emoji" and not e.get("custom_emoji_id"):
-        raise _bad_entities("custom_emoji without custom_emoji_id")
-
-
-_MDV2_RESERVED = set("_*[]()~`>#+-=|{}.!")
-_MDV2_PAIRED = ("||", "__", "*", "_", "~", "```", "`")
-_HTML_TAG = re.compile(r"<(/?)([a-zA-Z-]+)[^>]*>")
-_HTML_TAGS = frozenset({"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span",
-                        "tg-spoiler", "a", "code", "pre", "blockquote", "tg-emoji"})
-
-
-def _parse_markup(text: str, parse_mode: str) -> str:
-    """The text a `parse_mode` message shows; refused as Telegram refuses it."""
-    mode = parse_mode.lower()
-    if mode == "markdownv2":
-        return _parse_mdv2(text)
-    if mode == "html":
-        return _parse_html(text)
-    if mode == "markdown":
-        return text
-    raise ApiError(400, f"Bad Request: unsupported parse_mode {parse_mode!r}")
-
-
-def _parse_mdv2(text: str) -> str:
-    """MarkdownV2: every reserved character outside code and entity markers escaped, every
-    entity closed (a link is accepted as `[label](url)` without checking the URL)."""
-    out: list[str] = []
-    open_at: list[tuple[str, int]] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        byte_at = len(text[:i].encode("utf-8"))
-        if ch == "\\" and i + 1 < len(text):
-            out.append(text[i + 1])
-            i += 2
-            continue
-        code = open_at[-1][0] if open_at and open_at[-1][0].startswith("`") else ""
-        if code and not text.startswith(code, i):  # inside code only ` and \ are special
-            out.append(ch)
-            i += 1
-            continue
-        marker = next((m for m in _MDV2_PAIRED if text.startswith(m, i)), None)
-        if marker is not None:
-            if open_at and open_at[-1][0] == marker:
-                open_at.pop()
-            else:
-                open_at.append((marker, byte_at))
-            i += len(marker)
-            continue
-        if ch in "[](":  # a link's brackets; its URL runs to the next unescaped `)`
-            if ch == "(" and out and text[i - 1] == "]":
-                end = text.find(")", i)
-                if end < 0:
-                    raise _bad_entities(f"Can't find end of a URL at byte offset {byte_at}")
-                i = end + 1
-            else:
-                i += 1
-            continue
-        if ch in _MDV2_RESERVED:
-            raise _bad_entities(f"Character '{ch}' is reserved and must be escaped with the "
-                                "preceding '\\'")
-        out.append(ch)
-        i += 1
-    if open_at:
-        raise _bad_entities(f"Can't find end of the entity starting at byte offset "
-                            f"{open_at[0][1]}")
-    return "".join(out)
-
-
-def _parse_html(text: str) -> str:
-    stack: list[tuple[str, int]] = []
-    for m in _HTML_TAG.finditer(text):
-        closing, tag = m.group(1) == "/", m.group(2).lower()
-        at = len(text[: m.start()].encode("utf-8"))
-        if tag not in _HTML_TAGS:
-            raise _bad_entities(f'Unsupported start tag "{tag}" at byte offset {at}')
-        if not closing:
-            stack.append((tag, at))
-        elif not stack or stack[-1][0] != tag:
-            raise _bad_entities(f'Unexpected end tag at byte offset {at}')
-        else:
-            stack.pop()
-    if stack:
-        raise _bad_entities(f"Can't find end tag corresponding to start tag "
-                            f'"{stack[-1][0]}"')
-    plain = _HTML_TAG.sub("", text)
-    return plain.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace(
-        "&amp;", "&")
-
-
-class ApiError(Exception):
-    def __init__(self, code: int, description: str, retry_after: int | None = None) -> None:
-        super().__init__(description)
-        self.code = code
-        self.description = description
-        self.retry_after = retry_after
-
-
 @dataclass
 class Call:
     method: str
@@ -291,6 +171,7 @@ class FakeTelegram:
         self.actions: list[tuple[int, str, float]] = []
         self.commands: dict[str, list[dict[str, str]]] = {}
         self.answered_callbacks: list[dict[str, Any]] = []
+        self.callback_queries: set[str] = set()
         # Fault injection.
         self.reject_entities = False
         self.drafts_supported = True
@@ -392,12 +273,28 @@ class FakeTelegram:
         return await self.user_message(chat_id, user, extra=extra, **kw)
 
     async def press_button(self, msg: Msg, user: User, data: str) -> str:
+        """`user` presses a button with `data` under `msg` (any data: a forged or stale
+        press too); returns the callback query's id."""
         query_id = f"cq{self._next_update}"
+        self.callback_queries.add(query_id)
         await self.push_update({"callback_query": {
             "id": query_id, "from": user.json(), "chat_instance": str(msg.chat.id),
             "message": msg.json(self.msgs), "data": data,
         }})
         return query_id
+
+    async def press(self, msg: Msg, user: User, label: str) -> str:
+        """`user` presses the button labelled `label` on `msg` as it shows now."""
+        data = next((d for text, d in buttons(msg.reply_markup) if text == label), None)
+        if data is None:
+            raise AssertionError(f"no button {label!r} on message {msg.message_id}: "
+                                 f"{buttons(msg.reply_markup)}")
+        return await self.press_button(msg, user, data)
+
+    def toast(self, query_id: str) -> dict[str, Any] | None:
+        """The bot's answerCallbackQuery to a press (None: not answered yet)."""
+        return next((a for a in self.answered_callbacks
+                     if a.get("callback_query_id") == query_id), None)
 
     async def push_update(self, body: dict[str, Any]) -> int:
         update = {"update_id": self._next_update, **body}
@@ -538,7 +435,7 @@ class FakeTelegram:
         """The text the message shows (a parse mode's markup removed; the entities it makes
         are not recorded), or the refusal Telegram gives."""
         if parse_mode:
-            text = _parse_markup(text, parse_mode)
+            text = parse_markup(text, parse_mode)
         if not text.strip():
             raise ApiError(400, "Bad Request: message text is empty")
         length = len(text.encode("utf-16-le")) // 2
@@ -548,7 +445,7 @@ class FakeTelegram:
             raise ApiError(400, "Bad Request: can't parse entities: Unsupported start tag "
                                 "\"b\" at byte offset 0")
         for e in entities:
-            _check_entity(e, length)
+            check_entity(e, length)
         return text
 
     def _target_chat(self, params: dict[str, Any]) -> Chat:
@@ -567,6 +464,7 @@ class FakeTelegram:
         text = self._check_text(text, entities, str(params.get("parse_mode", "")))
         reply = params.get("reply_parameters") or {}
         thread = self._check_thread(chat, params.get("message_thread_id"))
+        check_reply_markup(params.get("reply_markup"))
         msg = self._new_msg(
             chat, BOT, text=text, entities=entities, thread_id=thread,
             reply_to=reply.get("message_id"), reply_markup=params.get("reply_markup"),
@@ -584,6 +482,9 @@ class FakeTelegram:
         text, entities = str(params.get("text", "")), list(params.get("entities") or [])
         text = self._check_text(text, entities, str(params.get("parse_mode", "")))
         markup = params.get("reply_markup")
+        check_reply_markup(markup)
+        if markup is not None and "inline_keyboard" not in markup:
+            raise ApiError(400, "Bad Request: inline keyboard expected")
         if text == msg.text and entities == msg.entities and markup == msg.reply_markup:
             raise ApiError(400, NOT_MODIFIED)
         msg.text, msg.entities, msg.reply_markup = text, entities, markup
@@ -623,8 +524,29 @@ class FakeTelegram:
         return self.commands.get(str(params.get("language_code") or ""), [])
 
     async def api_answerCallbackQuery(self, params: dict[str, Any]) -> bool:
+        query = str(params.get("callback_query_id") or "")
+        if query not in self.callback_queries:
+            raise ApiError(400, "Bad Request: query is too old and response timeout expired or "
+                                "query ID is invalid")
+        if any(a.get("callback_query_id") == query for a in self.answered_callbacks):
+            raise ApiError(400, "Bad Request: query is too old and response timeout expired or "
+                                "query ID is invalid")
+        if len(str(params.get("text") or "")) > 200:
+            raise ApiError(400, "Bad Request: MESSAGE_TOO_LONG")
         self.answered_callbacks.append(params)
         return True
+
+    async def api_editMessageReplyMarkup(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat = self._target_chat(params)
+        msg = self.msgs.get((chat.id, int(params["message_id"])))
+        if msg is None or msg.deleted:
+            raise ApiError(400, "Bad Request: message to edit not found")
+        markup = params.get("reply_markup")
+        check_reply_markup(markup)
+        if markup == msg.reply_markup:
+            raise ApiError(400, NOT_MODIFIED)
+        msg.reply_markup = markup
+        return msg.json(self.msgs)
 
     async def api_getUpdates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         if self.webhook:
