@@ -166,6 +166,9 @@ async def test_a_button_on_a_forgotten_answer_says_it_is_gone(
         reply, job = last_reply(fake, "D0ALICE", None), job_of(msg)
         assert answer_buttons(reply) == [f"hd:up:{job}", f"hd:down:{job}", f"hd:human:{job}"]
         assert not reply.streamed, "a top-level DM answer is posted and updated"
+        exchange = await client.helpdesk.exchange(job)
+        assert exchange is not None and exchange.channel == f"slack:{TEAM}:dm", \
+            "DMs count as one place: no user's DM id in the statistics"
         await client.forget("slack", "U0ALICE")
         await fake.press(reply, f"hd:up:{job}")
         await told(fake, "U0ALICE", t("hd.gone", "ko"))
