@@ -47,8 +47,9 @@ def _record(msg: Message) -> dict[str, Any] | None:
     text = msg.text or msg.caption or ""
     if user is None or not text.strip():
         return None
-    return {"u": user.id, "n": user.full_name, "t": text[:MAX_CHARS], "b": user.is_bot,
-            "at": msg.date.timestamp() if msg.date else 0.0, "r": _parent_id(msg)}
+    # Named as the asker is in the prompt (`routing.user_ref`: the @username).
+    return {"u": user.id, "n": user.username or user.full_name, "t": text[:MAX_CHARS],
+            "b": user.is_bot, "at": msg.date.timestamp() if msg.date else 0.0, "r": _parent_id(msg)}
 
 
 class SeenMessages:
