@@ -11,7 +11,7 @@ Own keys (under `{redis.prefix}:slack:`, each for the history retention):
 | key                          | what                                                        |
 |------------------------------|-------------------------------------------------------------|
 | handoff:{escalation id}      | where the hand-off message is (to drop its button on resolve) |
-| hdopen:{team}:{channel}      | the thread of the channel's latest hand-off (`/kullm resolve`) |
+| hdopen:{team}:{channel}      | its latest hand-off's escalation (`/kullm resolve`)            |
 """
 
 from __future__ import annotations
@@ -157,15 +157,24 @@ class Desk:
         if not got.opened:
             return t("hd.already_open", who.lang)
         esc, cfg = got.escalation, got.config
-        text = self.hd.handoff_text(esc, who.lang, mentions(cfg.responders))
-        ts = await self._post(team, channel, conv.thread,
+        # Responders tagged in a DM would not be notified (they are not in it): a DM's
+        # hand-off goes to the helpdesk channel configured for DMs, when there is one.
+        where, thread = ((cfg.handoff_chat, "") if conv.direct and cfg.handoff_chat
+                         else (channel, conv.thread))
+        text = self._handoff_text(esc, who.lang, cfg)
+        ts = await self._post(team, where, thread,
                               **handoff_message(text, resolve_action(esc.id, who.lang)))
         ttl = self.store.retention_s
         await self.r.set(f"{self.p}:handoff:{esc.id}",
-                         json.dumps({"channel": channel, "ts": ts, "lang": who.lang}), ex=ttl)
-        if conv.thread:
-            await self.r.set(f"{self.p}:hdopen:{team}:{channel}", conv.thread, ex=ttl)
+                         json.dumps({"channel": where, "ts": ts, "lang": who.lang}), ex=ttl)
+        await self.r.set(f"{self.p}:hdopen:{team}:{where}", esc.id, ex=ttl)
         return t("hd.called_answering" if cfg.answer_when_escalated else "hd.called", who.lang)
+
+    def _handoff_text(self, esc: Escalation, lang: str, cfg: ChannelConfig) -> str:
+        """The hand-off, the asker as a Slack mention (their name, one click to a DM)."""
+        asker = esc.asker.rsplit(":", 1)[-1]
+        return self.hd.handoff_text(esc.model_copy(update={"asker_name": f"<@{asker}>"}),
+                                    lang, mentions(cfg.responders))
 
     async def _permalink(self, team: str, channel: str, ts: str) -> str:
         if not ts:
@@ -208,8 +217,7 @@ class Desk:
         if not where.get("ts"):
             return
         cfg = await self.hd.modes.get(esc.channel)
-        text = self.hd.handoff_text(esc, str(where.get("lang") or "ko"),
-                                    mentions(cfg.responders)) + "\n" + resolved
+        text = self._handoff_text(esc, str(where.get("lang") or "ko"), cfg) + "\n" + resolved
         web, team = self.inbound.web, esc.conversation.workspace
         await self._call(team, "chat.update", lambda: web.chat_update(
             channel=where["channel"], ts=where["ts"], **handoff_message(text, None)))
@@ -245,15 +253,12 @@ class Desk:
                                conv: ConversationRef | None) -> Escalation | None:
         """The caller's conversation if it is escalated, else the channel's latest
         hand-off (a responder has asked nothing there)."""
-        candidates = [conv] if conv is not None else []
+        mine = await self.hd.store.escalation(conv) if conv is not None else None
+        if mine is not None and mine.state == "open":
+            return mine
         latest = _s(await self.r.get(f"{self.p}:hdopen:{team}:{channel}"))
-        if latest:
-            candidates.append(conversation(team, channel, latest))
-        for c in candidates:
-            esc = await self.hd.store.escalation(c)
-            if esc is not None and esc.state == "open":
-                return esc
-        return None
+        esc = await self.hd.store.escalation_by_id(latest) if latest else None
+        return esc if esc is not None and esc.state == "open" else None
 
     async def set_mode(self, team: str, channel: str, args: list[str], lang: str) -> str:
         chan = channel_of(conversation(team, channel, ""))

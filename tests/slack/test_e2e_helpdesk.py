@@ -111,7 +111,7 @@ async def test_ask_a_person_hands_off_until_a_responder_resolves(
         await fake.press(last_reply(fake, HELP, ask.ts), f"hd:human:{job}")
         await told(fake, "U0ALICE", t("hd.called", "ko"))
         handoff = last_reply(fake, HELP, ask.ts)
-        assert f"<!subteam^{HELPERS}>" in handoff.text
+        assert f"<!subteam^{HELPERS}>" in handoff.text and "<@U0ALICE>" in handoff.text
         assert "프린터가 고장났어요?" in handoff.text
         assert f"https://fake.slack.com/archives/{HELP}/p{ask.ts.replace('.', '')}" \
             in handoff.text

@@ -30,7 +30,8 @@ LONG = "".join(f"{i}번째 문단은 답변을 여러 메시지로 나누기 위
 def settings(redis_url: str, tiny_model_dir: Path, tmp_path: Path) -> Settings:
     return test_settings_for(
         redis_url, tiny_model_dir, tmp_path, limits={"admins": [f"slack:{TEAM}:{ADMIN}"]},
-        helpdesk={"responders": ["U0CAROL"]})
+        helpdesk={"responders": ["U0CAROL"],
+                  "channels": {f"slack:{TEAM}:dm": {"handoff_chat": "C0DESK"}}})
 
 
 def responses(fake: FakeSlack) -> list[str]:
@@ -146,3 +147,23 @@ async def test_a_workspace_without_markdown_blocks_gets_the_buttons_under_mrkdwn
     assert all(b["type"] == "section" for b in reply.blocks[:-1]) and reply.blocks[:-1]
     assert "".join(b["text"]["text"] for b in reply.blocks[:-1]) == reply.text
     assert fake.block_errors == [], "only the markdown block was refused, never the buttons"
+
+
+async def test_a_dm_hand_off_goes_to_the_helpdesk_channel(
+    fake: FakeSlack, run_bot: Any, client: Any, worker: Any
+) -> None:
+    async with run_bot(fake):
+        msg = await fake.user_message("계정이 잠겼어요", channel="D0ALICE")
+        await answered(fake, client, msg, after=msg.ts)
+        reply, job = fake.bot_messages("D0ALICE", None, after=msg.ts)[-1], job_of(msg)
+        await fake.press(reply, f"hd:human:{job}")
+        await fake.wait_for(lambda: t("hd.called", "ko") in fake.ephemeral_texts("U0ALICE"),
+                            what="Alice told")
+        [handoff] = fake.bot_messages("C0DESK", None)
+        assert "<@U0ALICE>" in handoff.text and "<@U0CAROL>" in handoff.text
+        assert "계정이 잠겼어요" in handoff.text
+        await fake.slash("resolve", user="U0CAROL", channel="C0DESK")
+        resolved = t("hd.resolved", "ko", name="name-u0carol")
+        assert await answer_of(fake, 1) == resolved
+        await fake.wait_for(lambda: not buttons_of(handoff.blocks), what="button dropped")
+    assert fake.bot_messages("D0ALICE", None)[-1].text == resolved, "the asker is told"
