@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
@@ -40,7 +40,6 @@ class Attach:
 
     blocks: list[dict[str, Any]]
     done: bool = False
-    seen: list[str] = field(default_factory=list)
 
 
 ATTACH: ContextVar[Attach | None] = ContextVar("slack_attach_blocks", default=None)
@@ -104,7 +103,6 @@ class HelpdeskWebClient(CountingWebClient):
         kwargs["json"] = with_blocks(api_method, body, attach.blocks)
         resp = await super().api_call(api_method, **kwargs)
         attach.done = True
-        attach.seen.append(api_method)
         return resp
 
 

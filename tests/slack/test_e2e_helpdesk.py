@@ -196,3 +196,23 @@ async def test_thread_context_skips_what_the_bot_already_answered(
     assert messages[1]["content"] == "확인해 볼게요."
     assert messages[2]["content"].split("\n") == ["name-u0bob: 저는 열려요",
                                                   "name-u0carol: 차이가 뭘까요?"]
+
+
+async def test_english_speakers_get_english_buttons_and_answers(
+    fake: FakeSlack, run_bot: Any, client: Any, worker: Any
+) -> None:
+    fake.locales["U0BOB"] = "en-US"
+    async with run_bot(fake):
+        await fake.slash("help", user="U0BOB")  # Bob's language is known from here on
+        await fake.wait_for(lambda: bool(fake.responses), what="help")
+        msg = await fake.user_message("How do I reset my password?", user="U0BOB",
+                                      channel=HELP, mention=False)
+        await answered(fake, client, msg, lang="en")
+        reply, job = last_reply(fake, HELP, msg.ts), job_of(msg)
+        assert [b["text"]["text"] for b in buttons_of(reply.blocks)] == [
+            "👍", "👎", t("hd.human", "en")]
+        await fake.press(reply, f"hd:down:{job}", user="U0BOB")
+        await told(fake, "U0BOB", t("hd.rated", "en", rating="👎"))
+        await fake.wait_for(lambda: bool(fake.views), what="the comment modal")
+    assert fake.views[0]["view"]["title"]["text"] == t("hd.comment_title", "en")
+    assert t("hd.human", "en") == "🙋 Ask a person"
