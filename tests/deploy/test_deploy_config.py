@@ -328,7 +328,7 @@ async def test_probe_paths_are_served_by_the_ops_endpoint() -> None:
 
 def _http_probe_commands() -> list[list[str]]:
     """The compose healthchecks that probe over HTTP (python, the images have no curl)."""
-    return [svc["healthcheck"]["test"][1:] for svc in h.compose()["services"].values()
+    return [svc["healthcheck"]["test"][1:] for svc in h.kullm_services(h.compose()).values()
             if "urllib" in json.dumps(svc.get("healthcheck", {}))]
 
 
