@@ -79,7 +79,8 @@ async def run(slots: int | None, args: argparse.Namespace, url: str, redis_url: 
               tok: Any, data: Path) -> tuple[list[float], float]:
     settings = load_settings(
         None, data_dir=data, redis={"url": redis_url},
-        model={"engine": "openai", "openai_base_url": url, "openai_model": "kullm3",
+        model={"engine": "openai", "openai_api": "chat", "openai_base_url": url,
+               "openai_model": "kullm3",
                "openai_concurrency": slots or 128},
         queue={"max_pending": 100000}, limits={"requests_per_minute": 0, "daily_tokens": 0},
         generation={"max_new_tokens": args.tokens},

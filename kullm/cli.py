@@ -1,4 +1,4 @@
-"""`kullm`: serve | worker | chat | telegram | slack | tiny-model | history."""
+"""`kullm`: serve | worker | chat | telegram | slack | tiny-model | history | eval."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
+from kullm import eval_cli, helpdesk_cli
 from kullm.logs import setup_logging
 from kullm.runtime import open_redis
 from kullm_core.client import CoreClient
@@ -77,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     h = add("history", "list conversations, or print one as JSON",
             "List stored conversation keys, or print one conversation as JSON (export).")
     h.add_argument("conversation", nargs="?", help="conversation key; omit to list keys")
+    helpdesk_cli.add_parsers(add)
+    eval_cli.add_arguments(add("eval", "answer quality as KULLM3's authors measured it",
+                               eval_cli.DESCRIPTION))
     return p
 
 
@@ -85,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(getattr(args, "config", None))
         setup_logging(settings.log_level, settings.log_format)
-        if args.cmd == "chat" and args.once is not None and settings.log_level == "INFO":
+        quiet = args.cmd == "eval" or (args.cmd == "chat" and args.once is not None)
+        if quiet and settings.log_level == "INFO":
             logging.getLogger().setLevel(logging.WARNING)
         return asyncio.run(_dispatch(args, settings))
     except KullmError as exc:
@@ -116,6 +121,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await _check(settings)
     if args.cmd == "history":
         return await _history(settings, args.conversation)
+    if args.cmd == "eval":
+        return await eval_cli.main(args, settings, getattr(args, "config", None))
+    if args.cmd in helpdesk_cli.COMMANDS:
+        return await helpdesk_cli.run(args, settings)
     if args.cmd in ("telegram", "slack"):
         from kullm import adapters
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from redis.asyncio import Redis
 
+from kullm_core.helpdesk.store import HelpdeskStore
 from kullm_core.keys import CANCEL_TTL_S, USER_JOBS_TTL_S, Keys
 from kullm_core.limits import Limiter
 from kullm_core.queue import EnqueueResult, RedisJobQueue
@@ -21,15 +23,34 @@ from kullm_core.settings import Settings
 from kullm_core.store import RedisConversationStore
 from kullm_core.streams import ReplyStreams
 from kullm_core.text_clean import clean_text
-from kullm_core.wire import ConversationRef, ErrorEvent, Event, Job, Turn, UserRef
+from kullm_core.wire import ConversationRef, ErrorEvent, Event, Job, Quoted, Turn, UserRef
 
 log = logging.getLogger(__name__)
 
 MAX_USER_TEXT = 16000
+MAX_CONTEXT = 50
 _SETTLE_S = 10.0
 
 ForgetHook = Callable[[str, str], Awaitable[object]]
 """An adapter's own part of /forget: called with (platform, user id)."""
+
+
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*(?:\r\n|\n|\r))+")
+
+
+def trim(text: str) -> str:
+    """Leading blank lines and trailing whitespace off; the first line's indentation kept
+    (pasted code or YAML)."""
+    return _LEADING_BLANK_LINES.sub("", text).rstrip() if text.strip() else ""
+
+
+def _cleaned(context: list[Quoted]) -> list[Quoted]:
+    out = []
+    for q in context[-MAX_CONTEXT:]:
+        text = trim(clean_text(q.text))[:MAX_USER_TEXT]
+        if text:
+            out.append(q.model_copy(update={"text": text}))
+    return out
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,7 @@ class CoreClient:
         self.queue = RedisJobQueue.from_settings(redis, settings)
         self.store = RedisConversationStore.from_settings(redis, settings)
         self.limiter = Limiter(redis, self.keys, settings.limits)
+        self.helpdesk = HelpdeskStore(redis, self.keys, settings.history.retention_hours * 3600)
         self._forget_hooks: list[ForgetHook] = []
 
     async def __aenter__(self) -> CoreClient:
@@ -72,10 +94,13 @@ class CoreClient:
         *,
         replace_last: bool = False,
         check_limits: bool = True,
+        context: list[Quoted] | None = None,
     ) -> Submission:
-        """Queue a message for an answer. Idempotent on `source_id` (the platform message id)."""
+        """Queue a message for an answer. Idempotent on `source_id` (the platform message id).
+        `context`: others' messages quoted into the prompt (cleaned like the text; at most
+        `MAX_CONTEXT` of them, the newest, and `MAX_USER_TEXT` characters each)."""
         job_id = Job.id_for(source_id)
-        text = clean_text(text).strip()
+        text = trim(clean_text(text))
         if not text:
             return Submission(job_id, "rejected", error=ErrorEvent(kind="bad_input"))
         if len(text) > MAX_USER_TEXT:
@@ -84,12 +109,15 @@ class CoreClient:
                 "rejected",
                 error=ErrorEvent(kind="too_long", params={"limit": MAX_USER_TEXT}),
             )
+        max_tokens = 0
         if check_limits:
-            refusal = await self.limiter.check(user, workspace=conv.workspace)
-            if refusal is not None:
+            admitted = await self.limiter.admit(
+                user, job_id, self.settings.generation.max_new_tokens, workspace=conv.workspace)
+            if admitted.refusal is not None:
                 log.info("job %s: user %s:%s limited (%s)", job_id, user.platform, user.id,
-                         refusal.kind)
-                return Submission(job_id, "rejected", error=refusal)
+                         admitted.refusal.kind)
+                return Submission(job_id, "rejected", error=admitted.refusal)
+            max_tokens = admitted.max_tokens
         job = Job(
             id=job_id,
             source_id=source_id,
@@ -98,8 +126,12 @@ class CoreClient:
             text=text,
             replace_last=replace_last,
             meta=meta or {},
+            context=_cleaned(context or []),
+            max_tokens=max_tokens,
         )
         res: EnqueueResult = await self.queue.enqueue(job)
+        if res.status != "queued" and max_tokens:
+            await self.limiter.release(user, job_id)
         if res.status == "busy":
             log.warning("job %s: queue full (%d waiting)", job_id, res.position)
             return Submission(
@@ -222,6 +254,7 @@ class CoreClient:
                 await self.cancel_job(job_id)
             await self._settle(running)
         turns = await self.store.forget_user(platform, user_id, jobs)
+        await self.helpdesk.forget_user(platform, user_id)
         for hook in self._forget_hooks:
             await hook(platform, user_id)
         return turns

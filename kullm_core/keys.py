@@ -20,8 +20,10 @@
 |                             |        | sliding: the user's job ids, so /forget finds their |
 |                             |        | reply streams                                       |
 | {p}:worker:{worker_id}      | string | WORKER_HEALTH_HEARTBEATS (3) heartbeats (health)    |
-| {p}:rate:{user}:{minute}    | string | RATE_TTL_S (2 minutes)                              |
-| {p}:quota:{user}:{day}      | string | QUOTA_TTL_S (2 days)                                |
+| {p}:quota:{user}:{day}      | string | QUOTA_TTL_S (2 days): tokens generated that day     |
+| {p}:qres:{user}:{day}       | hash   | QUOTA_TTL_S: job -> tokens reserved (until it ends) |
+| {p}:uquota:{user}           | string | none: an admin's per-user daily limit (config)      |
+| {p}:rwin:{user}             | zset   | 1 minute: the moving window of the user's requests  |
 | {p}:seen:{platform}:{id}    | string | queue.dedupe_ttl_s (adapter update/event dedupe)    |
 | {p}:chan:cancel             | pubsub | (channel, nothing stored)                           |
 | {p}:positions               | string | POSITIONS_LOCK_TTL_S (1.5 s; one worker at a time   |
@@ -36,6 +38,16 @@
 |                             |        | by each send (`kullm_core.budget`; no text); with   |
 |                             |        | `:pause` (Retry-After), `:line`/`:alive` (stale_s + |
 |                             |        | 1 s) and `:served` (window + stale_s) beside it     |
+| {p}:hd:exch:{job_id}        | string | history.retention_hours: a finished reply's Exchange |
+| {p}:hd:fb:{job_id}          | hash   | history.retention_hours: rater -> Feedback          |
+| {p}:hd:esc:{escalation_id}  | string | history.retention_hours: an Escalation             |
+| {p}:hd:user:{platform}:{id} | set    | history.retention_hours, sliding: the helpdesk keys |
+|                             |        | holding the user's data, so /forget finds them      |
+| {p}:hd:chan:{channel}       | string | none: an admin's ChannelConfig (configuration)      |
+| {p}:hd:stats:{day}          | hash   | STATS_TTL_S: `{channel}|{metric}` -> count (no text) |
+| {p}:hd:ttfv:{day}:{channel} | list   | STATS_TTL_S: seconds to first visible text, capped  |
+| {p}:hd:solve:{what}:{day}:…| list   | STATS_TTL_S: seconds to first human reply / resolve |
+| {p}:hd:users:{day}:{channel}| hll    | STATS_TTL_S: distinct askers (HyperLogLog: no ids)  |
 | {p}:tg:* / {p}:slack:*      | any    | adapter state, built with `Keys.adapter`; each key's |
 |                             |        | lifetime is documented where the adapter defines it |
 """
@@ -59,8 +71,6 @@ USER_JOBS_TTL_S = DAY_S
 """A user's job index, plus `queue.reply_ttl_s` (so /forget finds every reply stream)."""
 WORKER_HEALTH_HEARTBEATS = 3
 """A worker's health key lives this many heartbeats."""
-RATE_TTL_S = 120
-"""A per-minute request counter outlives its minute."""
 QUOTA_TTL_S = 2 * DAY_S
 """A per-day token counter outlives its (UTC) day."""
 POSITIONS_INTERVAL_S = 2.0
@@ -69,9 +79,9 @@ POSITIONS_LOCK_TTL_S = POSITIONS_INTERVAL_S * 0.75
 """Held by one worker per round; lapses before the next round so another may take it."""
 WARMING_TTL_S = 30
 """The warming flag, renewed every third of it while a worker loads its model."""
-REPLY_RECORD_TTL_S = 86400
+REPLY_RECORD_TTL_S = DAY_S
 """A reply record outlives its job's reply stream (1 day before `done`)."""
-REPLY_INDEX_TTL_S = 2 * 86400
+REPLY_INDEX_TTL_S = 2 * DAY_S
 """The index of an adapter's reply records, renewed by each new reply."""
 
 
@@ -134,11 +144,17 @@ class Keys:
     def worker_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
 
-    def rate(self, user: str, minute: int) -> str:
-        return f"{self.prefix}:rate:{user}:{minute}"
-
     def quota(self, user: str, day: str) -> str:
         return f"{self.prefix}:quota:{user}:{day}"
+
+    def quota_reserved(self, user: str, day: str) -> str:
+        return f"{self.prefix}:qres:{user}:{day}"
+
+    def user_quota(self, user: str) -> str:
+        return f"{self.prefix}:uquota:{user}"
+
+    def request_window(self, user: str) -> str:
+        return f"{self.prefix}:rwin:{user}"
 
     def seen(self, platform: str, item_id: str) -> str:
         return f"{self.prefix}:seen:{platform}:{item_id}"
@@ -160,3 +176,42 @@ class Keys:
     def budget(self, namespace: str, bucket: str) -> str:
         """`kullm_core.budget`: one send-budget bucket of a platform account (bot, app)."""
         return f"{self.prefix}:{namespace}:budget:{bucket}"
+
+    # -- the team helpdesk (`kullm_core.helpdesk`) ---------------------------------------------
+
+    def exchange(self, job_id: str) -> str:
+        return f"{self.prefix}:hd:exch:{job_id}"
+
+    def feedback(self, job_id: str) -> str:
+        return f"{self.prefix}:hd:fb:{job_id}"
+
+    def escalation(self, escalation_id: str) -> str:
+        return f"{self.prefix}:hd:esc:{escalation_id}"
+
+    def helpdesk_user(self, platform: str, user_id: str) -> str:
+        return f"{self.prefix}:hd:user:{platform}:{user_id}"
+
+    def channel_config(self, channel: str) -> str:
+        return f"{self.prefix}:hd:chan:{channel}"
+
+    def channel_config_pattern(self) -> str:
+        return f"{self.prefix}:hd:chan:*"
+
+    def stats(self, day: str) -> str:
+        return f"{self.prefix}:hd:stats:{day}"
+
+    def stats_ttfv(self, day: str, channel: str) -> str:
+        return f"{self.prefix}:hd:ttfv:{day}:{channel}"
+
+    def stats_solve(self, day: str, channel: str, what: str) -> str:
+        """`what`: `first` (time to the first human reply) or `resolved`."""
+        return f"{self.prefix}:hd:solve:{what}:{day}:{channel}"
+
+    def stats_users(self, day: str, channel: str) -> str:
+        return f"{self.prefix}:hd:users:{day}:{channel}"
+
+
+STATS_TTL_S = 400 * DAY_S
+"""Helpdesk statistics hold counts and durations only (no text, no ids): kept 400 days."""
+STATS_SAMPLES = 5000
+"""Per day and channel, the durations kept for medians and p95 (the latest ones)."""

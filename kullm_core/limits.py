@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from kullm_core.keys import DAY_S, RATE_TTL_S, Keys
+from kullm_core.keys import DAY_S, QUOTA_TTL_S, Keys
+from kullm_core.limits_scripts import ADMIT_LUA
 from kullm_core.settings import LimitSettings
 from kullm_core.wire import ErrorEvent, UserRef
 
@@ -60,6 +62,9 @@ class Limiter:
         self.r = redis
         self.keys = keys
         self.s = settings
+        self.reservation_max_age_s = 6 * 3600.0
+        """A reservation whose job never ended (dead-lettered) stops counting after this."""
+        self._admit = redis.register_script(ADMIT_LUA)
 
     def is_admin(self, user: UserRef, workspace: str = "") -> bool:
         """Admins are named by id only, never by a (changeable) username."""
@@ -83,35 +88,97 @@ class Limiter:
             return True
         return not user_names(user, workspace).isdisjoint(s.allowed_users)
 
+    def owner(self, user: UserRef) -> str:
+        """Whose counters a request spends: per platform user, whichever workspace they ask
+        in (``platform:id``; the queue's commit adds the generated tokens to the same key)."""
+        return f"{user.platform}:{user.id}"
+
+    async def used_today(self, who: str, now: float | None = None) -> int:
+        """Tokens `who` (`owner`) used today (UTC)."""
+        return int(await self.r.get(self.keys.quota(who, _day(now))) or 0)
+
+    async def daily_limit(self, who: str) -> int:
+        """`who`'s daily token limit: an admin's per-user setting, else `daily_tokens`
+        (0: unlimited)."""
+        raw = await self.r.get(self.keys.user_quota(who))
+        return int(raw) if raw is not None else self.s.daily_tokens
+
+    async def set_daily_limit(self, who: str, limit: int | None) -> None:
+        """An admin sets `who`'s daily limit (None: back to `daily_tokens`)."""
+        if limit is None:
+            await self.r.delete(self.keys.user_quota(who))
+        else:
+            await self.r.set(self.keys.user_quota(who), max(0, int(limit)))
+
+    async def usage(self, user: UserRef, now: float | None = None) -> Usage:
+        who, now = self.owner(user), time.time() if now is None else now
+        window = self.keys.request_window(who)
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.quota(who, _day(now)))
+            pipe.zcount(window, int(now * 1000) - _WINDOW_MS, "+inf")
+            used, requests = await pipe.execute()
+        return Usage(int(used or 0), await self.daily_limit(who), int(requests),
+                     self.s.requests_per_minute)
+
+    async def admit(self, user: UserRef, job_id: str, estimate: int, *,
+                    workspace: str = "", now: float | None = None) -> Admission:
+        """Count one request in the moving minute and reserve up to `estimate` tokens of
+        today's quota for `job_id`, in one atomic step: concurrent requests can never
+        reserve more than is left. A job granted fewer tokens than `estimate` is generated
+        with that many at most (`Admission.max_tokens`)."""
+        if self.is_admin(user, workspace):
+            return Admission(None, 0)
+        now = time.time() if now is None else now
+        who, day, k = self.owner(user), _day(now), self.keys
+        status, a = await self._admit(
+            keys=[k.request_window(who), k.quota(who, day), k.quota_reserved(who, day),
+                  k.user_quota(who)],
+            args=[int(now * 1000), _WINDOW_MS, self.s.requests_per_minute, self.s.daily_tokens,
+                  max(1, estimate), job_id, k.done(""), int(self.reservation_max_age_s * 1000),
+                  QUOTA_TTL_S])
+        if status == 1:
+            return Admission(ErrorEvent(kind="quota", params={
+                "retry_after": DAY_S - int(now) % DAY_S, "limit": int(a)}), 0)
+        if status == 2:
+            return Admission(ErrorEvent(kind="rate_limited", params={"retry_after": int(a)}), 0)
+        return Admission(None, int(a))
+
+    async def release(self, user: UserRef, job_id: str, now: float | None = None) -> None:
+        """Give back the reservation of a request that was not queued after all."""
+        await self.r.hdel(self.keys.quota_reserved(self.owner(user), _day(now)), job_id)  # type: ignore[misc]
+
     async def check(
         self, user: UserRef, now: float | None = None, workspace: str = ""
     ) -> ErrorEvent | None:
-        """Count one request; return a refusal (with when to ask again) or None."""
-        if self.is_admin(user, workspace):
-            return None
-        now = time.time() if now is None else now
-        # The counters' key is the queue's (its commit adds the generated tokens to the same
-        # quota key): per platform user, whichever workspace they ask in.
-        who = f"{user.platform}:{user.id}"
-        if self.s.daily_tokens:
-            day = time.strftime("%Y%m%d", time.gmtime(now))
-            used = int(await self.r.get(self.keys.quota(who, day)) or 0)
-            if used >= self.s.daily_tokens:
-                wait = DAY_S - int(now) % DAY_S
-                return ErrorEvent(kind="quota", params={"retry_after": wait,
-                                                        "limit": self.s.daily_tokens})
-        if self.s.requests_per_minute:
-            minute = int(now // 60)
-            key = self.keys.rate(who, minute)
-            async with self.r.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, RATE_TTL_S)
-                count, _ = await pipe.execute()
-            if int(count) > self.s.requests_per_minute:
-                return ErrorEvent(kind="rate_limited",
-                                  params={"retry_after": 60 - int(now) % 60})
-        return None
+        """`admit` without a job (one request, a one-token reservation given back)."""
+        probe = f"probe-{time.time_ns()}"
+        got = await self.admit(user, probe, 1, workspace=workspace, now=now)
+        await self.release(user, probe, now)
+        return got.refusal
 
+
+def _day(now: float | None) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(time.time() if now is None else now))
+
+
+@dataclass(frozen=True)
+class Admission:
+    refusal: ErrorEvent | None
+    max_tokens: int
+    """Tokens reserved for the job (0: no quota applies)."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    used_today: int
+    daily_limit: int
+    """0: unlimited."""
+    requests_last_minute: int
+    requests_per_minute: int
+    """0: unlimited."""
+
+
+_WINDOW_MS = 60_000
 
 _MAX_PLACES = 4096
 

@@ -108,3 +108,25 @@ def delivered(platform: Platform, edits: int) -> None:
 def first_text(platform: Platform, seconds: float) -> None:
     FIRST_TEXT.labels(platform=platform).observe(max(0.0, seconds))
 
+
+
+# -- helpdesk ------------------------------------------------------------------------------
+
+RATINGS = Counter("kullm_helpdesk_ratings_total",
+                  "Ratings of answers (a changed rating counts again)", ["platform", "rating"])
+ESCALATIONS = Counter("kullm_helpdesk_escalations_total",
+                      "Conversations handed to a person", ["platform"])
+RESOLVED = Counter("kullm_helpdesk_resolved_total",
+                   "Escalations marked resolved by a responder or admin", ["platform"])
+
+
+def rated(platform: Platform, rating: str) -> None:
+    RATINGS.labels(platform=platform, rating=rating).inc()
+
+
+def escalated(platform: Platform) -> None:
+    ESCALATIONS.labels(platform=platform).inc()
+
+
+def resolved(platform: Platform) -> None:
+    RESOLVED.labels(platform=platform).inc()

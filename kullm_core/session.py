@@ -117,7 +117,8 @@ class JobSession:
             if job.replace_last and history:
                 history = history[:-1]
             speaker = (job.user.id, job.user.name)
-            built = await asyncio.to_thread(self.prompt.build, history, job.text, speaker)
+            built = await asyncio.to_thread(self.prompt.build, history, job.text, speaker,
+                                            job.context)
         except UserFacingError as exc:
             log.info("job %s: refused (%s: %s)", job.id, exc.kind, exc)
             refusal = ErrorEvent(kind=exc.kind, params=exc.params)  # type: ignore[arg-type]
@@ -130,9 +131,10 @@ class JobSession:
         )
         await self._io(lambda: self.queue.emit(job.id, start), "starting")
         g = self.s.generation
-        params = SamplingParams.from_settings(
-            g, max_new_tokens=min(g.max_new_tokens, g.context_window - built.tokens)
-        )
+        room = min(g.max_new_tokens, g.context_window - built.tokens)
+        if job.max_tokens:  # what the asker's quota reserved for this answer
+            room = min(room, job.max_tokens)
+        params = SamplingParams.from_settings(g, max_new_tokens=room)
         request = GenerationRequest(self.request_id, built.ids, built.messages, params)
         outcome = await self._generate(request, started)
         await self._commit(outcome, built.tokens, queue_ms, started)

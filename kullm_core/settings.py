@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from kullm_core.errors import ConfigError
+from kullm_core.helpdesk.settings import HelpdeskSettings
 
 
 def kullm3_system_prompt() -> str:
@@ -79,6 +80,10 @@ class ModelSettings(_Section):
     tiny_fallback: Literal["auto", "always", "never"] = "auto"
     """When the model cannot be found: `auto` builds and uses the tiny random model only on a
     machine without a CUDA GPU (and says so loudly); `always` always uses it; `never` fails."""
+    openai_api: Literal["completions", "chat"] = "completions"
+    """`completions`: stream `/completions` with the worker's own prompt token ids (the local
+    engine's exact prompt; vLLM, SGLang). `chat`: send `messages` to `/chat/completions` and let
+    the server render its chat template (servers without token-id prompts)."""
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     openai_api_key: SecretStr = SecretStr("")
     openai_model: str = "nlpai-lab/KULLM3"
@@ -107,7 +112,13 @@ class GenerationSettings(_Section):
     no_repeat_ngram_size: int = Field(default=0, ge=0, le=32)
     stop_strings: list[str] = Field(default_factory=list)
     seed: int | None = None
+    system_prompt_mode: Literal["template", "explicit", "none"] = "template"
+    """`template`: what the model card's usage sends: no system message, the model's chat
+    template adds its default system prompt (KULLM3's: the card's sentences on one line); a
+    template without a default gets `system_prompt`. `explicit`: always `system_prompt`.
+    `none`: an empty system message (to measure the card's warning with `kullm eval`)."""
     system_prompt: str = Field(default_factory=kullm3_system_prompt, min_length=1)
+    """Sent with `system_prompt_mode = "explicit"` (default: the README's multi-line text)."""
     context_window: int = Field(default=4096, ge=64, le=131072)
 
 
@@ -286,6 +297,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     telegram: TelegramSettings = TelegramSettings()
     slack: SlackSettings = SlackSettings()
+    helpdesk: HelpdeskSettings = HelpdeskSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -35,6 +35,8 @@ class ConversationRef(_Wire):
     chat: str
     thread: str = ""
     user: str = ""
+    direct: bool = False
+    """A one-to-one chat with the bot (a DM). Not part of `key`."""
 
     @property
     def key(self) -> str:
@@ -49,6 +51,17 @@ class UserRef(_Wire):
     id: str
     name: str = ""
     lang: str = "ko"
+
+
+class Quoted(_Wire):
+    """A message of someone else that gives a question its context (a Slack thread's
+    earlier human messages, the Telegram message a question replies to)."""
+
+    user_id: str
+    name: str = ""
+    text: str
+    at: float = 0.0
+    """When it was written (orders it among the conversation's turns)."""
 
 
 class Job(_Wire):
@@ -66,6 +79,11 @@ class Job(_Wire):
     """Regenerate: the answer replaces the conversation's last turn (`/retry`)."""
     meta: dict[str, str] = Field(default_factory=dict)
     """Opaque routing data for the adapter that delivers the reply (chat ids, thread ts...)."""
+    context: list[Quoted] = Field(default_factory=list)
+    """Messages of others quoted into the prompt (see `Quoted`); not stored in history."""
+    max_tokens: int = 0
+    """Tokens the asker's daily quota reserved for this answer: it is generated with at most
+    that many (0: no quota applies)."""
 
     @staticmethod
     def id_for(source_id: str) -> str:
@@ -159,6 +177,7 @@ class ReplyRequest(_Wire):
     kind: Literal["ask", "retry"] = "ask"
     text: str = ""
     meta: dict[str, str] = Field(default_factory=dict)
+    context: list[Quoted] = Field(default_factory=list)
 
 
 class ReplyRecord(_Wire):
@@ -191,11 +210,13 @@ class ReplyRecord(_Wire):
     @classmethod
     def ask(cls, conv: ConversationRef, user: UserRef, source_id: str, text: str,
             target: dict[str, Any], *, kind: Literal["ask", "retry"] = "ask",
-            meta: dict[str, str] | None = None) -> ReplyRecord:
+            meta: dict[str, str] | None = None,
+            context: list[Quoted] | None = None) -> ReplyRecord:
         """A new reply to a user's message (`kind="retry"`: regenerate the last answer)."""
         return cls(job_id=Job.id_for(source_id), source_id=source_id, conversation=conv,
                    user=user, target=target,
-                   request=ReplyRequest(kind=kind, text=text, meta=meta or {}))
+                   request=ReplyRequest(kind=kind, text=text, meta=meta or {},
+                                        context=context or []))
 
 
 def parse_reply_record(raw: str | bytes) -> ReplyRecord:
@@ -212,3 +233,97 @@ def parse_job(raw: str | bytes) -> Job:
 
 def parse_turn(raw: str | bytes) -> Turn:
     return Turn.model_validate_json(raw)
+
+
+# -- the team helpdesk (`kullm_core.helpdesk`) ----------------------------------------------
+
+ReplyOutcome = Literal["answered", "stopped", "failed", "refused"]
+"""How a question ended for its asker: answered (in full or cut at the length limit), stopped
+(/stop), failed (an error or timeout), refused (rate limit, quota, a full queue)."""
+
+
+class Exchange(_Wire):
+    """A finished reply as the helpdesk sees it: who asked where, how it ended, how fast.
+    No text: the question and answer stay in the history (`Turn`, by `job_id`)."""
+
+    v: Literal[1] = 1
+    job_id: str
+    conversation: ConversationRef
+    user: UserRef
+    asker: str
+    """The asker's qualified id (`tg:1`, `slack:T1:U1`)."""
+    channel: str
+    """The qualified chat (`tg:-100123`, `slack:T1:C1`): the unit of per-channel stats."""
+    outcome: ReplyOutcome
+    finish_reason: str = ""
+    asked_at: float
+    finished_at: float
+    first_visible_s: float = -1.0
+    """Seconds from the question to the first text the user saw (-1: none shown)."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+Rating = Literal["up", "down"]
+
+
+class Feedback(_Wire):
+    """One person's rating of one answer (the latest wins) and their optional comment."""
+
+    v: Literal[1] = 1
+    job_id: str
+    rater: str
+    """Qualified id of the person rating."""
+    rating: Rating
+    comment: str = ""
+    at: float = Field(default_factory=time.time)
+
+
+class Escalation(_Wire):
+    """A conversation handed to a person ("Ask a person")."""
+
+    v: Literal[1] = 1
+    id: str
+    """`Escalation.id_for(conversation)`: short, fits a Telegram button."""
+    conversation: ConversationRef
+    channel: str
+    asker: str
+    asker_name: str = ""
+    question: str = ""
+    job_id: str = ""
+    """The answer the asker was not happy with ('' when escalated by command)."""
+    link: str = ""
+    state: Literal["open", "resolved"] = "open"
+    opened_at: float = Field(default_factory=time.time)
+    first_human_at: float = 0.0
+    """When someone other than the asker and the bot first wrote in the conversation."""
+    resolved_at: float = 0.0
+    resolver: str = ""
+
+    @staticmethod
+    def id_for(conversation: ConversationRef) -> str:
+        return hashlib.sha256(conversation.key.encode("utf-8")).hexdigest()[:16]
+
+
+ChannelMode = Literal["all", "mention", "off"]
+
+
+class ChannelConfig(_Wire):
+    """How the bot behaves in one channel or group: set in `helpdesk.channels`, changed by
+    admins with a command (stored in Redis, read by every replica)."""
+
+    v: Literal[1] = 1
+    mode: ChannelMode = "mention"
+    """all: every top-level message is a question (answered in its thread); mention: only
+    when mentioned (or in a DM); off: never."""
+    questions_only: bool = False
+    """Answer only messages that look like questions (mode `all`)."""
+    responders: list[str] = Field(default_factory=list)
+    """Who is tagged on escalation and may resolve: platform user ids (Slack `U…`, Telegram
+    numeric ids) or a Slack user group (`S…`)."""
+    answer_when_escalated: bool = False
+    """Keep answering in a conversation handed to a person."""
+    handoff_chat: str = ""
+    """Telegram: the helpdesk group escalations are forwarded to ('' = the chat itself)."""
+    handoff_thread: str = ""
+    """Telegram: the forum topic in `handoff_chat` ('' = none)."""

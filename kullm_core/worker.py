@@ -70,8 +70,7 @@ class Worker:
         self.keys = Keys(settings.redis.prefix)
         self.queue = RedisJobQueue.from_settings(redis, settings)
         self.store = RedisConversationStore.from_settings(redis, settings)
-        g = settings.generation
-        self.prompt = PromptBuilder(tokenizer, g.system_prompt, g.context_window, g.max_new_tokens)
+        self.prompt = PromptBuilder.from_settings(tokenizer, settings.generation)
         self.capacity = engine.slots or settings.batching.max_batch_size
         self.sessions: dict[str, tuple[JobSession, asyncio.Task[None]]] = {}
         self.deferred: list[ClaimedJob] = []

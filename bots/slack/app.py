@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from typing import Any
 
 import aiohttp
@@ -16,10 +17,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.commands import FORGET_NO, FORGET_YES, Commands
 from bots.slack.config import SlackTuning
+from bots.slack.desk import Desk
 from bots.slack.handlers import Inbound
+from bots.slack.helpdesk import ACTION_PATTERN, COMMENT_VIEW, HelpdeskWebClient
 from bots.slack.receivers import HttpReceiver, Receiver, SocketModeReceiver
 from bots.slack.reply import SlackShared
-from bots.slack.scheduler import CountingWebClient, Scheduler, api_error
+from bots.slack.scheduler import Scheduler, api_error
 from bots.slack.sink import SlackPlatform
 from bots.slack.store import SlackStore
 from kullm_core.budget import SendBudget, SlackScopes
@@ -98,13 +101,14 @@ class SlackBot:
     def _web(self, session: aiohttp.ClientSession) -> AsyncWebClient:
         s = self.settings.slack
         base = s.base_url if s.base_url.endswith("/") else s.base_url + "/"
-        return CountingWebClient(
+        return HelpdeskWebClient(
             token=s.bot_token.get_secret_value(), base_url=base, session=session,
             timeout=int(self.tuning.api_timeout_s), logger=logging.getLogger("bots.slack.sdk"),
             retry_handlers=[self.scheduler.rate_limit_handler(self.tuning.max_429_retries)],
         )
 
-    def _app(self, web: AsyncWebClient, inbound: Inbound, commands: Commands) -> AsyncApp:
+    def _app(self, web: AsyncWebClient, inbound: Inbound, commands: Commands,
+             desk: Desk) -> AsyncApp:
         s = self.settings.slack
         app = AsyncApp(
             client=web,
@@ -123,6 +127,9 @@ class SlackBot:
         app.command("/kullm")(commands.on_command)
         app.action(FORGET_YES)(commands.on_forget)
         app.action(FORGET_NO)(commands.on_forget_cancel)
+        app.action(re.compile(ACTION_PATTERN))(desk.on_action)
+        app.view(COMMENT_VIEW)(desk.on_comment)
+        app.event("app_home_opened")(desk.on_home)
 
         @app.error
         async def _error(error: Exception, body: dict[str, Any]) -> None:
@@ -148,8 +155,10 @@ class SlackBot:
                 owner=self.owner)
             inbound = Inbound(self.settings, self.client, web, self.scheduler, self.store,
                               deliveries)
-            commands = Commands(self.client, self.store, deliveries, inbound)
-            receiver = self.receiver = self._receiver(self._app(web, inbound, commands), web)
+            desk = Desk(inbound, self.store)
+            commands = Commands(self.client, self.store, deliveries, inbound, desk)
+            receiver = self.receiver = self._receiver(
+                self._app(web, inbound, commands, desk), web)
             await self._check_tokens(web)
             async with deliveries:
                 if not await _until_stopped(receiver.start(), stop):

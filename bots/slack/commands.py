@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bots.slack.desk import COMMANDS, Desk
 from bots.slack.handlers import Inbound
 from bots.slack.store import SlackStore
 from bots.slack.target import Target, conversation
@@ -29,11 +30,12 @@ FORGET_NO = "kullm_forget_no"
 
 class Commands:
     def __init__(self, client: CoreClient, store: SlackStore, deliveries: Deliveries,
-                 inbound: Inbound) -> None:
+                 inbound: Inbound, desk: Desk) -> None:
         self.client = client
         self.store = store
         self.deliveries = deliveries
         self.inbound = inbound
+        self.desk = desk
 
     async def on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
         await ack()
@@ -46,7 +48,7 @@ class Commands:
         if sub == "forget":
             await respond(**self._forget_prompt(user, lang))
             return
-        if sub not in ("reset", "stop", "retry"):
+        if sub not in ("reset", "stop", "retry", *COMMANDS):
             await respond(text=st("help", lang))
             return
         who = UserRef(platform="slack", id=user, name=name, lang=lang)
@@ -54,6 +56,9 @@ class Commands:
             await respond(text=error_text(ErrorEvent(kind="forbidden"), lang))
             return
         conv = await self._conversation(team, channel, user, command.get("thread_ts"))
+        if sub in COMMANDS:
+            await self.desk.command(sub, words[1:], command, who, conv, respond)
+            return
         if sub == "reset":
             if conv is None:
                 await respond(text=st("reset_none", lang))

@@ -3,10 +3,14 @@
 Who gets an answer: a mention in a channel (answered in that message's thread, the thread
 being the conversation everyone in it shares), a later message in a thread the bot is part of
 (unless mentions are required there), a DM (top level = one conversation; a DM thread = its own),
-and an AI-app (assistant) thread. Never: the bot's own or other bots' messages, edits,
-deletions and other subtypes. Each Slack message is answered once, however often and under
-however many event types Slack delivers it. A message with a file gets the "text only"
-answer: the bot never pretends to have read an attachment.
+and an AI-app (assistant) thread. The channel's helpdesk mode (`Helpdesk.should_answer`) has
+the last word: `all` also answers every top-level message in its thread, `off` nothing; in a
+conversation handed to a person the bot stays silent (every message there is still shown to
+the helpdesk, which times the first human reply). A mention mid-thread quotes the thread's
+earlier human messages into the prompt (`bots.slack.thread`). Never: the bot's own or other
+bots' messages, edits, deletions and other subtypes. Each Slack message is answered once,
+however often and under however many event types Slack delivers it. A message with a file
+gets the "text only" answer: the bot never pretends to have read an attachment.
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ from bots.slack.scheduler import Scheduler
 from bots.slack.store import LOCALE_RETRY_TTL_S, SlackStore
 from bots.slack.target import Target, conversation, source_id
 from bots.slack.texts import st, suggested_prompts
+from bots.slack.thread import ThreadContext
 from kullm_core import logctx, metrics
 from kullm_core.client import CoreClient
+from kullm_core.helpdesk.channels import Seen
+from kullm_core.helpdesk.service import Helpdesk, channel_of
 from kullm_core.replies import Deliveries
 from kullm_core.settings import Settings
 from kullm_core.text_clean import clean_text
 from kullm_core.texts import error_text, lang_of
 from kullm_core.texts import t as core_t
-from kullm_core.wire import ErrorEvent, ReplyRecord, UserRef
+from kullm_core.wire import ConversationRef, ErrorEvent, Quoted, ReplyRecord, UserRef
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,8 @@ class Inbound:
         """The core's throttle: our refusals and the core's share one per channel."""
         client.on_forget(self._forget)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.helpdesk = Helpdesk(client)
+        self.thread_context = ThreadContext(client, web, scheduler, self.profile)
 
     # -- Bolt listeners --------------------------------------------------------------------
 
@@ -70,13 +79,22 @@ class Inbound:
                          context: Any) -> None:
         if not is_from_person(event, context.bot_user_id):
             return
-        if not self._permitted(body, event, context):
-            await self._forbidden(body, event, context, event.get("thread_ts") or event["ts"])
+        thread = event.get("thread_ts") or event["ts"]
+        top, permitted = thread == event["ts"], self._permitted(body, event, context)
+        conv = conversation(self._team(body, context), event["channel"], thread)
+        # Mid-thread, the helpdesk sees the message even from someone not allowed to ask (it
+        # may be the first human reply in a conversation handed to a person).
+        answer = (permitted or not top) and await self._answers(conv, event, top=top,
+                                                                mentioned=True)
+        if not permitted:
+            await self._forbidden(body, event, context, thread)
+            return
+        if not answer:
             return
         if not await self._fresh(body, event, context):
             return
-        thread = event.get("thread_ts") or event["ts"]
-        await self._question(event, context, thread=thread, reply_thread=thread)
+        await self._question(event, context, thread=thread, reply_thread=thread,
+                             quote=thread != event["ts"])
 
     async def on_message(self, body: dict[str, Any], event: dict[str, Any],
                          context: Any) -> None:
@@ -88,20 +106,26 @@ class Inbound:
             if not permitted:
                 await self._forbidden(body, event, context, event.get("thread_ts") or "")
                 return
+            thread = event.get("thread_ts") or ""
+            conv = conversation(self._team(body, context), event["channel"], thread)
+            if not await self._answers(conv, event, dm=True):
+                return
             if not await self._fresh(body, event, context):
                 return
-            thread = event.get("thread_ts") or ""
             await self._question(event, context, thread=thread, reply_thread=thread)
             return
-        thread = event.get("thread_ts")
-        if not thread or thread == event.get("ts"):
-            return  # a top-level channel message without a mention is not for the bot
         if bot and f"<@{bot}>" in (event.get("text") or ""):
             return  # the app_mention event answers it
-        if self.settings.slack.require_mention_in_threads or not permitted:
-            return  # someone not allowed in a thread the bot follows: no Redis work at all
-        team = self._team(body, context)
-        if not await self.store.in_thread(team, event["channel"], thread):
+        ts, thread = event["ts"], event.get("thread_ts") or event["ts"]
+        top, team = thread == ts, self._team(body, context)
+        if top and not permitted:
+            return  # a top-level message of someone not allowed: no Redis work at all
+        follows = not top and not self.settings.slack.require_mention_in_threads \
+            and await self.store.in_thread(team, event["channel"], thread)
+        # Every thread message is seen by the helpdesk (it times the first human reply in
+        # a conversation handed to a person), even one the bot will not answer.
+        conv = conversation(team, event["channel"], thread)
+        if not await self._answers(conv, event, top=top, follows=follows) or not permitted:
             return
         if not await self._fresh(body, event, context):
             return
@@ -114,9 +138,12 @@ class Inbound:
         if not self._permitted(body, event, context):
             await self._forbidden(body, event, context, event.get("thread_ts") or "")
             return
+        thread = event.get("thread_ts") or ""
+        conv = conversation(self._team(body, context), event["channel"], thread)
+        if not await self._answers(conv, event, dm=True):
+            return
         if not await self._fresh(body, event, context):
             return
-        thread = event.get("thread_ts") or ""
         await self._question(event, context, thread=thread, reply_thread=thread, assistant=True)
 
     async def on_assistant_started(self, body: dict[str, Any], event: dict[str, Any],
@@ -141,6 +168,19 @@ class Inbound:
         """The user switched channels in the split view: nothing to store (no API calls)."""
 
     # -- the common path -------------------------------------------------------------------
+
+    async def _answers(self, conv: ConversationRef, event: dict[str, Any], *, dm: bool = False,
+                       top: bool = False, mentioned: bool = False, follows: bool = False) -> bool:
+        """The channel's mode and an open escalation decide (`Helpdesk.should_answer`). In
+        mode `mention`, a thread the bot follows counts as addressed to it (as without
+        modes); in mode `all` it is answered as the mode says (`questions_only`)."""
+        if follows and not mentioned:
+            cfg = await self.helpdesk.modes.get(channel_of(conv))
+            mentioned = cfg.mode == "mention"
+        who = UserRef(platform="slack", id=str(event.get("user") or ""))
+        return await self.helpdesk.should_answer(conv, who, Seen(
+            dm=dm, mentioned=mentioned, top_level=top, text=str(event.get("text") or ""),
+            in_bot_thread=follows))
 
     async def _forget(self, platform: str, user: str) -> None:
         if platform == "slack":
@@ -184,7 +224,7 @@ class Inbound:
         return True
 
     async def _question(self, event: dict[str, Any], context: Any, *, thread: str,
-                        reply_thread: str, assistant: bool = False) -> None:
+                        reply_thread: str, assistant: bool = False, quote: bool = False) -> None:
         team = self._team({}, context)
         channel, ts, user = event["channel"], event["ts"], event["user"]
         metrics.received("slack")
@@ -195,7 +235,9 @@ class Inbound:
         # A question never waits for users.info (Tier 4: a burst of new users would queue
         # behind it); only a short answer of our own needs the language first.
         files = bool(event.get("files"))
-        if known is None and (files or not text):
+        if known is None and (files or not text or quote):
+            # Quoting the thread waits for Slack anyway: the asker's name goes with the
+            # quoted names.
             known = await self.profile(team, user)
         lang, name = known or ("ko", "")
         if files or not text:
@@ -204,8 +246,10 @@ class Inbound:
             return
         who = UserRef(platform="slack", id=user, name=name, lang=lang)
         target = Target(team, channel, reply_thread, user, ts, lang, assistant)
+        quoted: list[Quoted] = (await self.thread_context.quoted(conv, ts, context.bot_user_id)
+                                if quote else [])
         rec = ReplyRecord.ask(conv, who, source_id(team, channel, ts), text, target.meta(),
-                              meta=target.meta())
+                              meta=target.meta(), context=quoted)
         if not await self.deliveries.deliver(rec):
             return
         if known is None:

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from bots.slack.calls import handle_error, run_op
+from bots.slack.helpdesk import ATTACH, Attach, actions_block
+from bots.slack.render import split
 from bots.slack.reply import Mode, Msg, Reply, SlackShared
 from bots.slack.scheduler import Scheduler, SlackCall
 from bots.slack.target import Target
 from bots.slack.texts import st
 from kullm_core import metrics
+from kullm_core.helpdesk.actions import Action
 from kullm_core.replies import Save
 from kullm_core.wire import ReplyRecord
 
@@ -32,11 +36,61 @@ class SlackReply(Reply):
     """A `Reply` the scheduler runs (`Outbound`) and the core drives (`ReplySink`)."""
 
     scheduler: Scheduler | None = None
+    buttons: list[dict[str, Any]] | None = None
+    """The helpdesk's actions block, for the last message part of the final reply."""
+    buttons_on = ""
+    """The message that shows them (its ts)."""
+    _button_tries = 0
+    _button_index: int | None = None
 
     # -- Outbound (the scheduler) ----------------------------------------------------------
 
     async def run(self, op: SlackCall) -> None:
-        await run_op(self, op)
+        if not self.buttons or not self._carries(op):
+            await run_op(self, op)
+            return
+        attach = Attach(self.buttons)
+        token = ATTACH.set(attach)
+        try:
+            await run_op(self, op)
+        finally:
+            ATTACH.reset(token)
+        if attach.done and op.index < len(self.msgs):
+            self.buttons_on = self.msgs[op.index].ts
+
+    def _carries(self, op: SlackCall) -> bool:
+        """Whether `op` writes the final text of the last message part (module
+        bots.slack.helpdesk: the buttons ride on that call)."""
+        if not self.final:
+            return False
+        if op.kind in ("post", "stop"):
+            return op.data.get("end") == len(self.source())
+        if op.kind == "update":
+            last = len(split(self.source(), self.limit)) - 1
+            return op.index in (last, self._button_index)
+        return False
+
+    def _op(self) -> SlackCall | None:
+        op = super()._op()
+        if op is not None or not self._missing_buttons():
+            return op
+        # The last part got its final text without a call of its own (it already showed
+        # it): one chat.update adds the buttons.
+        self._button_tries += 1
+        if self._button_tries > 3:
+            log.warning("job %s: answer buttons could not be attached", self.job_id)
+            self.buttons = None
+            return None
+        if self.mode == "stream":
+            self.rewrite()
+        self._button_index = len(self.msgs) - 1
+        self.msgs[-1].sent = None
+        return super()._op()
+
+    def _missing_buttons(self) -> bool:
+        return (bool(self.buttons) and self.final and bool(self.msgs) and not self.gave_up
+                and self.reconcile is None and not any(m.streaming for m in self.msgs)
+                and self.buttons_on != self.msgs[-1].ts)
 
     def on_error(self, op: SlackCall, exc: BaseException) -> None:
         handle_error(self, op, exc)
@@ -56,9 +110,10 @@ class SlackReply(Reply):
     async def progress(self, text: str) -> None:
         self.show(text)
 
-    async def finish(self, text: str, note: str) -> bool:
+    async def finish(self, text: str, note: str, actions: Sequence[Action] = ()) -> bool:
         if not text.strip() and not note:
             note = st("empty_reply", self.target.lang)
+        self.buttons = actions_block(actions) or None
         self.end(text, note)
         return await self._shown()
 

@@ -43,8 +43,10 @@ class Target:
 
 
 def conversation(team: str, channel: str, thread: str) -> ConversationRef:
-    """A Slack conversation: a thread (shared by everyone in it) or a DM's top level."""
-    return ConversationRef(platform="slack", workspace=team, chat=channel, thread=thread)
+    """A Slack conversation: a thread (shared by everyone in it) or a DM's top level. A DM
+    (`D…`) is `direct`: the helpdesk counts all DMs as one place (a DM's id names a user)."""
+    return ConversationRef(platform="slack", workspace=team, chat=channel, thread=thread,
+                           direct=channel.startswith("D"))
 
 
 def source_id(team: str, channel: str, ts: str) -> str:

@@ -12,9 +12,20 @@ _TEXTS: dict[str, dict[str, str]] = {
         "• DM으로 바로 물어볼 수도 있습니다.\n"
         "• `/kullm reset` 새 대화 시작 · `/kullm stop` 답변 중단 · "
         "`/kullm retry` 마지막 답변 다시 생성 · "
-        "`/kullm forget` 내 대화 기록 삭제 · `/kullm help` 도움말",
+        "`/kullm forget` 내 대화 기록 삭제 · `/kullm help` 도움말\n"
+        "• 답변 아래 👍 / 👎 로 평가하고, 🙋 사람에게 문의 로 담당자를 부를 수 있습니다. "
+        "`/kullm human` 담당자 부르기 · `/kullm resolve` 해결됨 표시 (담당자·관리자) · "
+        "`/kullm usage` 오늘 내 사용량\n"
+        "• 관리자: `/kullm stats` 통계 · `/kullm mode all|mention|off` 이 채널에서 답하는 방식 "
+        "(`questions on|off`, `escalated answer|silent`, `responders @사람 @그룹`, `reset`)",
         "empty_reply": "(빈 답변입니다. 질문을 바꾸어 다시 물어봐 주세요.)",
         "reset_none": "초기화할 대화가 없습니다. 먼저 질문해 주세요.",
+        "hd_send": "보내기",
+        "hd_skip": "건너뛰기",
+        "hd_nothing_to_escalate": "담당자에게 넘길 대화가 없습니다. 먼저 질문해 주세요.",
+        "hd_usage": "오늘 사용량: {used} / {limit} 토큰",
+        "hd_home_stats": "KULLM 도우미 통계 (최근 {days}일)",
+        "hd_home_usage": "내 KULLM 사용량",
         "prompt1.title": "자기소개",
         "prompt1.message": "너는 누구야? 무엇을 할 수 있어?",
         "prompt2.title": "요약하기",
@@ -30,9 +41,22 @@ _TEXTS: dict[str, dict[str, str]] = {
         "• You can also ask me in a DM.\n"
         "• `/kullm reset` new conversation · `/kullm stop` stop the answer · "
         "`/kullm retry` regenerate the last answer · "
-        "`/kullm forget` delete my stored conversations · `/kullm help` this help",
+        "`/kullm forget` delete my stored conversations · `/kullm help` this help\n"
+        "• Rate an answer with 👍 / 👎 under it, or press 🙋 Ask a person to call a responder. "
+        "`/kullm human` call a person · `/kullm resolve` mark it resolved (responders, admins)"
+        " · `/kullm usage` my usage today\n"
+        "• Admins: `/kullm stats` statistics · `/kullm mode all|mention|off` how I answer in "
+        "this channel (`questions on|off`, `escalated answer|silent`, `responders @person "
+        "@group`, `reset`)",
         "empty_reply": "(The answer was empty. Please rephrase and ask again.)",
         "reset_none": "There is no conversation to reset yet. Ask me something first.",
+        "hd_send": "Send",
+        "hd_skip": "Skip",
+        "hd_nothing_to_escalate": "There is no conversation to hand to a person yet. "
+        "Ask me something first.",
+        "hd_usage": "Today: {used} / {limit} tokens",
+        "hd_home_stats": "KULLM helpdesk statistics (last {days} days)",
+        "hd_home_usage": "Your KULLM usage",
         "prompt1.title": "Who are you?",
         "prompt1.message": "Who are you and what can you do?",
         "prompt2.title": "Summarize",

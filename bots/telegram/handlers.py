@@ -26,13 +26,15 @@ from telegram.ext import (
     filters,
 )
 
-from bots.telegram.outbox import Op, Outbox, Outcome
+from bots.telegram.helpdesk import HelpdeskHandlers
+from bots.telegram.outbox import Outbox, OutboxOp, SendResult
 from bots.telegram.routing import (
     PLATFORM,
     addressed_text,
     command_args,
     conversation,
     is_private,
+    replies_to_bot,
     source_id,
     thread_of,
     user_ref,
@@ -40,6 +42,7 @@ from bots.telegram.routing import (
 from bots.telegram.texts import t
 from kullm_core import logctx, metrics
 from kullm_core.client import CoreClient
+from kullm_core.helpdesk.channels import Seen
 from kullm_core.replies import Deliveries
 from kullm_core.settings import Settings
 from kullm_core.text_clean import clean_text
@@ -74,6 +77,7 @@ class Handlers:
         self.outbox = outbox
         self.bot = bot
         client.on_forget(deliveries.forget_user)  # the records of the user's replies
+        self.hd = HelpdeskHandlers(settings, client, outbox, _bot_id(settings))
 
     def install(self, app: Application) -> None:  # type: ignore[type-arg]
         app.add_handler(TypeHandler(Update, self.gate), group=-1)
@@ -84,7 +88,9 @@ class Handlers:
         }
         for name, callback in commands.items():
             app.add_handler(CommandHandler(name, callback, filters=NEW))
+        self.hd.install(app)
         app.add_handler(CallbackQueryHandler(self.forget_answer, pattern=r"^forget:"))
+        app.add_handler(CallbackQueryHandler(self.unknown_button))
         app.add_handler(MessageHandler(NEW & filters.TEXT & ~filters.COMMAND, self.on_text))
         app.add_handler(MessageHandler(NEW & NON_TEXT, self.on_non_text))
         app.add_error_handler(self.on_error)
@@ -119,11 +125,14 @@ class Handlers:
         chat = update.effective_chat
         if self.client.limiter.allowed(user_ref(user), chat=str(chat.id) if chat else ""):
             return True
+        # /forget is for everyone; resolving a hand-off is for responders, who may sit in a
+        # helpdesk group outside the allowlists (`Helpdesk.may_resolve` decides).
         query = update.callback_query
         if query is not None:
-            return (query.data or "").startswith("forget:")
+            return (query.data or "").startswith(("forget:", "hd:res:"))
         msg = update.message
-        return msg is not None and (msg.text or "").split("@", 1)[0].split(" ", 1)[0] == "/forget"
+        word = (msg.text or "").split("@", 1)[0].split(" ", 1)[0] if msg is not None else ""
+        return word in ("/forget", "/resolve")
 
     def _speaks_to_me(self, msg: Message) -> bool:
         """Private, a command, or a group message that mentions or answers the bot."""
@@ -145,17 +154,32 @@ class Handlers:
         msg = update.message
         if msg is None or msg.from_user is None:
             return
-        if is_private(msg):
-            await self.ask(msg, msg.from_user, msg.text or "")
+        if await self.hd.desk.take_comment(msg):  # the 👎 comment the user was asked for
             return
+        text = msg.text or ""
+        if is_private(msg):
+            if await self.hd.answers(msg, Seen(dm=True, mentioned=True, top_level=True,
+                                               text=text)):
+                await self.ask(msg, msg.from_user, text)
+            return
+        # A mention or a reply to the bot is addressed to it (mode `mention`); mode `all`
+        # also answers every other top-level message; an escalation silences it.
         question = addressed_text(msg, self.bot.id, self.bot.username)
-        if question is not None:
-            await self.ask(msg, msg.from_user, question)
+        top = msg.reply_to_message is None or msg.reply_to_message.forum_topic_created is not None
+        seen = Seen(dm=False, mentioned=question is not None, top_level=top,
+                    text=question if question is not None else text,
+                    in_bot_thread=replies_to_bot(msg, self.bot.id))
+        if await self.hd.answers(msg, seen):
+            await self.ask(msg, msg.from_user, question if question is not None else text)
 
     async def cmd_ask(self, update: Update, ctx: Ctx) -> None:
         msg = update.message
-        if msg is not None and msg.from_user is not None:
-            await self.ask(msg, msg.from_user, command_args(msg), usage="ask_usage")
+        if msg is None or msg.from_user is None:
+            return
+        question = command_args(msg)
+        if await self.hd.answers(msg, Seen(dm=is_private(msg), mentioned=True, top_level=True,
+                                           text=question)):
+            await self.ask(msg, msg.from_user, question, usage="ask_usage")
 
     async def on_non_text(self, update: Update, ctx: Ctx) -> None:
         msg = update.message
@@ -184,7 +208,9 @@ class Handlers:
         meta = {"chat_id": str(msg.chat.id), "reply_to": str(msg.message_id),
                 "thread_id": str(thread or "")}
         target = {"chat_id": msg.chat.id, "thread_id": thread, "reply_to": msg.message_id}
-        rec = ReplyRecord.ask(conv, uref, src, question, target, kind=kind, meta=meta)
+        context = await self.hd.context(msg, conv) if kind == "ask" else []
+        rec = ReplyRecord.ask(conv, uref, src, question, target, kind=kind, meta=meta,
+                              context=context)
         logctx.bind(job_id=rec.job_id, conversation=conv.key)
         refusals: list[ErrorEvent] = []
         if not await self.deliveries.deliver(rec, on_refused=refusals.append):
@@ -233,7 +259,10 @@ class Handlers:
         if msg is None or msg.from_user is None:
             return
         lang = lang_of(msg.from_user.language_code)
-        text = t("help", lang) + "\n\n" + t("help_group", lang, bot=self.bot.username)
+        text = "\n\n".join([t("help", lang), t("help_group", lang, bot=self.bot.username),
+                            t("help_helpdesk", lang)])
+        if self.client.limiter.is_admin(user_ref(msg.from_user)):
+            text += "\n\n" + t("help_admin", lang)
         await self.reply(msg, text)
 
     async def cmd_reset(self, update: Update, ctx: Ctx) -> None:
@@ -303,12 +332,12 @@ class Handlers:
 
     async def reply(
         self, msg: Message, text: str, markup: InlineKeyboardMarkup | None = None
-    ) -> Outcome:
+    ) -> SendResult:
         """Answer a message (threaded to it) through the outbox."""
         return await self.outbox.run(self._reply_op(msg, text, markup))
 
     @staticmethod
-    def _reply_op(msg: Message, text: str, markup: InlineKeyboardMarkup | None = None) -> Op:
+    def _reply_op(msg: Message, text: str, markup: InlineKeyboardMarkup | None = None) -> OutboxOp:
         chat_id, thread = msg.chat.id, thread_of(msg)
         reply = ReplyParameters(msg.message_id, allow_sending_without_reply=True)
 
@@ -316,18 +345,27 @@ class Handlers:
             return await bot.send_message(chat_id, text, message_thread_id=thread,
                                           reply_parameters=reply, reply_markup=markup)
 
-        return Op(chat_id, call, "sendMessage", must=True, priority=0)
+        return OutboxOp(chat_id, call, "sendMessage", must=True, priority=0)
 
-    async def edit(self, msg: Message, text: str) -> Outcome:
+    async def edit(self, msg: Message, text: str) -> SendResult:
         chat_id, mid = msg.chat.id, msg.message_id
 
         async def call(bot: Bot) -> object:
             return await bot.edit_message_text(text, chat_id=chat_id, message_id=mid)
 
         return await self.outbox.run(
-            Op(chat_id, call, "editMessageText", key=f"m{mid}", fingerprint=(text, ()), must=True,
-               priority=0)
+            OutboxOp(chat_id, call, "editMessageText", key=f"m{mid}", fingerprint=(text, ()),
+                     must=True, priority=0)
         )
+
+    async def unknown_button(self, update: Update, ctx: Ctx) -> None:
+        """Callback data that is none of ours (an old keyboard, a forged press)."""
+        query = update.callback_query
+        if query is None:
+            return
+        log.warning("callback from user %s: unknown data %r; ignored",
+                    query.from_user.id if query.from_user else "?", (query.data or "")[:64])
+        await self.hd.desk.toast(query, "")
 
     async def on_error(self, update: object, ctx: Ctx) -> None:
         uid = update.update_id if isinstance(update, Update) else None
@@ -340,3 +378,8 @@ class Handlers:
             except Exception:
                 log.exception("update %s: could not apologise", uid)
 
+
+def _bot_id(settings: Settings) -> int:
+    """The bot's id, known before `getMe`: a token starts with it."""
+    head = settings.telegram.token.get_secret_value().split(":", 1)[0]
+    return int(head) if head.isdigit() else 0

@@ -40,7 +40,7 @@ _KEEP_PLACE_S = 0.5
 
 
 @dataclass(frozen=True)
-class Outcome:
+class SendResult:
     ok: bool
     value: Any = None
     error: BaseException | None = None
@@ -56,7 +56,7 @@ class Outcome:
 
 
 @dataclass(eq=False)
-class Op:
+class OutboxOp:
     """One Bot API call into one chat."""
 
     chat_id: int
@@ -70,7 +70,7 @@ class Op:
     """Final text: retried on network errors instead of being dropped."""
     priority: int = 2
     """0: a reply's first visible text, 1: final text, 2: interim update."""
-    future: asyncio.Future[Outcome] | None = None
+    future: asyncio.Future[SendResult] | None = None
     tries: int = 0
     queued_at: float = 0.0
 
@@ -78,13 +78,13 @@ class Op:
 @dataclass(eq=False)
 class _Lane:
     chat_id: int
-    ops: list[Op] = field(default_factory=list)
+    ops: list[OutboxOp] = field(default_factory=list)
     next_at: float = 0.0
     task: asyncio.Task[None] | None = None
-    inflight: Op | None = None
+    inflight: OutboxOp | None = None
 
 
-def _resolve(op: Op, outcome: Outcome) -> None:
+def _resolve(op: OutboxOp, outcome: SendResult) -> None:
     if op.future is not None and not op.future.done():
         op.future.set_result(outcome)
 
@@ -113,7 +113,7 @@ class Outbox:
 
     # -- submitting ------------------------------------------------------------------------
 
-    def submit(self, op: Op) -> asyncio.Future[Outcome]:
+    def submit(self, op: OutboxOp) -> asyncio.Future[SendResult]:
         """Queue `op`; the future resolves once it was sent, skipped, merged or failed."""
         loop = asyncio.get_running_loop()
         op.future = loop.create_future()
@@ -125,7 +125,7 @@ class Outbox:
                 op.priority = min(op.priority, old.priority)
                 lane.ops[i] = op
                 self.stats["merged"] += 1
-                _resolve(old, Outcome(True, skipped=True))
+                _resolve(old, SendResult(True, skipped=True))
                 break
         else:
             lane.ops.append(op)
@@ -134,7 +134,7 @@ class Outbox:
                                             context=logctx.fresh(platform="telegram"))
         return op.future
 
-    async def run(self, op: Op) -> Outcome:
+    async def run(self, op: OutboxOp) -> SendResult:
         return await self.submit(op)
 
     def discard(self, chat_id: int, key: str) -> None:
@@ -144,7 +144,7 @@ class Outbox:
             return
         for op in [o for o in lane.ops if o.key == key]:
             lane.ops.remove(op)
-            _resolve(op, Outcome(True, skipped=True))
+            _resolve(op, SendResult(True, skipped=True))
 
     async def chat_action(
         self, chat_id: int, thread_id: int | None, action: str = "typing"
@@ -180,7 +180,7 @@ class Outbox:
         finally:
             lane.task = None
             if lane.inflight is not None:
-                _resolve(lane.inflight, Outcome(False, error=asyncio.CancelledError()))
+                _resolve(lane.inflight, SendResult(False, error=asyncio.CancelledError()))
                 lane.inflight = None
             if not lane.ops and self._lanes.get(lane.chat_id) is lane:
                 del self._lanes[lane.chat_id]
@@ -212,7 +212,7 @@ class Outbox:
         ):
             await self._budget_call(self.budget.cancel, lane.chat_id, grant)
             self.stats["skipped"] += 1
-            _resolve(op, Outcome(True, skipped=True))
+            _resolve(op, SendResult(True, skipped=True))
             return
         lane.inflight = op
         log.debug("chat %s: %s after %.3f s in line", lane.chat_id, op.label,
@@ -227,7 +227,7 @@ class Outbox:
             if not any(o.key == op.key for o in lane.ops if op.key is not None):
                 lane.ops.insert(0, op)
             else:
-                _resolve(op, Outcome(True, skipped=True))
+                _resolve(op, SendResult(True, skipped=True))
             return
         if outcome.ok and op.key is not None:
             self._shown[shown_key] = op.fingerprint
@@ -244,7 +244,7 @@ class Outbox:
         except RedisError as exc:  # the reservation expires on its own
             log.warning("chat %s: send budget unavailable (%s)", chat, exc)
 
-    async def _call(self, op: Op) -> tuple[Outcome | None, float]:
+    async def _call(self, op: OutboxOp) -> tuple[SendResult | None, float]:
         """(outcome, 0) when done; (None, seconds to wait) when the op must be tried again."""
         metrics.call("telegram", op.label)
         try:
@@ -261,9 +261,9 @@ class Outbox:
             return None, wait
         except BadRequest as exc:
             if "message is not modified" in exc.message.lower():
-                return Outcome(True, skipped=True), 0.0
+                return SendResult(True, skipped=True), 0.0
             log.info("chat %s: %s refused: %s", op.chat_id, op.label, exc.message)
-            return Outcome(False, error=exc), 0.0
+            return SendResult(False, error=exc), 0.0
         except (TimedOut, NetworkError) as exc:
             if op.must and op.tries < _MAX_NETWORK_TRIES:
                 op.tries += 1
@@ -271,15 +271,15 @@ class Outbox:
                             op.tries)
                 return None, min(0.5 * 2**op.tries, 10.0)
             log.warning("chat %s: %s failed: %s", op.chat_id, op.label, exc)
-            return Outcome(False, error=exc), 0.0
+            return SendResult(False, error=exc), 0.0
         except TelegramError as exc:
             log.warning("chat %s: %s failed: %s", op.chat_id, op.label, exc)
-            return Outcome(False, error=exc), 0.0
+            return SendResult(False, error=exc), 0.0
         except Exception as exc:  # a bug must fail this op, not the chat's whole lane
             log.exception("chat %s: %s failed unexpectedly", op.chat_id, op.label)
-            return Outcome(False, error=exc), 0.0
+            return SendResult(False, error=exc), 0.0
         self.stats["sent"] += 1
-        return Outcome(True, value), 0.0
+        return SendResult(True, value), 0.0
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -294,5 +294,5 @@ class Outbox:
         await asyncio.gather(*tasks, return_exceptions=True)
         for lane in self._lanes.values():
             for op in lane.ops:
-                _resolve(op, Outcome(False, error=asyncio.CancelledError()))
+                _resolve(op, SendResult(False, error=asyncio.CancelledError()))
             lane.ops.clear()

@@ -13,7 +13,7 @@ from kullm_core.texts import lang_of
 from kullm_core.wire import ConversationRef, UserRef
 
 PLATFORM = "telegram"
-_SPACES = re.compile(r"[ \t]{2,}")
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\r?\n)+")
 
 
 def is_private(msg: Message) -> bool:
@@ -44,6 +44,7 @@ def conversation(msg: Message, user_id: int, group_scope: str) -> ConversationRe
         chat=str(msg.chat.id),
         thread=str(thread) if thread else "",
         user=str(user_id) if per_user else "",
+        direct=is_private(msg),
     )
 
 
@@ -71,12 +72,38 @@ def _span(text: str, offset: int, length: int) -> str:
     return _utf16(text)[2 * offset: 2 * (offset + length)].decode("utf-16-le", "replace")
 
 
+def _index(text: str, utf16_offset: int) -> int:
+    """The Python index of a UTF-16 offset (Telegram's entity offsets count UTF-16 units)."""
+    units = 0
+    for i, ch in enumerate(text):
+        if units >= utf16_offset:
+            return i
+        units += 2 if ord(ch) > 0xFFFF else 1
+    return len(text)
+
+
 def _cut(text: str, spans: list[tuple[int, int]]) -> str:
-    """Remove UTF-16 (offset, length) spans from `text`."""
-    raw = _utf16(text)
+    """Remove UTF-16 (offset, length) spans (a mention, a command) from `text`, with the
+    spaces that only joined them to the text: all of them after a span that starts a line,
+    else one beside it. Every other space, tab and line break stays as the user typed it
+    (pasted code and YAML must reach the model intact)."""
     for offset, length in sorted(spans, reverse=True):
-        raw = raw[: 2 * offset] + raw[2 * (offset + length):]
-    return raw.decode("utf-16-le", "replace")
+        a, b = _index(text, offset), _index(text, offset + length)
+        if a == 0 or text[a - 1] == "\n":
+            while b < len(text) and text[b] in " \t":
+                b += 1
+        elif b < len(text) and text[b] in " \t":
+            b += 1
+        elif text[a - 1] in " \t":
+            a -= 1
+        text = text[:a] + text[b:]
+    return text
+
+
+def _trim(text: str) -> str:
+    """Blank lines before the first line and whitespace after the last removed; the first
+    line's indentation kept."""
+    return _LEADING_BLANK_LINES.sub("", text).rstrip()
 
 
 def addressed_text(msg: Message, bot_id: int, bot_username: str) -> str | None:
@@ -96,13 +123,13 @@ def addressed_text(msg: Message, bot_id: int, bot_username: str) -> str | None:
             spans.append((ent.offset, ent.length))
     if not spans and not replies_to_bot(msg, bot_id):
         return None
-    return _SPACES.sub(" ", _cut(text, spans)).strip()
+    return _trim(_cut(text, spans))
 
 
 def command_args(msg: Message) -> str:
-    """The text after a leading /command (newlines kept)."""
+    """The text after a leading /command (line breaks and indentation kept)."""
     text = msg.text or ""
     for ent in msg.entities or ():
         if ent.type == MessageEntity.BOT_COMMAND and ent.offset == 0:
-            return _cut(text, [(0, ent.length)]).strip()
-    return text.strip()
+            return _trim(_cut(text, [(0, ent.length)]))
+    return _trim(text)

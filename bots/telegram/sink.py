@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+from bots.telegram.keyboard import inline_keyboard
 from bots.telegram.outbox import Outbox
-from bots.telegram.render import final_pieces, plain_pieces
-from bots.telegram.split import Piece
+from bots.telegram.render import close_open_markup, final_pieces, plain_pieces
+from bots.telegram.split import MessagePart
 from bots.telegram.texts import t
 from bots.telegram.view import Placement, ReplyView
 from kullm_core import metrics
+from kullm_core.helpdesk.actions import Action
 from kullm_core.replies import Save
 from kullm_core.wire import ReplyRecord
 
@@ -85,12 +88,14 @@ class TelegramSink:
     async def progress(self, text: str) -> None:
         await self.view.interim(text)
 
-    async def finish(self, text: str, note: str) -> bool:
+    async def finish(self, text: str, note: str, actions: Sequence[Action] = ()) -> bool:
         if text.strip():
             pieces, plain = final_pieces(text, note), plain_pieces(text, note)
         else:
-            pieces = plain = [Piece(note or t("empty_reply", self.lang))]
-        if not await self.view.final(pieces, plain):
+            pieces = plain = [MessagePart(note or t("empty_reply", self.lang))]
+        # The helpdesk's buttons go on the last part only: streaming and splitting are
+        # untouched, and they ride on the call that shows that part.
+        if not await self.view.final(pieces, plain, inline_keyboard(actions)):
             return False
         self.view.when_settled(lambda edits: metrics.delivered("telegram", edits))
         log.info("job %s: shown in chat %s in %d message(s)", self.place.job_id,
@@ -98,12 +103,16 @@ class TelegramSink:
         return True
 
     async def fail(self, text: str, message: str) -> None:
-        pieces = plain_pieces(text, message) if text.strip() else [Piece(message)]
-        await self.view.final(pieces, pieces)
+        if text.strip():  # formatted as it streamed: the spans it left open closed
+            closed = close_open_markup(text)
+            pieces, plain = final_pieces(closed, message), plain_pieces(text, message)
+        else:
+            pieces = plain = [MessagePart(message)]
+        await self.view.final(pieces, plain)
         log.info("job %s: error shown in chat %s", self.place.job_id, self.place.chat_id)
 
     async def notice(self, text: str) -> None:
-        await self.view.final([Piece(text)], [Piece(text)])
+        await self.view.final([MessagePart(text)], [MessagePart(text)])
 
     def state(self) -> dict[str, Any]:
         p = self.place

@@ -38,14 +38,14 @@ class Entity:
 
 
 @dataclass(frozen=True)
-class Piece:
+class MessagePart:
     """One message: its text and entities."""
 
     text: str
     entities: tuple[Entity, ...] = ()
 
-    def with_note(self, note: str) -> Piece:
-        return Piece(f"{self.text}\n\n{note}" if self.text else note, self.entities)
+    def with_note(self, note: str) -> MessagePart:
+        return MessagePart(f"{self.text}\n\n{note}" if self.text else note, self.entities)
 
 
 def utf16_len(text: str) -> int:
@@ -78,8 +78,8 @@ def _safe_cut(text: str, pos: int, start: int) -> int:
     return pos
 
 
-def fenced_blocks(markdown: str) -> list[tuple[int, int]]:
-    """Spans of fenced code blocks in Markdown (an unclosed fence runs to the end)."""
+def _fences(markdown: str) -> tuple[list[tuple[int, int]], re.Match[str] | None]:
+    """Closed fenced code blocks, and the fence still open at the end (or None)."""
     spans: list[tuple[int, int]] = []
     opening: re.Match[str] | None = None
     for m in _FENCE.finditer(markdown):
@@ -88,9 +88,26 @@ def fenced_blocks(markdown: str) -> list[tuple[int, int]]:
         elif m.group(1)[0] == opening.group(1)[0] and len(m.group(1)) >= len(opening.group(1)):
             spans.append((opening.start(), m.end()))
             opening = None
+    return spans, opening
+
+
+def fenced_blocks(markdown: str) -> list[tuple[int, int]]:
+    """Spans of fenced code blocks in Markdown (an unclosed fence runs to the end)."""
+    spans, opening = _fences(markdown)
     if opening is not None:
         spans.append((opening.start(), len(markdown)))
     return spans
+
+
+def open_block_start(markdown: str) -> int | None:
+    """Where the Markdown's last block (text after the last blank line or code block) starts;
+    None while a fenced code block is still open (streamed text inside code)."""
+    spans, opening = _fences(markdown)
+    if opening is not None:
+        return None
+    start = spans[-1][1] if spans else 0
+    blanks = [m.end() for m in _PARAGRAPH.finditer(markdown, start)]
+    return blanks[-1] if blanks else start
 
 
 class _Cutter:
@@ -160,7 +177,7 @@ def split_text(
     limit: int = MAX_MESSAGE,
     entities: tuple[Entity, ...] = (),
     protected: list[tuple[int, int]] | None = None,
-) -> list[Piece]:
+) -> list[MessagePart]:
     """Cut `text` (with its entities) into pieces of at most `limit` UTF-16 units.
 
     `protected` spans (Python indices) are kept whole when they fit a message. Code
@@ -177,7 +194,7 @@ def split_text(
                 b = bisect.bisect_left(off, e.offset + e.length)
                 spans.append((a, b))
     cutter = _Cutter(text, limit, spans)
-    pieces: list[Piece] = []
+    pieces: list[MessagePart] = []
     start = cutter.next_start(0)
     while start < len(text):
         end = cutter.cut(start)
@@ -186,7 +203,7 @@ def split_text(
             stop -= 1
         if stop > start:
             lo, hi = cutter.off[start], cutter.off[stop]
-            pieces.append(Piece(text[start:stop], _clip(entities, lo, hi)))
+            pieces.append(MessagePart(text[start:stop], _clip(entities, lo, hi)))
         start = cutter.next_start(max(end, start + 1))
     return pieces
 

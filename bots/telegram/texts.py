@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from kullm_core.texts import t_from
 
-COMMANDS = ("start", "help", "ask", "reset", "stop", "retry", "forget")
+COMMANDS = ("start", "help", "ask", "reset", "stop", "retry", "forget", "human", "resolve",
+            "usage")
 
 _TEXTS: dict[str, dict[str, str]] = {
     "ko": {
@@ -21,6 +22,21 @@ _TEXTS: dict[str, dict[str, str]] = {
         "ask_usage": "/ask 뒤에 질문을 적어 주세요. 예: /ask 서울의 명소를 알려줘",
         "forget_not_yours": "/forget 을 보낸 사람만 누를 수 있습니다.",
         "too_many_pending": "⏳ 아직 답하지 않은 질문이 {pending}개 있습니다. 답변이 끝난 뒤에 다시 보내 주세요.",
+        "cmd.human": "사람(담당자)에게 문의",
+        "cmd.resolve": "담당자 문의를 해결됨으로 표시 (담당자, 관리자)",
+        "cmd.usage": "오늘 내 사용량과 한도",
+        "help_helpdesk": "답변 아래 👍 / 👎 로 평가하고 (👎 뒤 다음 메시지가 의견, /skip 건너뛰기), "
+        "🙋 또는 /human [내용] 으로 담당자를 부를 수 있습니다. /resolve 해결됨 표시 (담당자, 관리자) · "
+        "/usage 오늘 사용량",
+        "help_admin": "관리자: /stats 통계 · /mode all|mention|off 이 그룹에서 답하는 방식 "
+        "(questions on|off, escalated answer|silent, responders ID..., handoff 그룹ID [토픽ID], reset) · "
+        "/usage tg:ID 사용자 조회 · /quota tg:ID N|default 하루 토큰 한도",
+        "hd_responder": "담당자",
+        "hd_requests": "최근 1분 요청 {requests} / {per_minute}회",
+        "hd_usage_help": "사용법: /usage 또는 (관리자) /usage tg:123456789",
+        "hd_quota_help": "사용법: /quota tg:123456789 N 또는 /quota tg:123456789 default",
+        "hd_quota_default": "기본값 ({n}, 0은 제한 없음)",
+        "hd_stats_title": "📊 최근 {days}일 통계",
     },
     "en": {
         "cmd.start": "Greeting and how to use the bot",
@@ -37,6 +53,21 @@ _TEXTS: dict[str, dict[str, str]] = {
         "ask_usage": "Write your question after /ask, e.g. /ask What should I see in Seoul?",
         "forget_not_yours": "Only the person who sent /forget can press this.",
         "too_many_pending": "⏳ {pending} of your questions are still waiting for an answer. Please send this again once they are answered.",
+        "cmd.human": "Ask a person (a responder)",
+        "cmd.resolve": "Mark a request to a person as resolved (responders, admins)",
+        "cmd.usage": "Your usage today and your limits",
+        "help_helpdesk": "Rate an answer with 👍 / 👎 under it (after 👎 your next message is "
+        "your comment, /skip skips), call a person with 🙋 or /human [text]. /resolve marks it "
+        "resolved (responders, admins) · /usage your usage today",
+        "help_admin": "Admins: /stats statistics · /mode all|mention|off how I answer in this "
+        "group (questions on|off, escalated answer|silent, responders ID..., handoff GROUP_ID "
+        "[TOPIC_ID], reset) · /usage tg:ID look a user up · /quota tg:ID N|default daily tokens",
+        "hd_responder": "responder",
+        "hd_requests": "last minute: {requests} / {per_minute} requests",
+        "hd_usage_help": "Usage: /usage or (admins) /usage tg:123456789",
+        "hd_quota_help": "Usage: /quota tg:123456789 N or /quota tg:123456789 default",
+        "hd_quota_default": "the default ({n}; 0 is unlimited)",
+        "hd_stats_title": "📊 The last {days} days",
     },
 }
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Self
+from typing import TYPE_CHECKING, Literal, Protocol, Self
 
-from kullm_core.settings import GenerationSettings
+if TYPE_CHECKING:  # the engines import without pydantic (bench/gpu_check.py on a bare GPU image)
+    from kullm_core.settings import GenerationSettings
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ def build_engine(settings: Settings) -> tuple[Any, Any]:
         if tiny:
             log.warning("openai engine: fitting history with the TINY test tokenizer "
                         "(model.tiny_fallback = always); token counts will be wrong")
-        return OpenAIEngine.from_settings(settings.model), tokenizer
+        return OpenAIEngine.from_settings(settings.model, settings.generation), tokenizer
     from kullm_core.engine.local import LocalEngine
 
     model = load_model(path, settings)

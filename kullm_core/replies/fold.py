@@ -37,6 +37,8 @@ class ReplyFold:
     """The finish note (done) or the error message (failed); '' otherwise."""
     finish_reason: str = ""
     error: ErrorEvent | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     last_id: str = "0-0"
 
     @property
@@ -65,6 +67,8 @@ class ReplyFold:
         if event.type == "done":
             self.phase, self.text = "done", event.text
             self.finish_reason = event.finish_reason
+            self.prompt_tokens = event.prompt_tokens
+            self.completion_tokens = event.completion_tokens
             self.note = finish_note(event.finish_reason, self.lang)
             return "done"
         self.phase, self.error = "failed", event

@@ -20,6 +20,9 @@ from typing import TypeVar
 from redis.exceptions import RedisError
 
 from kullm_core.client import CoreClient, Submission
+from kullm_core.helpdesk.actions import answer_actions
+from kullm_core.helpdesk.service import channel_of
+from kullm_core.helpdesk.store import asker_of
 from kullm_core.limits import RefusalThrottle
 from kullm_core.replies.fold import Change, ReplyFold
 from kullm_core.replies.registry import ReplyRegistry
@@ -27,7 +30,7 @@ from kullm_core.replies.sink import ReplySink, Save
 from kullm_core.replies.tuning import DeliveryTuning
 from kullm_core.streams import ReplyStreams
 from kullm_core.texts import error_text, finish_note, t
-from kullm_core.wire import ErrorEvent, Event, ReplyRecord
+from kullm_core.wire import ErrorEvent, Event, Exchange, ReplyOutcome, ReplyRecord
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ class _Pump:
     def __init__(self, sink: ReplySink, lock: asyncio.Lock, tick_s: float) -> None:
         self.sink, self.lock, self.tick_s = sink, lock, tick_s
         self._text = ""
+        self.first_shown_at = 0.0
+        """When the sink was first handed some text (the user sees it about then)."""
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="reply-pump")
@@ -81,6 +86,8 @@ class _Pump:
             self._changed.clear()
             async with self.lock:
                 await self.sink.progress(self._text)
+            if self._text and not self.first_shown_at:
+                self.first_shown_at = time.time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self.tick_s)
                 return
@@ -113,6 +120,7 @@ class ReplyRun:
         """The last submit found the queue full: wait before the next one."""
         self.refusal: ErrorEvent | None = None
         """Why the core refused the question (rate limit, quota...), once it did."""
+        self._first_shown_at = 0.0
 
     @property
     def job_id(self) -> str:
@@ -148,6 +156,8 @@ class ReplyRun:
         except Exception:
             log.exception("job %s: delivery failed", self.job_id)
             with contextlib.suppress(Exception):
+                await self._record("failed")
+            with contextlib.suppress(Exception):
                 await self.sink.fail(self.fold.text, error_text(ErrorEvent(kind="internal"),
                                                                 self.fold.lang))
         finally:
@@ -161,8 +171,10 @@ class ReplyRun:
         req = rec.request
         if req is not None and req.kind == "retry":
             return await client.retry(rec.conversation, rec.user, rec.source_id, req.meta)
-        text, meta = (req.text, req.meta) if req is not None else ("", {})
-        return await client.submit(rec.conversation, rec.user, text, rec.source_id, meta)
+        if req is None:
+            return await client.submit(rec.conversation, rec.user, "", rec.source_id, {})
+        return await client.submit(rec.conversation, rec.user, req.text, rec.source_id, req.meta,
+                                   context=req.context)
 
     async def submit(self) -> bool | None:
         """One try: True accepted, False over (the user was told why), None the queue is
@@ -186,6 +198,7 @@ class ReplyRun:
             await self._redis("saving the record", lambda: self.ctx.registry.save(self.rec))
         elif time.time() - self.rec.busy_since > tuning.busy_give_up_s:
             log.warning("job %s: queue still full; giving up", self.job_id)
+            await self._record("refused")
             await self.sink.notice(error_text(ErrorEvent(kind="busy", params={
                 "waiting": sub.position}), lang))
             return False
@@ -202,11 +215,13 @@ class ReplyRun:
                 return accepted
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_waiting.wait(), self.ctx.tuning.busy_retry_s)
+                await self._record("stopped")
                 await self.sink.finish("", finish_note("cancelled", self.fold.lang))
                 return False
 
     async def _refused(self, err: ErrorEvent) -> bool:
         self.refusal = err
+        await self._record("refused")
         place = f"{self.rec.conversation.platform}:{self.rec.conversation.chat}"
         if self.ctx.refusals.allow(place):
             await self.sink.notice(error_text(err, self.fold.lang))
@@ -232,11 +247,13 @@ class ReplyRun:
             self.started.set()
             await placeholder
             await pump.close()
+            self._first_shown_at = pump.first_shown_at
             if gone is not None:
                 await self._without_stream(gone)
             elif self.fold.phase == "done":
                 await self._finish(self.fold.text, self.fold.note)
             else:
+                await self._record("failed")
                 await self.sink.fail(self.fold.text, self.fold.note)
         finally:
             self.started.set()
@@ -316,15 +333,39 @@ class ReplyRun:
             for turn in reversed(turns):
                 if turn.job_id == self.job_id:
                     self.fold.phase, self.fold.text = "done", turn.assistant
+                    self.fold.finish_reason = turn.finish_reason
                     await self._finish(turn.assistant, finish_note(turn.finish_reason, lang))
                     return
         log.warning("job %s: reply stream gone and no answer stored (%s)", self.job_id, state)
         self.fold.phase = "failed"
+        await self._record("failed")
         await self.sink.fail("", error_text(ErrorEvent(kind="failed"), lang))
 
     async def _finish(self, text: str, note: str) -> None:
-        if not await self.sink.finish(text, note):
+        stopped = self.fold.finish_reason == "cancelled"
+        await self._record("stopped" if stopped else "answered")
+        actions = answer_actions(self.job_id, self.fold.lang,
+                                 self.ctx.client.settings.helpdesk) if text else []
+        if not await self.sink.finish(text, note, actions):
             log.error("job %s: the reply could not be shown", self.job_id)
         else:
             log.info("job %s: delivered (attempt %d)", self.job_id, self.fold.attempt)
 
+
+    async def _record(self, outcome: ReplyOutcome) -> None:
+        """Count the reply in the helpdesk's statistics (once, however often it is
+        delivered), before the buttons that refer to it are shown."""
+        rec, fold, now = self.rec, self.fold, time.time()
+        shown = self._first_shown_at or (now if fold.text else 0.0)
+        ex = Exchange(job_id=rec.job_id, conversation=rec.conversation, user=rec.user,
+                      asker=asker_of(rec.conversation, rec.user),
+                      channel=channel_of(rec.conversation), outcome=outcome,
+                      finish_reason=fold.finish_reason or (fold.error.kind if fold.error else ""),
+                      asked_at=rec.created_at, finished_at=now,
+                      first_visible_s=max(0.0, shown - rec.created_at) if shown else -1.0,
+                      prompt_tokens=fold.prompt_tokens, completion_tokens=fold.completion_tokens)
+        try:
+            await self._redis("recording the exchange",
+                              lambda: self.ctx.client.helpdesk.record(ex))
+        except Exception:
+            log.exception("job %s: could not record the exchange", self.job_id)

@@ -9,9 +9,10 @@ and hands that state back to `ChatPlatform.sink` when the reply is resumed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from kullm_core.helpdesk.actions import Action
 from kullm_core.wire import ReplyRecord
 
 Save = Callable[[], Awaitable[None]]
@@ -32,9 +33,10 @@ class ReplySink(Protocol):
         """The reply so far (the whole text, not a delta). Called at most once per tick; a
         sink that paces its own sends may return at once and send the latest text later."""
 
-    async def finish(self, text: str, note: str) -> bool:
-        """The final reply and its finish note ('' = ended normally; `text` may be empty).
-        Returns whether the user can see it."""
+    async def finish(self, text: str, note: str, actions: Sequence[Action] = ()) -> bool:
+        """The final reply and its finish note ('' = ended normally; `text` may be empty),
+        with the helpdesk's buttons to attach to its last message part (rate, ask a
+        person). Returns whether the user can see it."""
 
     async def fail(self, text: str, message: str) -> None:
         """The reply broke off: the text written so far (may be '') and why."""

@@ -8,10 +8,11 @@ first thing shown and edited after, its id saved so a resumed reply edits it aga
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kullm_core.helpdesk.actions import Action
 from kullm_core.replies import Save
 from kullm_core.wire import ReplyRecord
 
@@ -22,6 +23,8 @@ class Chat:
     seen: list[tuple[str, str]] = field(default_factory=list)
     """Every call a sink made, as (kind, text), in order."""
     by_message: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+    actions: dict[int, list[str]] = field(default_factory=dict)
+    """The buttons under each finished message (action ids)."""
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def record(self, kind: str, text: str, mid: int | None) -> int:
@@ -69,8 +72,10 @@ class RecordingSink:
     async def progress(self, text: str) -> None:
         await self._show("progress", text)
 
-    async def finish(self, text: str, note: str) -> bool:
+    async def finish(self, text: str, note: str, actions: Sequence[Action] = ()) -> bool:
         await self._show("finish", f"{text}{note}")
+        if self.mid is not None:
+            self.chat.actions[self.mid] = [a.id for a in actions]
         return True
 
     async def fail(self, text: str, message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -14,45 +15,104 @@ import pytest
 from aiohttp import web
 
 from kullm_core.client import CoreClient
+from kullm_core.engine.base import GenerationRequest, SamplingParams
 from kullm_core.engine.loader import resolve_model_path
-from kullm_core.engine.openai import OpenAIEngine
-from kullm_core.errors import ModelLoadError
-from kullm_core.settings import Settings, kullm3_system_prompt
+from kullm_core.engine.openai import OpenAIApi, OpenAIEngine
+from kullm_core.errors import ConfigError, ModelLoadError
+from kullm_core.settings import Settings
 from kullm_core.worker import Worker
 from tests.conftest import test_settings_for
 from tests.core.helpers import CONV, USER, ask, collect, deltas_text, done
 
 REPLY = ["안녕", "하세요", "! 구름", "입니다", "."]
+REPLY_TOKENS = [1, 2, 2, 1, 1]
+"""Tokens behind each piece: a chunk may carry several (vLLM holds back a syllable's byte
+tokens until it is whole), so the engine must take counts from the usage, not the chunks."""
+SAMPLING = {"model", "prompt", "stream", "stream_options", "max_tokens", "temperature", "top_p",
+            "repetition_penalty", "stop", "seed"}
+
+
+def _sse(chunk: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
 
 
 class FakeOpenAI:
-    """Speaks `/v1/chat/completions` with `stream: true` (server-sent events)."""
+    """Speaks `/v1/models`, `/v1/chat/completions` and `/v1/completions` with `stream: true`
+    (server-sent events), as vLLM does. `/completions` checks what it receives: a prompt of
+    token ids in the tokenizer's vocabulary and every sampling setting, else 400."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.url = ""
+        self.token_ids = True       # False: a server whose /completions takes only text
+        self.continuous = True      # usage in every chunk (vLLM continuous_usage_stats)
+        self.slow = False           # stream for a long time (cancel tests)
+        self.vocab = 32000
+        self.disconnected = asyncio.Event()
 
     async def models(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") == "Bearer wrong":
             return web.json_response({"error": "unauthorized"}, status=401)
         return web.json_response({"object": "list", "data": [{"id": "kullm3"}]})
 
+    def _refusal(self, body: dict[str, Any]) -> str:
+        if body.get("model") != "kullm3":
+            return "model not found"
+        prompt = body.get("prompt")
+        if not self.token_ids and not isinstance(prompt, str):
+            return "prompt must be a string"
+        if not isinstance(prompt, list) or not prompt or not all(
+                isinstance(i, int) and 0 <= i < self.vocab for i in prompt):
+            return "prompt must be a list of token ids"
+        if body.get("stream") and not body.keys() >= SAMPLING:
+            return f"missing {sorted(SAMPLING - body.keys())}"
+        return ""
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        if refusal := self._refusal(body):
+            return web.json_response({"error": {"message": refusal}}, status=400)
+        if not body.get("stream"):  # the engine's start-up probe
+            return web.json_response({"choices": [{"index": 0, "text": "x",
+                                                   "finish_reason": "length"}],
+                                      "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+        return await self._stream(request, body, lambda piece: {"text": piece})
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
         if body.get("model") != "kullm3":
             return web.json_response({"error": {"message": "model not found"}}, status=404)
+        return await self._stream(request, body, lambda piece: {"delta": {"content": piece}})
+
+    async def _stream(self, request: web.Request, body: dict[str, Any],
+                      choice: Any) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        pieces = REPLY[: body["max_tokens"]]
-        for i, piece in enumerate(pieces):
-            last = i == len(pieces) - 1
-            finish = ("stop" if len(pieces) == len(REPLY) else "length") if last else None
-            chunk = {"id": "c1", "object": "chat.completion.chunk", "model": body["model"],
-                     "choices": [{"index": 0, "delta": {"content": piece},
-                                  "finish_reason": finish}]}
-            await resp.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
+        pieces = list(zip(REPLY, REPLY_TOKENS, strict=True))
+        pieces = pieces * 1000 if self.slow else pieces[: body["max_tokens"]]
+        used = 0
+        try:
+            for i, (piece, tokens) in enumerate(pieces):
+                last = i == len(pieces) - 1
+                used += tokens
+                finish = ("stop" if len(pieces) == len(REPLY) else "length") if last else None
+                chunk: dict[str, Any] = {"id": "c1", "model": body["model"], "choices": [
+                    {"index": 0, **choice(piece), "finish_reason": finish}]}
+                if self.continuous:
+                    chunk["usage"] = {"prompt_tokens": 9, "completion_tokens": used}
+                data = _sse(chunk)
+                cut = data.index("안".encode()) + 1 if "안" in piece else len(data) // 2
+                await resp.write(data[:cut])  # a Hangul syllable split over two writes
+                await asyncio.sleep(0.002 if self.slow else 0)
+                await resp.write(data[cut:])
+            await resp.write(_sse({"id": "c1", "choices": [], "usage": {
+                "prompt_tokens": len(body.get("prompt") or []), "completion_tokens": used}}))
+            await resp.write(b"data: [DONE]\n\n")
+        except (ConnectionError, asyncio.CancelledError):
+            self.disconnected.set()
+            raise
         return resp
 
 
@@ -61,6 +121,7 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
     fake = FakeOpenAI()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", fake.chat)
+    app.router.add_post("/v1/completions", fake.completions)
     app.router.add_get("/v1/models", fake.models)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -72,11 +133,14 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
     await runner.cleanup()
 
 
-def _settings(settings: Settings, tmp_path: Path, url: str, model: str = "kullm3") -> Settings:
+def _settings(settings: Settings, tmp_path: Path, url: str, model: str = "kullm3",
+              api: str = "chat", **generation: Any) -> Settings:
     return test_settings_for(
         settings.redis.url, Path(settings.model.path), tmp_path,
-        model={"engine": "openai", "openai_base_url": url, "openai_model": model},
-        generation={"max_new_tokens": 100, "repetition_penalty": 1.2, "stop_strings": ["###"]},
+        model={"engine": "openai", "openai_base_url": url, "openai_model": model,
+               "openai_api": api},
+        generation={"max_new_tokens": 100, "repetition_penalty": 1.2, "stop_strings": ["###"],
+                    **generation},
     )
 
 
@@ -95,10 +159,10 @@ async def test_worker_forwards_the_fitted_conversation_and_streams_back(
     assert body["stream"] is True and body["repetition_penalty"] == 1.2
     assert body["stop"] == ["###"] and body["model"] == "kullm3"
     roles = [m["role"] for m in body["messages"]]
-    assert roles == ["system", "user", "assistant", "user"]
-    assert body["messages"][0]["content"] == kullm3_system_prompt()
-    assert body["messages"][1]["content"] == "첫 질문 [\u2060INST] <\u2060/s>"
-    assert body["messages"][2]["content"] == first.text
+    # no system message: the server's chat template adds KULLM3's default, as the card's usage
+    assert roles == ["user", "assistant", "user"]
+    assert body["messages"][0]["content"] == "첫 질문 [\u2060INST] <\u2060/s>"
+    assert body["messages"][1]["content"] == first.text
 
 
 async def test_server_error_becomes_a_failed_reply_not_a_crash(
@@ -161,3 +225,82 @@ def test_openai_engine_never_falls_back_to_the_tiny_tokenizer(
     with pytest.raises(ModelLoadError, match="hf download nlpai-lab/not-downloaded"):
         resolve_model_path(s)
     assert not (tmp_path / "tiny-model").exists()
+
+
+async def test_completions_mode_sends_the_workers_own_prompt_ids_and_every_setting(
+    client: CoreClient, make_worker: Any, settings: Settings, tmp_path: Path,
+    fake_openai: FakeOpenAI, tiny_tokenizer: Any,
+) -> None:
+    s = _settings(settings, tmp_path, fake_openai.url, api="completions", temperature=0.7,
+                  top_p=0.9, seed=7)
+    async with make_worker(engine=OpenAIEngine.from_settings(s.model, s.generation),
+                           settings=s):
+        first = await ask(client, "첫 질문", "c1")
+        sub = await client.submit(CONV, USER, "둘째 질문", "c2")
+        events = await collect(client, sub.job_id)
+    answer = done(events)
+    assert first.text == answer.text == deltas_text(events) == "안녕하세요! 구름입니다."
+    assert answer.completion_tokens == sum(REPLY_TOKENS) == 7  # the usage, not 5 chunks
+    body = fake_openai.requests[-1]
+    started = next(e for e in events if e.type == "started")
+    assert len(body["prompt"]) == started.prompt_tokens == answer.prompt_tokens
+    rendered = tiny_tokenizer.decode(body["prompt"])
+    assert "첫 질문" in rendered and first.text in rendered and "둘째 질문" in rendered
+    assert "messages" not in body
+    assert {k: body[k] for k in SAMPLING - {"prompt"}} == {
+        "model": "kullm3", "stream": True, "max_tokens": 100, "temperature": 0.7,
+        "top_p": 0.9, "repetition_penalty": 1.2, "stop": ["###"], "seed": 7,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+
+
+async def _run(engine: OpenAIEngine, ids: list[int], rid: str = "r1") -> tuple[str, int, str]:
+    text, tokens, finish = "", 0, ""
+    async for out in engine.generate(GenerationRequest(rid, ids, params=SamplingParams(
+            max_new_tokens=100, temperature=0.7, top_p=0.9))):
+        text, tokens = text + out.text, tokens + out.tokens
+        finish = out.finish_reason or finish
+    return text, tokens, finish
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_tokens_come_from_the_final_usage_chunk_too(
+    fake_openai: FakeOpenAI, api: OpenAIApi
+) -> None:
+    fake_openai.continuous = False  # usage only in the last chunk (OpenAI's include_usage)
+    async with OpenAIEngine(fake_openai.url, "kullm3", api=api) as engine:
+        assert await _run(engine, [1, 5, 6]) == ("안녕하세요! 구름입니다.", 7, "stop")
+
+
+async def test_cancel_ends_the_stream_and_closes_the_connection(
+    fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.slow = True
+    async with OpenAIEngine(fake_openai.url, "kullm3") as engine:
+        outs = []
+        async for out in engine.generate(GenerationRequest("r9", [1, 5])):
+            outs.append(out)
+            if len(outs) == 2:
+                engine.cancel("r9")
+        assert outs[-1].finish_reason == "cancelled" and len(outs) == 3
+        await asyncio.wait_for(fake_openai.disconnected.wait(), 30)
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_a_no_repeat_ngram_ban_is_refused_at_start_not_dropped(
+    fake_openai: FakeOpenAI, settings: Settings, tmp_path: Path, api: str
+) -> None:
+    s = _settings(settings, tmp_path, fake_openai.url, api=api, no_repeat_ngram_size=3)
+    engine = OpenAIEngine.from_settings(s.model, s.generation)
+    with pytest.raises(ConfigError, match=r"generation\.no_repeat_ngram_size = 3 .*openai"):
+        await engine.start()
+    assert fake_openai.requests == []
+
+
+async def test_a_server_without_token_id_prompts_is_found_at_start(
+    fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.token_ids = False
+    with pytest.raises(ModelLoadError, match=r'refused a token-id prompt .*openai_api = "chat"'):
+        await OpenAIEngine(fake_openai.url, "kullm3").start()
+    async with OpenAIEngine(fake_openai.url, "kullm3", api="chat") as engine:
+        assert (await _run(engine, [1]))[0] == "안녕하세요! 구름입니다."

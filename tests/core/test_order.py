@@ -71,10 +71,10 @@ class _CrashOn:
     def __init__(self, inner: Any, text: str) -> None:
         self.inner, self.text = inner, text
 
-    def build(self, history: Any, text: str, speaker: Any) -> Any:
+    def build(self, history: Any, text: str, speaker: Any, context: Any = ()) -> Any:
         if text == self.text:
             raise RuntimeError("prompt builder bug")
-        return self.inner.build(history, text, speaker)
+        return self.inner.build(history, text, speaker, context)
 
 
 async def test_a_job_that_crashes_before_it_starts_is_dead_lettered_and_the_next_one_runs(

@@ -9,13 +9,13 @@ import torch
 
 from kullm_core.client import CoreClient
 from kullm_core.prompt import PromptBuilder
-from kullm_core.settings import kullm3_system_prompt
+from kullm_core.settings import GenerationSettings
 from kullm_core.wire import ConversationRef, UserRef
 from tests.core.helpers import CONV, USER, ask, collect, deltas_text, done
 
 
 def greedy_reference(model: Any, tok: Any, history: list[Any], text: str, n: int) -> str:
-    builder = PromptBuilder(tok, kullm3_system_prompt(), 4096, n)
+    builder = PromptBuilder.from_settings(tok, GenerationSettings(max_new_tokens=n))
     ids = builder.build(history, text).ids
     out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
     return str(tok.decode(out[0][len(ids):], skip_special_tokens=True))

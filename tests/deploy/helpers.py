@@ -41,8 +41,12 @@ def interpolate(value: str, env: dict[str, str] | None = None) -> str:
     return _INTERP.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value)
 
 
+NOT_KULLM_SERVICES = {"valkey", "vllm"}
+"""Compose services that run another project's image."""
+
+
 def kullm_services(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in doc["services"].items() if n != "valkey"}
+    return {n: s for n, s in doc["services"].items() if n not in NOT_KULLM_SERVICES}
 
 
 def k8s_files(include_examples: bool = True) -> list[Path]:

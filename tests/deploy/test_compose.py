@@ -87,6 +87,7 @@ def _project(tmp_path: Path, dotenv: str | None) -> Path:
     ((), {"valkey"}),
     (("cpu", "telegram", "slack"), {"valkey", "worker", "telegram", "slack"}),
     (("gpu",), {"valkey", "worker-gpu"}),
+    (("vllm", "telegram"), {"valkey", "vllm", "worker-vllm", "telegram"}),
 ])
 def test_docker_compose_resolves_each_profile(tmp_path: Path, profiles: tuple[str, ...],
                                               services: set[str]) -> None:
@@ -94,7 +95,7 @@ def test_docker_compose_resolves_each_profile(tmp_path: Path, profiles: tuple[st
     config = _compose_config(_project(tmp_path, None), *args)
     assert set(config["services"]) == services
     for name, svc in config["services"].items():
-        if name != "valkey":
+        if name not in h.NOT_KULLM_SERVICES:
             assert svc["environment"]["KULLM_REDIS__URL"] == "redis://valkey:6379/0"
             assert svc["stop_grace_period"] == "1m0s" and svc["read_only"] is True
 

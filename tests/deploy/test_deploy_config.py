@@ -42,6 +42,8 @@ METRICS = {
     "kullm_adapter_messages_received_total", "kullm_adapter_replies_delivered_total",
     "kullm_adapter_platform_calls_total", "kullm_adapter_platform_429_total",
     "kullm_adapter_first_text_seconds", "kullm_adapter_edits_per_reply",
+    "kullm_helpdesk_ratings_total", "kullm_helpdesk_escalations_total",
+    "kullm_helpdesk_resolved_total",
 }
 HISTOGRAMS = {"kullm_first_token_seconds", "kullm_token_seconds",
               "kullm_adapter_first_text_seconds", "kullm_adapter_edits_per_reply"}
@@ -326,7 +328,7 @@ async def test_probe_paths_are_served_by_the_ops_endpoint() -> None:
 
 def _http_probe_commands() -> list[list[str]]:
     """The compose healthchecks that probe over HTTP (python, the images have no curl)."""
-    return [svc["healthcheck"]["test"][1:] for svc in h.compose()["services"].values()
+    return [svc["healthcheck"]["test"][1:] for svc in h.kullm_services(h.compose()).values()
             if "urllib" in json.dumps(svc.get("healthcheck", {}))]
 
 

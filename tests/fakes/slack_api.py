@@ -22,6 +22,8 @@ import aiohttp
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
+from tests.fakes.slack_blocks import HelpdeskFake, blocks_error
+
 TEAM = "T0KULLM01"
 APP_ID = "A0KULLM01"
 BOT_USER = "U0KULLMBOT"
@@ -38,6 +40,7 @@ class Limits:
     post_per_channel: tuple[int, float] = (1, 1.0)
     update_per_team: tuple[int, float] = (50, 60.0)
     stream_per_team: tuple[int, float] = (100, 60.0)
+    tier2: tuple[int, float] = (20, 60.0)
     tier3: tuple[int, float] = (50, 60.0)
     tier4: tuple[int, float] = (100, 60.0)
     tolerance_s: float = 0.05
@@ -75,7 +78,7 @@ class Message:
         return "".join(md) if md else self.text
 
 
-class FakeSlack:
+class FakeSlack(HelpdeskFake):
     """See module doc. Use as `async with FakeSlack(mode="socket") as fake:`."""
 
     def __init__(self, *, mode: str = "socket", limits: Limits | None = None,
@@ -107,7 +110,7 @@ class FakeSlack:
         self._faults: dict[str, list[tuple[str, int, float, bool]]] = defaultdict(list)
         self._windows: dict[str, deque[float]] = defaultdict(deque)
         self._n = 0
-        self._base = int(time.time())
+        self._last_us = 0
         self._sockets: list[web.WebSocketResponse] = []
         self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._changed = asyncio.Condition()
@@ -115,6 +118,7 @@ class FakeSlack:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._verifier = SignatureVerifier(SIGNING_SECRET)
+        self._init_helpdesk()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -189,7 +193,10 @@ class FakeSlack:
 
     def _ts(self) -> str:
         self._n += 1
-        return f"{self._base}.{self._n:06d}"
+        # Real Slack ts are the posting time (microseconds, unique per channel): quoted
+        # thread messages are ordered among the bot's turns by them.
+        self._last_us = max(int(time.time() * 1_000_000), self._last_us + 1)
+        return f"{self._last_us // 1_000_000}.{self._last_us % 1_000_000:06d}"
 
     def _limit(self, key: str, rule: tuple[int, float]) -> float | None:
         count, window = rule
@@ -254,6 +261,10 @@ class FakeSlack:
             return "msg_too_long"
         if not text and not blocks:
             return "no_text"
+        why = blocks_error(blocks) if blocks else None
+        if why:
+            self.block_errors.append(why)
+            return "invalid_blocks"
         return None
 
     def _m_auth_test(self, a: dict[str, Any]) -> dict[str, Any]:
@@ -318,11 +329,17 @@ class FakeSlack:
         if len(text) > self.limits.max_stream_chunk or \
                 len(msg.stream_text) + len(text) > self.limits.max_stream_total:
             return {"ok": False, "error": "msg_too_long"}
+        blocks = (_json(a.get("blocks")) or []) if stop else []
+        why = blocks_error(blocks) if blocks else None
+        if why:
+            self.block_errors.append(why)
+            return {"ok": False, "error": "invalid_blocks"}
         msg.stream_text += text
         msg.streaming = not stop
-        self._shown(msg, edit=bool(text))
         if stop:
             msg.metadata = _json(a.get("metadata"))
+            msg.blocks = blocks  # appended after the streamed text
+        self._shown(msg, edit=bool(text or blocks))
         return {"ok": True, "channel": msg.channel, "ts": msg.ts}
 
     def _m_chat_appendStream(self, a: dict[str, Any]) -> dict[str, Any]:
@@ -568,7 +585,7 @@ class FakeSlack:
                    "user_name": user.lower(), "command": command, "text": text,
                    "api_app_id": APP_ID, "is_enterprise_install": "false",
                    "response_url": f"{self.url}/response/{self._n}",
-                   "trigger_id": f"trig.{self._n}"}
+                   "trigger_id": self._trigger(user)}
         start = time.monotonic()
         ack = await self._deliver_once(payload, "slash_commands", 0)
         return ack, time.monotonic() - start
@@ -578,12 +595,31 @@ class FakeSlack:
         self._n += 1
         payload = {"type": "block_actions", "team": {"id": TEAM, "domain": "fake"},
                    "user": {"id": user, "team_id": TEAM}, "api_app_id": APP_ID,
-                   "token": "fake-verification-token", "trigger_id": f"trig.{self._n}",
+                   "token": "fake-verification-token", "trigger_id": self._trigger(user),
                    "channel": {"id": channel}, "container": {"type": "message"},
                    "response_url": f"{self.url}/response/{self._n}",
                    "actions": [{"type": "button", "action_id": action_id, "block_id": "b",
                                 "value": value, "action_ts": str(time.time())}]}
         return await self._deliver_once(payload, "interactive", 0)
+
+    async def press(self, msg: Message, action_id: str, *, user: str = "U0ALICE") -> Any:
+        """A person presses the button `action_id` that `msg` shows."""
+        return await self._deliver_once(self.action_payload(msg, action_id, user),
+                                        "interactive", 0)
+
+    async def submit(self, opened: dict[str, Any], value: str) -> Any:
+        """A person submits the modal `opened` (an entry of `views`) with `value`."""
+        return await self._deliver_once(self.submission_payload(opened, value),
+                                        "interactive", 0)
+
+    async def open_home(self, *, user: str = "U0ALICE") -> None:
+        """A person opens the app's Home tab."""
+        event = {"type": "app_home_opened", "user": user, "channel": f"D0{user[2:]}",
+                 "tab": "home", "event_ts": self._ts()}
+        await self.deliver(self.event_body(event))
+
+    def ephemeral_texts(self, user: str | None = None) -> list[str]:
+        return [e["text"] for e in self.ephemerals if user is None or e["user"] == user]
 
     async def assistant_thread_started(self, *, user: str = "U0ALICE",
                                        channel: str = "D0ALICE") -> str:
@@ -603,6 +639,8 @@ _RULES = {
     "conversations.replies": "tier3", "conversations.history": "tier3",
     "chat.postEphemeral": "tier4", "assistant.threads.setStatus": "tier4",
     "assistant.threads.setSuggestedPrompts": "tier4", "users.info": "tier4",
+    "views.open": "tier4", "views.publish": "tier4", "chat.getPermalink": "tier4",
+    "usergroups.users.list": "tier2",
 }
 
 

@@ -4,10 +4,17 @@
 `{"ok": true, "result": ...}` or `{"ok": false, "error_code", "description", "parameters"}`
 like Telegram. It enforces the published flood limits (per chat, per group, overall) with
 429 + `retry_after`, and Telegram's refusals ("message is not modified", "can't parse
-entities", "message is too long", "message text is empty"). It records what users see: the
-bot's messages with their current text and entities, every edit, drafts and chat actions.
+entities", "message is too long", "message text is empty"). Formatting is checked as
+Telegram checks it, the whole call refused: entities of an unknown type, outside the text,
+or missing what their type needs (a `text_link`'s absolute URL, a `text_mention`'s user, a
+`custom_emoji`'s id), and `parse_mode` MarkdownV2 or HTML text with an unescaped reserved
+character, an entity never closed or an unknown tag. It records what users see: the bot's
+messages with their current text and entities, every edit (text and entities), drafts and
+chat actions. Reply markups are checked as Telegram checks them (`telegram_markup`: an inline
+keyboard's shape, `callback_data` of 1-64 bytes); a press is a `callback_query` update and
+must be answered once with `answerCallbackQuery` (`toast` reads the answer).
 
-Users act through `send_text`, `send_sticker`, `press_button`...; updates go out through
+Users act through `send_text`, `send_sticker`, `press`, `press_button`...; updates go out through
 `getUpdates` long polling, or to a webhook once `setWebhook` is called.
 """
 
@@ -25,6 +32,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.fakes.telegram_format import ApiError, check_entity, parse_markup
+from tests.fakes.telegram_markup import buttons, check_reply_markup
+
 TOKEN = "123456:TEST-token"
 BOT_ID = 123456
 BOT_USERNAME = "kullm_test_bot"
@@ -34,11 +44,6 @@ COUNTED = frozenset({"sendMessage", "editMessageText", "sendMessageDraft"})
 JSON_FIELDS = frozenset({
     "entities", "reply_parameters", "reply_markup", "commands", "scope", "allowed_updates",
     "link_preview_options", "message_ids",
-})
-ENTITY_TYPES = frozenset({
-    "mention", "hashtag", "cashtag", "bot_command", "url", "email", "phone_number", "bold",
-    "italic", "underline", "strikethrough", "spoiler", "blockquote", "expandable_blockquote",
-    "code", "pre", "text_link", "text_mention", "custom_emoji", "date_time",
 })
 NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup "
@@ -107,6 +112,8 @@ class Msg:
     reply_markup: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     versions: list[str] = field(default_factory=list)
+    formats: list[list[dict[str, Any]]] = field(default_factory=list)
+    """The entities of each version."""
     deleted: bool = False
     update_id: int = 0
     date: int = field(default_factory=lambda: int(time.time()))
@@ -135,14 +142,6 @@ class Msg:
         return out
 
 
-class ApiError(Exception):
-    def __init__(self, code: int, description: str, retry_after: int | None = None) -> None:
-        super().__init__(description)
-        self.code = code
-        self.description = description
-        self.retry_after = retry_after
-
-
 @dataclass
 class Call:
     method: str
@@ -167,9 +166,12 @@ class FakeTelegram:
         self.calls: list[Call] = []
         self.violations: list[Call] = []
         self.drafts: dict[tuple[int, int], list[str]] = defaultdict(list)
+        self.draft_formats: dict[tuple[int, int], list[list[dict[str, Any]]]] = defaultdict(list)
+        """The entities of each draft in `drafts`."""
         self.actions: list[tuple[int, str, float]] = []
         self.commands: dict[str, list[dict[str, str]]] = {}
         self.answered_callbacks: list[dict[str, Any]] = []
+        self.callback_queries: set[str] = set()
         # Fault injection.
         self.reject_entities = False
         self.drafts_supported = True
@@ -271,12 +273,28 @@ class FakeTelegram:
         return await self.user_message(chat_id, user, extra=extra, **kw)
 
     async def press_button(self, msg: Msg, user: User, data: str) -> str:
+        """`user` presses a button with `data` under `msg` (any data: a forged or stale
+        press too); returns the callback query's id."""
         query_id = f"cq{self._next_update}"
+        self.callback_queries.add(query_id)
         await self.push_update({"callback_query": {
             "id": query_id, "from": user.json(), "chat_instance": str(msg.chat.id),
             "message": msg.json(self.msgs), "data": data,
         }})
         return query_id
+
+    async def press(self, msg: Msg, user: User, label: str) -> str:
+        """`user` presses the button labelled `label` on `msg` as it shows now."""
+        data = next((d for text, d in buttons(msg.reply_markup) if text == label), None)
+        if data is None:
+            raise AssertionError(f"no button {label!r} on message {msg.message_id}: "
+                                 f"{buttons(msg.reply_markup)}")
+        return await self.press_button(msg, user, data)
+
+    def toast(self, query_id: str) -> dict[str, Any] | None:
+        """The bot's answerCallbackQuery to a press (None: not answered yet)."""
+        return next((a for a in self.answered_callbacks
+                     if a.get("callback_query_id") == query_id), None)
 
     async def push_update(self, body: dict[str, Any]) -> int:
         update = {"update_id": self._next_update, **body}
@@ -413,7 +431,11 @@ class FakeTelegram:
             raise ApiError(400, "Bad Request: message thread not found")
         return int(thread)
 
-    def _check_text(self, text: str, entities: list[dict[str, Any]], parse_mode: str) -> None:
+    def _check_text(self, text: str, entities: list[dict[str, Any]], parse_mode: str) -> str:
+        """The text the message shows (a parse mode's markup removed; the entities it makes
+        are not recorded), or the refusal Telegram gives."""
+        if parse_mode:
+            text = parse_markup(text, parse_mode)
         if not text.strip():
             raise ApiError(400, "Bad Request: message text is empty")
         length = len(text.encode("utf-16-le")) // 2
@@ -423,10 +445,8 @@ class FakeTelegram:
             raise ApiError(400, "Bad Request: can't parse entities: Unsupported start tag "
                                 "\"b\" at byte offset 0")
         for e in entities:
-            if e.get("type") not in ENTITY_TYPES or e.get("offset", -1) < 0 or (
-                e.get("length", 0) <= 0 or e["offset"] + e["length"] > length
-            ):
-                raise ApiError(400, f"Bad Request: can't parse entities: bad entity {e}")
+            check_entity(e, length)
+        return text
 
     def _target_chat(self, params: dict[str, Any]) -> Chat:
         chat = self.chats.get(int(params["chat_id"]))
@@ -441,13 +461,14 @@ class FakeTelegram:
     async def api_sendMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         chat = self._target_chat(params)
         text, entities = str(params.get("text", "")), list(params.get("entities") or [])
-        self._check_text(text, entities, str(params.get("parse_mode", "")))
+        text = self._check_text(text, entities, str(params.get("parse_mode", "")))
         reply = params.get("reply_parameters") or {}
         thread = self._check_thread(chat, params.get("message_thread_id"))
+        check_reply_markup(params.get("reply_markup"))
         msg = self._new_msg(
             chat, BOT, text=text, entities=entities, thread_id=thread,
             reply_to=reply.get("message_id"), reply_markup=params.get("reply_markup"),
-            versions=[text],
+            versions=[text], formats=[entities],
         )
         return msg.json(self.msgs)
 
@@ -459,22 +480,27 @@ class FakeTelegram:
         if not msg.from_bot:
             raise ApiError(400, "Bad Request: message can't be edited")
         text, entities = str(params.get("text", "")), list(params.get("entities") or [])
-        self._check_text(text, entities, str(params.get("parse_mode", "")))
+        text = self._check_text(text, entities, str(params.get("parse_mode", "")))
         markup = params.get("reply_markup")
+        check_reply_markup(markup)
+        if markup is not None and "inline_keyboard" not in markup:
+            raise ApiError(400, "Bad Request: inline keyboard expected")
         if text == msg.text and entities == msg.entities and markup == msg.reply_markup:
             raise ApiError(400, NOT_MODIFIED)
         msg.text, msg.entities, msg.reply_markup = text, entities, markup
         msg.versions.append(text)
+        msg.formats.append(entities)
         return msg.json(self.msgs)
 
     async def api_sendMessageDraft(self, params: dict[str, Any]) -> bool:
         chat = self._target_chat(params)
         if not self.drafts_supported or chat.type != "private":
             raise ApiError(400, "Bad Request: TEXTDRAFT_PEER_INVALID")
-        text = str(params.get("text", ""))
+        text, entities = str(params.get("text", "")), list(params.get("entities") or [])
         if text:
-            self._check_text(text, list(params.get("entities") or []), "")
+            text = self._check_text(text, entities, str(params.get("parse_mode", "")))
         self.drafts[(chat.id, int(params["draft_id"]))].append(text)
+        self.draft_formats[(chat.id, int(params["draft_id"]))].append(entities)
         return True
 
     async def api_sendChatAction(self, params: dict[str, Any]) -> bool:
@@ -498,8 +524,29 @@ class FakeTelegram:
         return self.commands.get(str(params.get("language_code") or ""), [])
 
     async def api_answerCallbackQuery(self, params: dict[str, Any]) -> bool:
+        query = str(params.get("callback_query_id") or "")
+        if query not in self.callback_queries:
+            raise ApiError(400, "Bad Request: query is too old and response timeout expired or "
+                                "query ID is invalid")
+        if any(a.get("callback_query_id") == query for a in self.answered_callbacks):
+            raise ApiError(400, "Bad Request: query is too old and response timeout expired or "
+                                "query ID is invalid")
+        if len(str(params.get("text") or "")) > 200:
+            raise ApiError(400, "Bad Request: MESSAGE_TOO_LONG")
         self.answered_callbacks.append(params)
         return True
+
+    async def api_editMessageReplyMarkup(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat = self._target_chat(params)
+        msg = self.msgs.get((chat.id, int(params["message_id"])))
+        if msg is None or msg.deleted:
+            raise ApiError(400, "Bad Request: message to edit not found")
+        markup = params.get("reply_markup")
+        check_reply_markup(markup)
+        if markup == msg.reply_markup:
+            raise ApiError(400, NOT_MODIFIED)
+        msg.reply_markup = markup
+        return msg.json(self.msgs)
 
     async def api_getUpdates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         if self.webhook:

@@ -26,7 +26,9 @@ DM = ConversationRef(platform="telegram", chat=str(ALICE.id), user=str(ALICE.id)
 
 
 def roles(request: GenerationRequest) -> list[str]:
-    return [m["role"] for m in request.messages]
+    """The conversation's turns the model was given (a system message, where
+    `generation.system_prompt_mode` adds one, is the prompt builder's business)."""
+    return [m["role"] for m in request.messages if m["role"] != "system"]
 
 
 async def test_reset_starts_a_new_conversation(
@@ -44,8 +46,8 @@ async def test_reset_starts_a_new_conversation(
         third = await tg.send_text(ALICE.id, ALICE, "내 이름이 뭐지?")
         await wait_reply(tg, client, third)
     assert reply_texts(tg, reset) == [t("reset", "ko")]
-    assert roles(engine.requests[1]) == ["system", "user", "assistant", "user"]
-    assert roles(engine.requests[2]) == ["system", "user"]  # the history was gone
+    assert roles(engine.requests[1]) == ["user", "assistant", "user"]
+    assert roles(engine.requests[2]) == ["user"]  # the history was gone
     assert [h.user for h in await client.history(DM)] == ["내 이름이 뭐지?"]
 
 
@@ -107,7 +109,7 @@ async def test_retry_regenerates_the_last_answer_in_place_of_the_old_one(
     assert [m.text for m in shown] == ["답변 2번입니다."]
     history = await client.history(DM)
     assert [(h.user, h.assistant) for h in history] == [("아무 답이나 해 줘", "답변 2번입니다.")]
-    assert roles(engine.requests[1]) == ["system", "user"]  # not shown its own old answer
+    assert roles(engine.requests[1]) == ["user"]  # not shown its own old answer
 
 
 async def test_retry_while_an_answer_streams_is_refused(

@@ -15,8 +15,11 @@ from tests.telegram.conftest import MakeBot
 from tests.telegram.helpers import ALICE, BOB, GROUP, reply_texts, wait_reply
 
 SECRET = "앨리스만아는이야기"
-# Kept on purpose, none with text: exactly-once markers, update dedupe, the send budget.
-KEPT = (b":dedupe:", b":done:", b":seen:", b":budget:", b":cancel:", b":rate:", b":quota:")
+# Kept on purpose, none with text: exactly-once markers, update dedupe, the send budget, and
+# the helpdesk's daily stats (`kullm_core/keys.py`: counts and timings per chat, and a DM's
+# chat id is the user's id).
+KEPT = (b":dedupe:", b":done:", b":seen:", b":budget:", b":cancel:", b":rate:", b":quota:",
+        b":hd:stats:", b":hd:ttfv:", b":hd:users:")
 
 
 def names_alice(key: bytes, dump: bytes) -> bool:

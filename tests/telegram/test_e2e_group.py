@@ -9,7 +9,7 @@ from kullm_core.client import CoreClient
 from kullm_core.engine.scripted import ScriptedEngine
 from kullm_core.settings import Settings
 from kullm_core.wire import ConversationRef
-from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.telegram_api import BOT_USERNAME, FakeTelegram
 from tests.telegram.conftest import LIMITS, MakeBot, with_telegram
 from tests.telegram.helpers import ALICE, BOB, CAROL, GROUP, expected_texts, reply_texts, wait_reply
 
@@ -104,3 +104,22 @@ async def test_non_text_in_a_group_is_answered_only_when_meant_for_the_bot(
         await tg.wait_for(lambda: reply_texts(tg, aimed))
     assert reply_texts(tg, aimed) == [t("text_only", "ko")]
     assert reply_texts(tg, stray) == []
+
+
+async def test_pasted_code_in_a_group_reaches_the_model_with_its_whitespace(
+    tg: FakeTelegram, make_bot: MakeBot, make_worker: Any, client: CoreClient
+) -> None:
+    yaml = "이 설정 봐줘:\n```yaml\nserver:\n  port:    8080\n\thosts:\n    - a   b\n```"
+    code = "이 코드  왜 느려?\n    for i in range(10):\n\t\tprint(i,   i)"
+    engine = ScriptedEngine(lambda _r: "확인했습니다.", chunk_chars=4)
+    async with make_worker(engine=engine), make_bot():
+        first = await tg.mention(GROUP, ALICE, yaml)
+        await wait_reply(tg, client, first)
+        # The mention in the middle of the first line, as Telegram marks it.
+        handle = f"@{BOT_USERNAME}"
+        text = code.replace("  왜", f"  {handle} 왜", 1)
+        entity = {"type": "mention", "offset": text.index(handle), "length": len(handle)}
+        second = await tg.send_text(GROUP, ALICE, text, entities=[entity])
+        await wait_reply(tg, client, second)
+    assert [h.user for h in await client.history(conv(ALICE.id))] == [yaml, code]
+    assert [r.messages[-1]["content"] for r in engine.requests] == [yaml, code]

@@ -106,7 +106,8 @@ async def test_start_help_and_the_command_menu_in_korean_and_english(
     assert reply_texts(tg, help_)[0].startswith(t("help", "en"))
     ko = {c["command"]: c["description"] for c in tg.commands[""]}
     en = {c["command"]: c["description"] for c in tg.commands["en"]}
-    assert set(ko) == set(en) == {"start", "help", "ask", "reset", "stop", "retry", "forget"}
+    assert set(ko) == set(en) == {"start", "help", "ask", "reset", "stop", "retry", "forget",
+                                "human", "resolve", "usage"}
     assert ko["reset"] == "새 대화 시작" and en["reset"] == "Start a new conversation"
 
 

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from telegram import Bot
 
-from bots.telegram.outbox import Op, Outbox, Outcome
+from bots.telegram.outbox import Outbox, OutboxOp, SendResult
 from kullm_core.budget import SendBudget
 from kullm_core.keys import Keys
 from tests.fakes.telegram_api import TOKEN, FakeTelegram
@@ -40,18 +40,18 @@ async def outbox(bot: Bot, redis: Redis) -> AsyncIterator[Outbox]:
     await box.stop(5)
 
 
-def send(chat: int, text: str, must: bool = True) -> Op:
+def send(chat: int, text: str, must: bool = True) -> OutboxOp:
     async def call(bot: Bot) -> Any:
         return await bot.send_message(chat, text)
 
-    return Op(chat, call, "sendMessage", must=must)
+    return OutboxOp(chat, call, "sendMessage", must=must)
 
 
-def edit(chat: int, mid: int, text: str, must: bool = False) -> Op:
+def edit(chat: int, mid: int, text: str, must: bool = False) -> OutboxOp:
     async def call(bot: Bot) -> Any:
         return await bot.edit_message_text(text, chat_id=chat, message_id=mid)
 
-    return Op(chat, call, "editMessageText", key=f"m{mid}", fingerprint=text, must=must)
+    return OutboxOp(chat, call, "editMessageText", key=f"m{mid}", fingerprint=text, must=must)
 
 
 async def test_pending_edits_of_one_message_merge_into_the_newest(
@@ -99,7 +99,7 @@ async def test_a_group_budget_is_shared_by_concurrent_replies(
 ) -> None:
     a = (await outbox.run(send(GROUP, "a"))).value.message_id
     b = (await outbox.run(send(GROUP, "b"))).value.message_id
-    pending: list[asyncio.Future[Outcome]] = []
+    pending: list[asyncio.Future[SendResult]] = []
     for n in range(1, 60):
         pending.append(outbox.submit(edit(GROUP, a, "a" * n)))
         pending.append(outbox.submit(edit(GROUP, b, "b" * n)))
@@ -134,9 +134,9 @@ async def test_first_text_then_final_text_go_before_interim_updates(
     a = (await outbox.run(send(GROUP, "a"))).value.message_id
     b = (await outbox.run(send(GROUP, "b"))).value.message_id
     interim = outbox.submit(edit(GROUP, a, "a interim"))
-    final = outbox.submit(Op(GROUP, edit(GROUP, b, "b final").call, "edit", must=True,
+    final = outbox.submit(OutboxOp(GROUP, edit(GROUP, b, "b final").call, "edit", must=True,
                              priority=1))
-    first = outbox.submit(Op(GROUP, send(GROUP, "c first").call, "send", priority=0))
+    first = outbox.submit(OutboxOp(GROUP, send(GROUP, "c first").call, "send", priority=0))
     await asyncio.gather(interim, final, first)
     shown = [c.params["text"] for c in tg.calls if c.method in ("editMessageText", "sendMessage")]
     assert shown[2:] == ["c first", "b final", "a interim"]

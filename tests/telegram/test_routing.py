@@ -76,3 +76,22 @@ def test_command_arguments_keep_newlines() -> None:
     msg = message("/ask 첫 줄\n둘째 줄", entities=[{"type": "bot_command", "offset": 0,
                                                    "length": 4}])
     assert command_args(msg) == "첫 줄\n둘째 줄"
+
+
+YAML = "server:\n  port:  8080\n\thosts:\n    - a    b\n"
+
+
+def test_removing_a_mention_keeps_the_messages_spacing() -> None:
+    lead = message(f"@{BOT_USERNAME}  설정 봐줘:\n{YAML}", entities=[mention()])
+    assert addressed_text(lead, BOT_ID, BOT_USERNAME) == f"설정 봐줘:\n{YAML}".rstrip()
+    middle = f"이  설정 @{BOT_USERNAME} 봐줘:\n{YAML}"
+    inner = message(middle, entities=[mention(offset=len("이  설정 "))])
+    assert addressed_text(inner, BOT_ID, BOT_USERNAME) == f"이  설정 봐줘:\n{YAML}".rstrip()
+    own_line = message(f"@{BOT_USERNAME}\n\n    indented()\n        deeper()",
+                       entities=[mention()])
+    assert addressed_text(own_line, BOT_ID, BOT_USERNAME) == "    indented()\n        deeper()"
+
+
+def test_command_arguments_keep_indentation() -> None:
+    msg = message(f"/ask\n{YAML}", entities=[{"type": "bot_command", "offset": 0, "length": 4}])
+    assert command_args(msg) == YAML.rstrip()

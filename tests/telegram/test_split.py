@@ -6,10 +6,17 @@ import re
 
 import pytest
 
-from bots.telegram.render import final_pieces, plain_pieces, render_markdown
+from bots.telegram.render import (
+    close_open_markup,
+    final_pieces,
+    plain_pieces,
+    render_markdown,
+    streaming_pieces,
+)
 from bots.telegram.split import (
     MAX_MESSAGE,
     Entity,
+    _clip,
     fenced_blocks,
     split_markdown,
     split_text,
@@ -129,3 +136,50 @@ def test_streamed_pieces_before_the_last_do_not_change_as_text_grows() -> None:
     earlier = split_markdown(text[:9000])
     later = split_markdown(text)
     assert later[: len(earlier) - 1] == earlier[:-1]
+
+
+@pytest.mark.parametrize(("partial", "shown"), [
+    ("Hello **wor", "Hello **wor**"),
+    ("a **b** and *it", "a **b** and *it*"),
+    ("x ~~stri", "x ~~stri~~"),
+    ("run `pip ins", "run `pip ins`"),
+    ("**bold *both", "**bold *both***"),
+    ("Hello **", "Hello "),
+    ("Hello **world ", "Hello **world**"),
+    ("text\n\n- ", "text"),
+    ("see [the site](https://ex", "see the site"),
+    ("2*3 = 6 and snake_case", "2*3 = 6 and snake_case"),
+    ("```python\nx = 1 * *", "```python\nx = 1 * *"),
+])
+def test_streamed_markdown_closes_what_it_opened(partial: str, shown: str) -> None:
+    assert close_open_markup(partial) == shown
+
+
+STREAMED = (
+    "## 제목\n\n**굵게** 그리고 *기울임* `코드` ~~취소~~ [링크](https://example.com)\n\n"
+    "- 항목 **하나**\n- 항목 _둘_\n\n```python\ndef f(x):\n    return x * 2  # **\n```\n\n"
+    "끝 **문장**입니다. 😀 "
+) * 3
+
+
+def test_every_streamed_prefix_is_formatted_as_the_final_reply() -> None:
+    """Formatting shown while streaming never changes later: on the text a prefix shares
+    with the final reply, its entities are the final ones (links once their URL is known)."""
+    (final,) = final_pieces(STREAMED)
+    for end in range(1, len(STREAMED) + 1):
+        for piece in streaming_pieces(STREAMED[:end]):
+            common = 0
+            while common < len(piece.text) and piece.text[common] == final.text[common]:
+                common += 1
+            assert common >= len(piece.text) - 1, STREAMED[:end]
+            upto = utf16_len(piece.text[:common])
+            clip = {e for e in _clip(piece.entities, 0, upto) if e.type != "text_link"}
+            want = {e for e in _clip(final.entities, 0, upto) if e.type != "text_link"}
+            assert clip == want, STREAMED[:end]
+            assert piece.text.count("**") <= final.text.count("**")
+
+
+def test_a_relative_link_shows_as_its_text() -> None:
+    piece = render_markdown("[문서](docs/a.md)와 [사이트](https://example.com)")
+    assert piece.text == "문서와 사이트"
+    assert [(e.type, e.url) for e in piece.entities] == [("text_link", "https://example.com")]
