@@ -139,7 +139,7 @@ class Desk:
     # -- escalation ------------------------------------------------------------------------
 
     async def escalate(self, conv: ConversationRef, who: UserRef, *, job_id: str = "",
-                       at: str = "") -> str:
+                       at: str = "", question: str = "") -> str:
         """Hand `conv` to a person: the hand-off in the thread, tagging the responders.
         Returns what the asker is told."""
         team, channel = conv.workspace, conv.chat
@@ -151,7 +151,7 @@ class Desk:
         if open_now is not None and open_now.state == "open":
             return t("hd.already_open", who.lang)
         link = await self._permalink(team, channel, conv.thread or at)
-        got = await self.hd.escalate(conv, who, job_id=job_id, link=link)
+        got = await self.hd.escalate(conv, who, job_id=job_id, link=link, question=question)
         if isinstance(got, str):
             return got
         if not got.opened:
@@ -232,7 +232,7 @@ class Desk:
             await respond(text=await self.usage_text(who))
         elif sub == "human":
             await respond(text=st("hd_nothing_to_escalate", lang) if conv is None
-                          else await self.escalate(conv, who))
+                          else await self.escalate(conv, who, question=" ".join(args)))
         elif sub == "resolve":
             esc = await self._open_escalation(team, channel, conv)
             if esc is None:

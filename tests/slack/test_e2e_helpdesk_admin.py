@@ -76,10 +76,10 @@ async def test_slash_human_then_resolve_by_a_responder(
     async with run_bot(fake):
         ask = await fake.user_message("권한 신청은 어디서 하나요?")
         await answered(fake, client, ask)
-        await fake.slash("human")
+        await fake.slash("human 급해요, 오늘 안에 필요합니다")
         assert await answer_of(fake, 1) == t("hd.called", "ko")
         handoff = fake.bot_messages(ask.channel, ask.ts)[-1]
-        assert "<@U0CAROL>" in handoff.text and "권한 신청은 어디서 하나요?" in handoff.text
+        assert "<@U0CAROL>" in handoff.text and "급해요, 오늘 안에 필요합니다" in handoff.text
         await fake.slash("human")
         assert await answer_of(fake, 2) == t("hd.already_open", "ko")
         await fake.user_message("아직 답이 없나요?", user="U0BOB", thread_ts=ask.ts)
