@@ -49,10 +49,12 @@ async def test_the_model_sees_the_thread_history(
     fake: FakeSlack, run_bot: Any, client: Any, make_worker: Any
 ) -> None:
     async with make_worker(engine=ScriptedEngine(echo, chunk_chars=4)), run_bot(fake):
+        # `echo` counts the prompt's messages: no system message (the chat template supplies
+        # KULLM3's default), then one user turn, then that turn and its answer before "둘".
         first = await fake.user_message("하나")
-        await shows(fake, first.channel, first.ts, "[2] 하나에 답합니다.")
+        await shows(fake, first.channel, first.ts, "[1] 하나에 답합니다.")
         second = await fake.user_message("둘", thread_ts=first.ts, mention=False)
-        await shows(fake, first.channel, first.ts, "[4] 둘에 답합니다.", after=second.ts)
+        await shows(fake, first.channel, first.ts, "[3] 둘에 답합니다.", after=second.ts)
 
 
 async def test_two_people_share_one_helpdesk_thread(
