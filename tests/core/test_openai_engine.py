@@ -1,4 +1,5 @@
-"""The OpenAI-compatible engine against a small streaming Chat Completions server on loopback."""
+"""The OpenAI-compatible engine against a fake vLLM on loopback: `/completions` with token ids
+and `/chat/completions`, both streaming (server-sent events)."""
 
 from __future__ import annotations
 
