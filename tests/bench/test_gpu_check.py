@@ -72,3 +72,15 @@ def test_dry_run_prints_and_writes_the_whole_table(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "gpu_check.json").exists()
     if python == sys.executable:
         assert "pydantic" not in run.stdout + run.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_check_stops_itself_at_its_budget_and_keeps_the_table(tmp_path: Path) -> None:
+    _, env = _image_env(tmp_path)
+    run = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", "--budget-s", "0.5"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=110,
+                         check=False)
+    assert run.returncode == 3, run.stdout[-2000:] + run.stderr[-2000:]
+    table = (tmp_path / "out" / "gpu_check.md").read_text("utf-8")
+    assert "STOPPED AT THE BUDGET" in table and "| scenario |" in table

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible engine against a small streaming Chat Completions server on loopback."""
+"""The OpenAI-compatible engine against a fake vLLM on loopback: `/completions` with token ids
+and `/chat/completions`, both streaming (server-sent events)."""
 
 from __future__ import annotations
 
@@ -304,3 +305,24 @@ async def test_a_server_without_token_id_prompts_is_found_at_start(
         await OpenAIEngine(fake_openai.url, "kullm3").start()
     async with OpenAIEngine(fake_openai.url, "kullm3", api="chat") as engine:
         assert (await _run(engine, [1]))[0] == "안녕하세요! 구름입니다."
+
+
+async def test_stop_mid_reply_closes_the_servers_stream(
+    client: CoreClient, make_worker: Any, settings: Settings, tmp_path: Path,
+    fake_openai: FakeOpenAI,
+) -> None:
+    fake_openai.slow = True
+    s = _settings(settings, tmp_path, fake_openai.url, api="completions", max_new_tokens=1000)
+    async with make_worker(engine=OpenAIEngine.from_settings(s.model, s.generation),
+                           settings=s):
+        sub = await client.submit(CONV, USER, "긴 이야기를 해줘", "stop1")
+        events = []
+        async for _, e in client.events(sub.job_id):
+            events.append(e)
+            if e.type == "delta" and [x.type for x in events].count("delta") == 1:
+                assert await client.cancel(CONV) == sub.job_id
+        await asyncio.wait_for(fake_openai.disconnected.wait(), 30)
+    final = done(events)
+    assert final.finish_reason == "cancelled" and final.text == deltas_text(events)
+    assert final.text and ("".join(REPLY) * 1000).startswith(final.text)
+    assert 0 < final.completion_tokens < 1000  # the usage of what came before the stop
