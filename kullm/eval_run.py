@@ -69,7 +69,8 @@ def run_identity(settings: Settings, opts: EvalOptions) -> dict[str, Any]:
     m = settings.model
     model: dict[str, Any] = {"engine": m.engine, "path": m.path}
     if m.engine == "openai":
-        model.update(openai_base_url=m.openai_base_url, openai_model=m.openai_model)
+        model.update(openai_base_url=m.openai_base_url, openai_model=m.openai_model,
+                     openai_api=m.openai_api)
     return {
         "settings": {"generation": settings.generation.model_dump(mode="json"), "model": model},
         "judge": {"url": opts.judge_url, "model": opts.judge_model,

@@ -52,9 +52,14 @@ def speaker_names(speakers: list[Speaker]) -> dict[str, str]:
     gets that user's id appended, so nobody can appear under someone else's name)."""
     names: dict[str, str] = {}
     taken: dict[str, str] = {}
-    for uid, raw in speakers:
+    given: dict[str, str] = {}
+    for uid, raw in speakers:  # a person's latest non-empty name (earlier turns may have none)
+        if clean_name(raw) or uid not in given:
+            given[uid] = raw
+    for uid, _ in speakers:
         if uid in names:
             continue
+        raw = given[uid]
         name = clean_name(raw) or clean_name(uid) or "user"
         if taken.get(name.casefold(), uid) != uid:
             name = f"{name} #{clean_name(uid)}"

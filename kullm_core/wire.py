@@ -324,6 +324,7 @@ class ChannelConfig(_Wire):
     answer_when_escalated: bool = False
     """Keep answering in a conversation handed to a person."""
     handoff_chat: str = ""
-    """Telegram: the helpdesk group escalations are forwarded to ('' = the chat itself)."""
+    """Where hand-offs go instead of the conversation itself ('' = there): a Telegram
+    helpdesk group, or a Slack channel for hand-offs from DMs (`slack:T1:dm`)."""
     handoff_thread: str = ""
     """Telegram: the forum topic in `handoff_chat` ('' = none)."""

@@ -280,11 +280,7 @@ class Desk:
         return f"{summary_text(rows)}\n```{table(rows)}```"
 
     async def usage_text(self, who: UserRef) -> str:
-        used = await self.client.limiter.used_today(f"{who.platform}:{who.id}")
-        limit = self.client.settings.limits.daily_tokens
-        if not limit:
-            return t("hd.usage_unlimited", who.lang, used=used)
-        return st("hd_usage", who.lang, used=used, limit=limit)
+        return await self.hd.usage_text(who)
 
     # -- App Home --------------------------------------------------------------------------
 

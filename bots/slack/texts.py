@@ -23,7 +23,6 @@ _TEXTS: dict[str, dict[str, str]] = {
         "hd_send": "보내기",
         "hd_skip": "건너뛰기",
         "hd_nothing_to_escalate": "담당자에게 넘길 대화가 없습니다. 먼저 질문해 주세요.",
-        "hd_usage": "오늘 사용량: {used} / {limit} 토큰",
         "hd_home_stats": "KULLM 도우미 통계 (최근 {days}일)",
         "hd_home_usage": "내 KULLM 사용량",
         "prompt1.title": "자기소개",
@@ -54,7 +53,6 @@ _TEXTS: dict[str, dict[str, str]] = {
         "hd_skip": "Skip",
         "hd_nothing_to_escalate": "There is no conversation to hand to a person yet. "
         "Ask me something first.",
-        "hd_usage": "Today: {used} / {limit} tokens",
         "hd_home_stats": "KULLM helpdesk statistics (last {days} days)",
         "hd_home_usage": "Your KULLM usage",
         "prompt1.title": "Who are you?",

@@ -143,6 +143,15 @@ class Helpdesk:
         log.info("escalation %s resolved after %.0f s", escalation_id, took)
         return done, t("hd.resolved", user.lang, name=user.name or user.id)
 
+    async def usage_text(self, user: UserRef) -> str:
+        """`/usage`: the person's tokens today and their limits (one text for every surface)."""
+        use = await self.client.limiter.usage(user)
+        if not use.daily_limit and not use.requests_per_minute:
+            return t("hd.usage_unlimited", user.lang, used=use.used_today)
+        return t("hd.usage", user.lang, used=use.used_today,
+                 limit=use.daily_limit or "∞", requests=use.requests_last_minute,
+                 per_minute=use.requests_per_minute or "∞")
+
     def handoff_text(self, esc: Escalation, lang: str, mentions: str) -> str:
         """The hand-off posted for responders (`mentions` in the platform's syntax)."""
         lines = [t("hd.handoff", lang, name=esc.asker_name or esc.asker, mentions=mentions)]

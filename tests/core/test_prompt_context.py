@@ -72,3 +72,12 @@ async def test_thread_context_reaches_the_model_through_the_worker(
     assert "김철수: 배포가 실패했어요" in prompt and "박민수: 원인이 뭘까요?" in prompt
     [turn] = await client.history(conv)
     assert turn.user == "원인이 뭘까요?"  # the quotes are context, not the stored question
+
+
+def test_a_person_is_named_by_their_latest_name_not_an_empty_first_one(
+    tiny_tokenizer: Any
+) -> None:
+    b = _builder(tiny_tokenizer)
+    unnamed = Turn(job_id="j", user_id="U3", user_name="", user="첫 질문", assistant="답", at=1.0)
+    msgs = b.messages([unnamed], "둘째 질문", ("U3", "박민수"), THREAD)
+    assert msgs[0]["content"].endswith("박민수: 첫 질문")
