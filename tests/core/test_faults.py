@@ -160,9 +160,10 @@ async def test_waiting_users_see_their_place_in_line_move_up(
     s = _long(settings, tmp_path, batching={"max_batch_size": 1},
               generation={"max_new_tokens": 200})
     engine = ScriptedEngine(lambda _r: "가나" * 25, chunk_chars=2, delay_s=0.1)
+    # All three wait before the worker starts, so the third is #3 whatever the machine's load.
+    convs = [CONV.model_copy(update={"chat": f"line{i}"}) for i in range(3)]
+    subs = [await client.submit(c, USER, "hi", f"line{i}") for i, c in enumerate(convs)]
     async with make_worker(engine=engine, settings=s):
-        convs = [CONV.model_copy(update={"chat": f"line{i}"}) for i in range(3)]
-        subs = [await client.submit(c, USER, "hi", f"line{i}") for i, c in enumerate(convs)]
         events = await collect(client, subs[2].job_id)
     positions = [e.position for e in events if e.type == "queued"]
     first_start = [e.type for e in events].index("started")
