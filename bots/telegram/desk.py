@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from telegram import (
     Bot,
     CallbackQuery,
+    Chat,
     ForceReply,
     InlineKeyboardMarkup,
     Message,
@@ -176,7 +178,7 @@ class Desk:
 
     # -- escalation ------------------------------------------------------------------------
 
-    async def escalate(self, conv: ConversationRef, user: TgUser, chat: object, at: int, *,
+    async def escalate(self, conv: ConversationRef, user: TgUser, chat: Chat, at: int, *,
                        job_id: str = "", question: str = "") -> str:
         """Hand `conv` to a person: the hand-off into the helpdesk group (or this chat),
         tagging the responders. `chat`/`at`: the message the link points to. Returns what
@@ -186,7 +188,7 @@ class Desk:
         if open_now is not None and open_now.state == "open":
             return t("hd.already_open", who.lang)
         thread = int(conv.thread) if conv.thread else None
-        link = message_link(chat, at, thread)  # type: ignore[arg-type]
+        link = message_link(chat, at, thread)
         asker = who.model_copy(update={"name": display_name(user)})
         got = await self.hd.escalate(conv, asker, job_id=job_id, link=link, question=question)
         if isinstance(got, str):
@@ -301,7 +303,8 @@ class Desk:
         if not done or int(esc.conversation.chat) != msg.chat.id:
             await self.reply(msg, text)
 
-    async def note_reply(self, msg: Message, who: UserRef, scope_of: object) -> None:
+    async def note_reply(self, msg: Message, who: UserRef,
+                         scope_of: Callable[[Message], ConversationRef]) -> None:
         """A reply to a hand-off message or to another person's message: the first human
         reply of that escalation (the asker's conversation) is timed."""
         parent = msg.reply_to_message
@@ -310,7 +313,7 @@ class Desk:
         esc = await self.escalation_of_message(msg.chat.id, parent.message_id)
         conv = esc.conversation if esc is not None else None
         if conv is None and not parent.from_user.is_bot and parent.from_user.id != who.id:
-            conv = scope_of(parent)  # type: ignore[operator]
+            conv = scope_of(parent)
         if conv is not None:
             await self.hd.store.note_message(conv, f"tg:{who.id}")
 

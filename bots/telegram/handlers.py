@@ -185,7 +185,12 @@ class Handlers:
         msg = update.message
         if msg is None or msg.from_user is None:
             return
-        if is_private(msg) or addressed_text(msg, self.bot.id, self.bot.username) is not None:
+        addressed = is_private(msg) or addressed_text(msg, self.bot.id,
+                                                      self.bot.username) is not None
+        # Seen by the helpdesk too (a first human reply may be a photo); silent when off or
+        # in an escalated conversation.
+        seen = Seen(dm=is_private(msg), mentioned=addressed, top_level=True, text="")
+        if await self.hd.answers(msg, seen) and addressed:
             self.refuse(msg, t("text_only", lang_of(msg.from_user.language_code)))
 
     async def ask(

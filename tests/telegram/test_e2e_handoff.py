@@ -174,3 +174,24 @@ async def test_a_reply_chain_is_context_and_forget_removes_its_cached_messages(
     assert "회의는 3시에 시작합니다" in second, "Telegram still shows the replied-to message"
     assert [h.user for h in await client.history(conv(GROUP, CAROL))] == [
         "회의가 몇 시라고 했죠?", "안건은 뭐였죠?"]
+
+
+async def test_in_a_group_the_comment_is_the_raters_reply_to_the_prompt(
+    tg: FakeTelegram, make_bot: MakeBot, make_worker: Any, client: CoreClient
+) -> None:
+    engine = ScriptedEngine(lambda _r: "재부팅해 보세요.")
+    async with make_worker(engine=engine), make_bot():
+        ask = await tg.mention(GROUP, ALICE, "노트북이 느려요")
+        _, shown = await wait_reply(tg, client, ask)
+        await toast(tg, await tg.press(shown[-1], BOB, "👎"))
+        await tg.wait_for(lambda: bool(tg.replies_to(GROUP, shown[-1].message_id)))
+        [prompt] = tg.replies_to(GROUP, shown[-1].message_id)
+        comment = await tg.send_text(GROUP, BOB, "원인을 알려 주세요", reply_to=prompt.message_id)
+        saved = await said(tg, comment)
+    assert prompt.text == "Bob, " + t("hd.comment_prompt", "en")
+    assert prompt.reply_markup == {"force_reply": True, "selective": True}
+    assert [e["type"] for e in prompt.entities] == ["text_mention"]
+    assert saved == t("hd.comment_saved", "en")
+    [fb] = await client.helpdesk.feedback(job_of(ask))
+    assert (fb.rater, fb.rating, fb.comment) == (f"tg:{BOB.id}", "down", "원인을 알려 주세요")
+    assert len(engine.requests) == 1, "the comment, a reply to the bot, was not a question"

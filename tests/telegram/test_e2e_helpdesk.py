@@ -20,7 +20,7 @@ from tests.conftest import test_settings_for
 from tests.fakes.telegram_api import FakeTelegram, Msg, User
 from tests.fakes.telegram_markup import buttons
 from tests.telegram.conftest import MakeBot
-from tests.telegram.helpers import ALICE, job_of, reply_texts, wait_reply
+from tests.telegram.helpers import ALICE, GROUP, job_of, reply_texts, wait_reply
 
 ADMIN = User(1009, "Admin", "admin", "en")
 ANSWER = "경복궁과 북촌 한옥마을을 추천합니다."
@@ -164,3 +164,30 @@ async def test_stats_for_an_admin_show_the_counts(
     assert "1 asked, 1 answered" in text and "👍 1 👎 0" in text
     [reply] = tg.replies_to(ADMIN.id, stats.message_id)
     assert [e["type"] for e in reply.entities] == ["pre"]
+
+
+LONG = "\n\n".join(f"{i}번째 문단입니다. " + "긴 답변이 여러 메시지로 나뉩니다. " * 30
+                   for i in range(12))
+
+
+@pytest.mark.parametrize("chat", ["private", "group"])
+async def test_a_long_answer_has_the_buttons_on_its_last_part_only(
+    tg: FakeTelegram, make_bot: MakeBot, make_worker: Any, client: CoreClient, chat: str
+) -> None:
+    engine = ScriptedEngine(lambda _r: LONG, chunk_chars=600)
+    where = ALICE.id if chat == "private" else GROUP
+    async with make_worker(engine=engine), make_bot():
+        if chat == "private":
+            ask = await tg.send_text(where, ALICE, "길게 설명해 줘")
+        else:
+            ask = await tg.mention(where, ALICE, "길게 설명해 줘")
+        _, shown = await wait_reply(tg, client, ask)
+    job = job_of(ask)
+    assert len(shown) >= 2
+    assert [bool(m.reply_markup) for m in shown] == [False] * (len(shown) - 1) + [True]
+    assert [d for _, d in buttons(shown[-1].reply_markup)] == [
+        f"hd:up:{job}", f"hd:down:{job}", f"hd:human:{job}"]
+    with_buttons = [c for c in tg.calls if c.params.get("reply_markup") and not c.error
+                    and int(c.params.get("chat_id", 0)) == where]
+    assert len(with_buttons) == 1, "only the call that shows the last part carries them"
+    assert not tg.violations
