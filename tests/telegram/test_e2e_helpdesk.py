@@ -191,3 +191,13 @@ async def test_a_long_answer_has_the_buttons_on_its_last_part_only(
                     and int(c.params.get("chat_id", 0)) == where]
     assert len(with_buttons) == 1, "only the call that shows the last part carries them"
     assert not tg.violations
+
+
+async def test_help_lists_the_helpdesk_and_the_admin_commands_only_to_admins(
+    tg: FakeTelegram, make_bot: MakeBot
+) -> None:
+    async with make_bot():
+        mine = await said(tg, await tg.command(ALICE.id, ALICE, "/help"))
+        admins = await said(tg, await tg.command(ADMIN.id, ADMIN, "/help"))
+    assert t("help_helpdesk", "ko") in mine and t("help_admin", "ko") not in mine
+    assert admins.endswith(t("help_helpdesk", "en") + "\n\n" + t("help_admin", "en"))
