@@ -3,9 +3,11 @@
 Why not transformers' `ContinuousBatchingManager`: it silently drops `repetition_penalty`
 (the model card's anti-repetition advice), ignores stop strings and gives no result for a
 cancelled request. This engine keeps one left-padded KV cache for all running requests
-(the approach of TGI's `CausalLMBatch`): a new request is prefilled alone and joins the
-batch between decode steps, a finished or cancelled one leaves it, and every step applies
-each request's own repetition penalty, temperature and top-p to its row.
+(`engine/batch.py`): requests that arrive together are prefilled together and join the
+batch between decode steps, each releasing its first token as soon as its pass is done; a
+long prompt that arrives while others decode is prefilled in chunks of about one step's time
+between their steps (`engine/prefill.py`). A finished or cancelled request leaves the batch,
+and every step applies each request's own repetition penalty, temperature and top-p to its row.
 
 All torch work runs on one thread so the worker's event loop keeps serving Redis.
 """
@@ -16,15 +18,17 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from kullm_core.decode import IncrementalDecoder
 from kullm_core.engine.base import EngineBase, EngineOutput, GenerationRequest
+from kullm_core.engine.batch import Batch
+from kullm_core.engine.prefill import Filling, Prefilled, Prefiller
 from kullm_core.engine.sampling import RowSampler
 
 log = logging.getLogger(__name__)
@@ -56,75 +60,6 @@ def _merge(a: EngineOutput, b: EngineOutput) -> EngineOutput:
     return EngineOutput(a.text + b.text, a.tokens + b.tokens, b.finish_reason)
 
 
-class _Batch:
-    """Running requests and their shared left-padded KV cache."""
-
-    def __init__(self) -> None:
-        self.slots: list[_Slot] = []
-        self.cache: DynamicCache | None = None
-        self.mask: torch.Tensor | None = None  # [B, T] 1 = real token
-        self.pos: torch.Tensor | None = None  # [B] position of the next token
-        self.next_ids: torch.Tensor | None = None  # [B] token to feed next
-
-    def __len__(self) -> int:
-        return len(self.slots)
-
-    def tokens(self) -> int:
-        return sum(len(s.request.prompt_ids) + s.request.params.max_new_tokens for s in self.slots)
-
-    def add(self, slot: _Slot, cache: DynamicCache, length: int, first: torch.Tensor) -> None:
-        dev = first.device
-        if self.cache is None or not self.slots:
-            self.slots, self.cache = [slot], cache
-            self.mask = torch.ones(1, length, dtype=torch.long, device=dev)
-            self.pos = torch.tensor([length], device=dev)
-            self.next_ids = first.view(1)
-            return
-        assert self.mask is not None and self.pos is not None and self.next_ids is not None
-        cur = self.mask.shape[1]
-        width = max(cur, length)
-        olds: list[Any] = list(self.cache.layers)
-        news: list[Any] = list(cache.layers)
-        for old, new in zip(olds, news, strict=True):
-            k_old, v_old = _left_pad(old.keys, width), _left_pad(old.values, width)
-            k_new, v_new = _left_pad(new.keys, width), _left_pad(new.values, width)
-            old.keys = torch.cat([k_old, k_new], dim=0)
-            old.values = torch.cat([v_old, v_new], dim=0)
-        new_mask = torch.zeros(1, width, dtype=torch.long, device=dev)
-        new_mask[:, width - length :] = 1
-        old_mask = torch.nn.functional.pad(self.mask, (width - cur, 0))
-        self.mask = torch.cat([old_mask, new_mask], dim=0)
-        self.pos = torch.cat([self.pos, torch.tensor([length], device=dev)])
-        self.next_ids = torch.cat([self.next_ids, first.view(1)])
-        self.slots.append(slot)
-
-    def keep(self, rows: list[int]) -> None:
-        """Drop every row not in `rows`, then trim columns that are padding for all."""
-        if not rows:
-            self.slots, self.cache = [], None
-            self.mask = self.pos = self.next_ids = None
-            return
-        assert self.cache is not None and self.mask is not None
-        assert self.pos is not None and self.next_ids is not None
-        idx = torch.tensor(rows, device=self.mask.device)
-        self.slots = [self.slots[i] for i in rows]
-        mask = self.mask.index_select(0, idx)
-        used = mask.any(dim=0).nonzero()
-        start = int(used[0]) if used.numel() else 0
-        self.mask = mask[:, start:]
-        self.pos = self.pos.index_select(0, idx)
-        self.next_ids = self.next_ids.index_select(0, idx)
-        layer: Any
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
-            layer.values = layer.values.index_select(0, idx)[:, :, start:]
-
-
-def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
-    extra = width - t.shape[-2]
-    return torch.nn.functional.pad(t, (0, 0, extra, 0)) if extra > 0 else t
-
-
 class LocalEngine(EngineBase):
     """`Engine` over a transformers causal LM in this process."""
 
@@ -132,12 +67,19 @@ class LocalEngine(EngineBase):
 
     def __init__(
         self, model: Any, tokenizer: Any, *, max_batch_size: int = 16,
-        max_batch_tokens: int = 65536,
+        max_batch_tokens: int = 65536, max_prefill_tokens: int = 16384,
+        prefill_chunk_tokens: int = 1024, arrival_window_s: float = 0.002,
     ) -> None:
+        """`max_prefill_tokens`: padded tokens of one prefill pass while nothing decodes;
+        `prefill_chunk_tokens`: the most a pass takes while requests decode (the pacer keeps
+        it to about one step's time); `arrival_window_s`: how long an idle engine waits after
+        the first arrival for the ones that came with it (they are prefilled together)."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.max_prefill_tokens = max_prefill_tokens
+        self.arrival_window_s = arrival_window_s
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -151,6 +93,8 @@ class LocalEngine(EngineBase):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._sampler = RowSampler(self.device)
+        self.prefiller = Prefiller(model, self.device, prefill_chunk_tokens)
+        self._filling: tuple[_Slot, Filling] | None = None
         self._outbox: list[tuple[_Slot, EngineOutput | BaseException]] = []
         self.steps = 0
         self.batch_rows = 0
@@ -208,29 +152,35 @@ class LocalEngine(EngineBase):
     # -- engine thread -----------------------------------------------------------------
 
     def _run(self) -> None:
-        batch = _Batch()
+        batch: Batch[_Slot] = Batch()
         sampler = self._sampler = RowSampler(self.device)
         while not self._stopping.is_set():
             try:
-                self._admit(batch, sampler)
+                admitted = self._admit(batch, sampler)
                 self.batch_rows = len(batch)
-                self._flush()
-                if not batch.slots:
-                    self._wake.wait(0.5)
+                self._flush()  # first tokens go out before the next pass
+                if batch.slots:
+                    self._step(batch, sampler)
+                elif not admitted and self._filling is None:
+                    if self._wake.wait(0.5) and self.arrival_window_s > 0:
+                        time.sleep(self.arrival_window_s)
                     self._wake.clear()
                     continue
-                self._step(batch, sampler)
             except Exception as exc:  # fail the requests, keep the engine alive
                 log.exception("engine step failed; failing %d requests", len(batch))
-                for slot in batch.slots + self._waiting:
+                for slot in self._pending(batch):
                     slot.emit(exc)
-                batch = _Batch()
+                batch = Batch()
                 sampler = self._sampler = RowSampler(self.device)
-                self._waiting = []
+                self._waiting, self._filling = [], None
             self._flush()
-        for slot in batch.slots + self._waiting:
+        for slot in self._pending(batch):
             slot.emit(EngineOutput("", 0, "cancelled"))
         self._flush()
+
+    def _pending(self, batch: Batch[_Slot]) -> list[_Slot]:
+        filling = [self._filling[0]] if self._filling else []
+        return batch.slots + filling + self._waiting
 
     def _flush(self) -> None:
         if not self._outbox:
@@ -250,39 +200,79 @@ class LocalEngine(EngineBase):
                 return True
         return False
 
-    def _admit(self, batch: _Batch, sampler: RowSampler) -> None:
+    def _collect(self) -> None:
+        """New arrivals into `_waiting`; cancelled waiting requests end here."""
         while True:
             try:
                 self._waiting.append(self._incoming.get_nowait())
             except queue.Empty:
                 break
-        while self._waiting and len(batch) < self.max_batch_size:
-            slot = self._waiting[0]
-            need = len(slot.request.prompt_ids) + slot.request.params.max_new_tokens
-            if batch.slots and batch.tokens() + need > self.max_batch_tokens:
-                return
-            self._waiting.pop(0)
-            if self._take_cancelled(slot.request.id):
-                slot.emit(EngineOutput("", 0, "cancelled"))
-                continue
-            self._prefill(batch, sampler, slot)
+        for slot in [s for s in self._waiting if self._take_cancelled(s.request.id)]:
+            self._waiting.remove(slot)
+            slot.emit(EngineOutput("", 0, "cancelled"))
 
-    @torch.inference_mode()
-    def _prefill(self, batch: _Batch, sampler: RowSampler, slot: _Slot) -> None:
-        ids = torch.tensor([slot.request.prompt_ids], device=self.device)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
-                         logits_to_keep=1)
-        slot.ids = list(slot.request.prompt_ids)
-        row = sampler.add(slot.request.params, slot.ids, out.logits.shape[-1])
-        token = sampler.sample(out.logits[:, -1, :], rows=[row])[0]
-        batch.add(slot, cache, ids.shape[1], token)
-        self._deliver(batch, len(batch) - 1, int(token))
+    def _admit(self, batch: Batch[_Slot], sampler: RowSampler) -> bool:
+        """At most one prefill pass (a group, or one chunk); True when one ran."""
+        self._collect()
+        budget = self.prefiller.pacer.budget() if batch.slots else self.max_prefill_tokens
+        if self._filling is not None:
+            slot, filling = self._filling
+            if self._take_cancelled(slot.request.id):
+                self._filling = None
+                slot.emit(EngineOutput("", 0, "cancelled"))
+                return True
+            done = self.prefiller.chunk(filling, budget, timed=bool(batch.slots))
+            if done is not None:
+                self._filling = None
+                self._join(batch, sampler, [slot], done)
+            return True
+        group = self._pick(batch, budget)
+        if not group:
+            return False
+        prompt = group[0].request.prompt_ids
+        if len(group) == 1 and len(prompt) > budget:
+            self._filling = (group[0], self.prefiller.start(prompt))
+            return self._admit(batch, sampler)
+        done = self.prefiller.group([s.request.prompt_ids for s in group])
+        self._join(batch, sampler, group, done)
+        return True
+
+    def _pick(self, batch: Batch[_Slot], budget: int) -> list[_Slot]:
+        """Waiting requests (in order) for one pass: the batch's room, the KV token limit,
+        and `budget` padded tokens (a first request over it is prefilled in chunks)."""
+        tokens = sum(_need(s) for s in batch.slots)
+        group: list[_Slot] = []
+        width = 0
+        for slot in self._waiting:
+            if len(batch) + len(group) >= self.max_batch_size:
+                break
+            if (batch.slots or group) and tokens + _need(slot) > self.max_batch_tokens:
+                break
+            wider = max(width, len(slot.request.prompt_ids))
+            if group and wider * (len(group) + 1) > budget:
+                break
+            group.append(slot)
+            tokens, width = tokens + _need(slot), wider
+        del self._waiting[: len(group)]
+        return group
+
+    def _join(self, batch: Batch[_Slot], sampler: RowSampler, slots: list[_Slot],
+              done: Prefilled) -> None:
+        first = []
+        for i, slot in enumerate(slots):  # row by row: a request's seed sets its own first draw
+            slot.ids = list(slot.request.prompt_ids)
+            row = sampler.add(slot.request.params, slot.ids, done.logits.shape[-1])
+            first.append(sampler.sample(done.logits[i : i + 1], rows=[row])[0])
+        start = len(batch)
+        batch.add(slots, done.cache, done.mask, torch.stack(first))
+        for row, token in enumerate(torch.stack(first).tolist(), start=start):
+            self._deliver(batch, row, int(token))
         self._finish_rows(batch, sampler)
 
     @torch.inference_mode()
-    def _step(self, batch: _Batch, sampler: RowSampler) -> None:
+    def _step(self, batch: Batch[_Slot], sampler: RowSampler) -> None:
         assert batch.mask is not None and batch.pos is not None and batch.next_ids is not None
+        t0 = time.perf_counter()
         ones = torch.ones(len(batch), 1, dtype=torch.long, device=batch.mask.device)
         batch.mask = torch.cat([batch.mask, ones], dim=1)
         out = self.model(
@@ -298,9 +288,10 @@ class LocalEngine(EngineBase):
         batch.next_ids = tokens
         for row, token in enumerate(tokens.tolist()):
             self._deliver(batch, row, int(token))
+        self.prefiller.pacer.step_took(time.perf_counter() - t0)
         self._finish_rows(batch, sampler)
 
-    def _deliver(self, batch: _Batch, row: int, token: int) -> None:
+    def _deliver(self, batch: Batch[_Slot], row: int, token: int) -> None:
         slot = batch.slots[row]
         params = slot.request.params
         slot.generated += 1
@@ -324,8 +315,13 @@ class LocalEngine(EngineBase):
             slot.emit(EngineOutput(text, slot.pending_tokens))
             slot.pending_tokens = 0
 
-    def _finish_rows(self, batch: _Batch, sampler: RowSampler) -> None:
+    def _finish_rows(self, batch: Batch[_Slot], sampler: RowSampler) -> None:
         keep = [i for i, s in enumerate(batch.slots) if not s.finished]
         if len(keep) != len(batch):
             batch.keep(keep)
             sampler.keep(keep)
+
+
+def _need(slot: _Slot) -> int:
+    """KV tokens a request may come to hold."""
+    return len(slot.request.prompt_ids) + slot.request.params.max_new_tokens
