@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
-from bots.slack.handlers import Inbound
+from slack_sdk.web.async_client import AsyncWebClient
+
 from bots.slack.helpdesk import (
     comment_view,
     handoff_message,
@@ -28,14 +29,18 @@ from bots.slack.helpdesk import (
     mentions,
     submitted_comment,
 )
+from bots.slack.scheduler import Scheduler
 from bots.slack.store import SlackStore
 from bots.slack.target import conversation
 from bots.slack.texts import st
+from kullm_core.client import CoreClient
 from kullm_core.helpdesk.actions import parse_action, resolve_action
 from kullm_core.helpdesk.channels import ModeCommandError, apply_command, describe
 from kullm_core.helpdesk.service import Helpdesk, channel_of
 from kullm_core.helpdesk.stats import StatsReader, days_back, summary_text, table
 from kullm_core.keys import Keys
+from kullm_core.redis_text import as_str
+from kullm_core.settings import Settings
 from kullm_core.texts import t
 from kullm_core.wire import ChannelConfig, ConversationRef, Escalation, UserRef
 
@@ -46,8 +51,19 @@ STATS_DAYS = 7
 _SETTINGS = frozenset({"mode", "questions", "escalated", "responders", "handoff", "reset"})
 
 
-def _s(raw: bytes | str | None) -> str:
-    return raw.decode() if isinstance(raw, bytes) else (raw or "")
+class Inbound(Protocol):
+    """What the desk uses of the message side (`bots.slack.handlers.Inbound`)."""
+
+    client: CoreClient
+    helpdesk: Helpdesk
+    settings: Settings
+    scheduler: Scheduler
+    web: AsyncWebClient
+
+    async def profile(self, team: str, user: str) -> tuple[str, str]: ...
+
+    async def ephemeral(self, team: str, channel: str, user: str, thread: str,
+                        text: str) -> None: ...
 
 
 class Desk:
@@ -212,7 +228,7 @@ class Desk:
         return True, text
 
     async def _close_handoff(self, esc: Escalation, resolved: str) -> None:
-        raw = _s(await self.r.get(f"{self.p}:handoff:{esc.id}"))
+        raw = as_str(await self.r.get(f"{self.p}:handoff:{esc.id}"))
         where = json.loads(raw) if raw else {}
         if not where.get("ts"):
             return
@@ -256,7 +272,7 @@ class Desk:
         mine = await self.hd.store.escalation(conv) if conv is not None else None
         if mine is not None and mine.state == "open":
             return mine
-        latest = _s(await self.r.get(f"{self.p}:hdopen:{team}:{channel}"))
+        latest = as_str(await self.r.get(f"{self.p}:hdopen:{team}:{channel}"))
         esc = await self.hd.store.escalation_by_id(latest) if latest else None
         return esc if esc is not None and esc.state == "open" else None
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from redis.asyncio import Redis
 
 from kullm_core.keys import Keys
+from kullm_core.redis_text import as_str
 
 COUNTS = ("questions", "answered", "failed", "stopped", "refused", "up", "down",
           "escalations", "resolved", "prompt_tokens", "completion_tokens")
@@ -62,7 +63,7 @@ class StatsReader:
             raw = await self.r.hgetall(self.keys.stats(day))  # type: ignore[misc]
             per: dict[str, StatsRow] = {}
             for key, value in raw.items():
-                name = key.decode() if isinstance(key, bytes) else key
+                name = as_str(key)
                 chan, _, metric = name.rpartition("|")
                 if channel is not None and chan != channel:
                     continue

@@ -15,6 +15,7 @@ from kullm_core.helpdesk.scripts import RATE_LUA, RECORD_EXCHANGE_LUA
 from kullm_core.keys import STATS_SAMPLES, STATS_TTL_S, Keys
 from kullm_core.limits import PLATFORM_TAGS
 from kullm_core.limits import user_id as qualified_user
+from kullm_core.redis_text import as_str
 from kullm_core.wire import (
     ConversationRef,
     Escalation,
@@ -35,10 +36,6 @@ def day_of(at: float) -> str:
 def asker_of(conv: ConversationRef, user: UserRef) -> str:
     """The qualified id of a user in a conversation (`slack:T1:U1`, `tg:42`)."""
     return qualified_user(user, conv.workspace)
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 class HelpdeskStore:
@@ -96,7 +93,7 @@ class HelpdeskStore:
             args=[who, fb.dumps(), rating, ex.channel, self.retention_ms, STATS_TTL_S])
         if before is None:
             return None
-        replaced = _text(before)
+        replaced = as_str(before)
         return ex, (replaced if replaced in ("up", "down") else None)  # type: ignore[return-value]
 
     async def comment(self, job_id: str, rater: UserRef, workspace: str, text: str) -> bool:
@@ -217,7 +214,7 @@ class HelpdeskStore:
         ratings on them), their ratings of others' answers, their escalations. Counts in the
         statistics stay (no text, no id). Returns the records removed."""
         index = self.keys.helpdesk_user(platform, user)
-        members = [_text(m) for m in await self.r.smembers(index)]  # type: ignore[misc]
+        members = [as_str(m) for m in await self.r.smembers(index)]  # type: ignore[misc]
         fb_prefix, ex_prefix = self.keys.feedback(""), self.keys.exchange("")
         tag = f"{PLATFORM_TAGS.get(platform, platform)}:"
         removed = 0
@@ -225,7 +222,7 @@ class HelpdeskStore:
             if key.startswith(fb_prefix):
                 # Their rating of someone else's answer: only their field goes (the field is
                 # the qualified id, which on Slack names the workspace too).
-                fields = [f for f in map(_text, await self.r.hkeys(key))  # type: ignore[misc]
+                fields = [f for f in map(as_str, await self.r.hkeys(key))  # type: ignore[misc]
                           if f.startswith(tag) and f.endswith(f":{user}")]
                 if fields:
                     removed += int(await self.r.hdel(key, *fields))  # type: ignore[misc]
