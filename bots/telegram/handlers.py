@@ -382,6 +382,9 @@ class Handlers:
                                  t("error.internal", user.language_code if user else None))
             except Exception:
                 log.exception("update %s: could not apologise", uid)
+        elif isinstance(update, Update) and update.callback_query is not None:
+            query = update.callback_query  # a press still spinning: stop it with the apology
+            await self.hd.desk.toast(query, t("error.internal", query.from_user.language_code))
 
 
 def _bot_id(settings: Settings) -> int:
