@@ -304,18 +304,20 @@ class Desk:
             await self.reply(msg, text)
 
     async def note_reply(self, msg: Message, who: UserRef,
-                         scope_of: Callable[[Message], ConversationRef]) -> None:
+                         scope_of: Callable[[Message], ConversationRef]) -> bool:
         """A reply to a hand-off message or to another person's message: the first human
-        reply of that escalation (the asker's conversation) is timed."""
+        reply of that escalation (the asker's conversation) is timed. True for a reply to a
+        hand-off (people talking about it: not a question for the bot)."""
         parent = msg.reply_to_message
         if parent is None or parent.from_user is None or msg.from_user is None:
-            return
+            return False
         esc = await self.escalation_of_message(msg.chat.id, parent.message_id)
         conv = esc.conversation if esc is not None else None
         if conv is None and not parent.from_user.is_bot and parent.from_user.id != who.id:
             conv = scope_of(parent)
         if conv is not None:
             await self.hd.store.note_message(conv, f"tg:{who.id}")
+        return esc is not None
 
 
 def _handoff_target(chat: str, thread: str) -> tuple[int | None, int | None]:

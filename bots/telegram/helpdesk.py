@@ -62,13 +62,15 @@ class HelpdeskHandlers:
     async def answers(self, msg: Message, seen: Seen) -> bool:
         """Whether the bot answers `msg` (its chat's mode, an open escalation). Every group
         message is also kept for reply chains, and a reply to a hand-off or to another
-        person times the first human reply of that escalation."""
+        person times the first human reply of that escalation; a reply to a hand-off is
+        never answered (it is the bot's message, but people talk there)."""
         user = msg.from_user
         if user is None:
             return False
         if not is_private(msg):
             await self.seen.remember(msg)
-            await self.desk.note_reply(msg, user_ref(user), self.conversation)
+            if await self.desk.note_reply(msg, user_ref(user), self.conversation):
+                return False
         return await self.desk.hd.should_answer(self.conversation(msg), user_ref(user), seen)
 
     async def context(self, msg: Message, conv: ConversationRef) -> list[Quoted]:

@@ -195,3 +195,26 @@ async def test_in_a_group_the_comment_is_the_raters_reply_to_the_prompt(
     [fb] = await client.helpdesk.feedback(job_of(ask))
     assert (fb.rater, fb.rating, fb.comment) == (f"tg:{BOB.id}", "down", "원인을 알려 주세요")
     assert len(engine.requests) == 1, "the comment, a reply to the bot, was not a question"
+
+
+async def test_a_responder_answers_and_resolves_by_replying_to_the_hand_off(
+    tg: FakeTelegram, make_bot: MakeBot, make_worker: Any, client: CoreClient
+) -> None:
+    tg.chat(DESK, "supergroup", "helpdesk", forum=True)
+    engine = ScriptedEngine(lambda _r: "확인해 보겠습니다.")
+    async with make_worker(engine=engine), make_bot():
+        told = await said(tg, await tg.command(GROUP, CAROL, "/human 모니터가 안 켜져요"))
+        await tg.wait_for(lambda: bool(tg.bot_messages(DESK)))
+        [handoff] = tg.bot_messages(DESK)
+        await tg.send_text(DESK, RESPONDER, "자리로 가겠습니다", reply_to=handoff.message_id,
+                           thread_id=TOPIC)
+        done = await tg.command(DESK, RESPONDER, "/resolve", reply_to=handoff.message_id,
+                                thread_id=TOPIC)
+        resolved = t("hd.resolved", "ko", name="rita")
+        await tg.wait_for(lambda: resolved in [m.text for m in tg.bot_messages(GROUP)])
+        await tg.wait_for(lambda: reply_texts(tg, done) == [resolved])
+    assert told == t("hd.called", "ko")
+    assert "모니터가 안 켜져요" in handoff.versions[0]
+    esc = await client.helpdesk.escalation(conv(GROUP, CAROL))
+    assert esc is not None and esc.state == "resolved" and esc.first_human_at > 0
+    assert engine.requests == [], "nothing here asked the model"
