@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kullm.eval_run import EvalOptions, run_eval
+from kullm.eval.run import EvalOptions, run_eval
 from kullm_core.embedded import EmbeddedRedis
 from kullm_core.engine.loader import load_model, load_tokenizer
 from kullm_core.engine.local import LocalEngine

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
-from kullm import eval_cli, helpdesk_cli
+from kullm import helpdesk_cli
+from kullm.eval import cli as eval_cli
 from kullm.logs import setup_logging
 from kullm.runtime import open_redis
 from kullm_core.client import CoreClient

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kullm.eval_judge import CRITERIA
+from kullm.eval.judge import CRITERIA
 
 _RESPONSE = re.compile(r"\nResponse:\n(.*)\n\nEvaluation Form \(scores ONLY\):", re.DOTALL)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kullm import cli
-from kullm.eval_cli import parse_overrides
+from kullm.eval.cli import parse_overrides
 from kullm_core.errors import ConfigError
 from tests.eval.fake_judge import FakeJudge
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 from redis.asyncio import Redis
 
-from kullm import cli, eval_cli
-from kullm.eval_data import load_items
-from kullm.eval_judge import CRITERIA, JudgeUnreachable, fill_prompt
-from kullm.eval_report import compare, print_compare
-from kullm.eval_run import EvalOptions, run_eval
+from kullm import cli
+from kullm.eval import cli as eval_cli
+from kullm.eval.data import load_items
+from kullm.eval.judge import CRITERIA, JudgeUnreachable, fill_prompt
+from kullm.eval.report import compare, print_compare
+from kullm.eval.run import EvalOptions, run_eval
 from kullm_core.errors import ConfigError
 from kullm_core.prompt import PromptBuilder
 from kullm_core.settings import Settings

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from kullm.eval_judge import (
+from kullm.eval.judge import (
     CRITERIA,
     EVAL_PROMPT,
     Judge,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kullm.eval_data import load_items
-from kullm.eval_measures import ends_in_loop, hangul_share, measure, repeated_ngram_share, summarize
-from kullm.eval_stats import bootstrap_ci, paired_difference, summary
+from kullm.eval.data import load_items
+from kullm.eval.measures import ends_in_loop, hangul_share, measure, repeated_ngram_share, summarize
+from kullm.eval.stats import bootstrap_ci, paired_difference, summary
 
 
 def test_the_252_instructions_ship_with_the_package() -> None:

@@ -28,11 +28,11 @@ from typing import Any, TextIO
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from kullm.eval_data import EvalItem, load_items
-from kullm.eval_judge import EVAL_PROMPT, Judge, JudgeUnreachable, Sleep, Verdict
-from kullm.eval_measures import measure
-from kullm.eval_progress import Progress
-from kullm.eval_report import ITEMS, RUN, print_report, read_items, write_report
+from kullm.eval.data import EvalItem, load_items
+from kullm.eval.judge import EVAL_PROMPT, Judge, JudgeUnreachable, Sleep, Verdict
+from kullm.eval.measures import measure
+from kullm.eval.progress import Progress
+from kullm.eval.report import ITEMS, RUN, print_report, read_items, write_report
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError
 from kullm_core.settings import Settings

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from kullm.eval_judge import CRITERIA
-from kullm.eval_measures import summarize
-from kullm.eval_stats import paired_difference, summary
+from kullm.eval.judge import CRITERIA
+from kullm.eval.measures import summarize
+from kullm.eval.stats import paired_difference, summary
 from kullm_core.errors import ConfigError
 
 ITEMS = "items.jsonl"

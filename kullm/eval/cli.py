@@ -73,7 +73,7 @@ def eval_run_settings(config: Path | None, args: argparse.Namespace) -> Settings
 
 
 async def main(args: argparse.Namespace, settings: Settings, config: Path | None) -> int:
-    from kullm.eval_report import compare, print_compare
+    from kullm.eval.report import compare, print_compare
 
     if args.compare:
         cmp = compare(args.compare[0], args.compare[1], seed=args.seed)
@@ -85,7 +85,7 @@ async def main(args: argparse.Namespace, settings: Settings, config: Path | None
         return 0
     if not args.judge_url or not args.judge_model:
         raise ConfigError("kullm eval needs --judge-url and --judge-model (or --compare A B)")
-    from kullm.eval_run import EvalOptions, run_eval
+    from kullm.eval.run import EvalOptions, run_eval
 
     run_settings = eval_run_settings(config, args)
     out = args.out or settings.data_dir / "eval" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
