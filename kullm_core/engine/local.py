@@ -258,14 +258,22 @@ class LocalEngine(EngineBase):
 
     def _join(self, batch: Batch[_Slot], sampler: RowSampler, slots: list[_Slot],
               done: Prefilled) -> None:
-        first = []
-        for i, slot in enumerate(slots):  # row by row: a request's seed sets its own first draw
-            slot.ids = list(slot.request.prompt_ids)
-            row = sampler.add(slot.request.params, slot.ids, done.logits.shape[-1])
-            first.append(sampler.sample(done.logits[i : i + 1], rows=[row])[0])
-        start = len(batch)
-        batch.add(slots, done.cache, done.mask, torch.stack(first))
-        for row, token in enumerate(torch.stack(first).tolist(), start=start):
+        start, vocab = len(batch), done.logits.shape[-1]
+        rows = list(range(start, start + len(slots)))
+        if any(s.request.params.seed is not None for s in slots):
+            picks = []  # row by row: a request's seed sets its own first draw
+            for i, slot in enumerate(slots):
+                slot.ids = list(slot.request.prompt_ids)
+                row = sampler.add(slot.request.params, slot.ids, vocab)
+                picks.append(sampler.sample(done.logits[i : i + 1], rows=[row])[0])
+            first = torch.stack(picks)
+        else:
+            for slot in slots:
+                slot.ids = list(slot.request.prompt_ids)
+                sampler.add(slot.request.params, slot.ids, vocab)
+            first = sampler.sample(done.logits, rows=rows)
+        batch.add(slots, done.cache, done.mask, first)
+        for row, token in zip(rows, first.tolist(), strict=True):
             self._deliver(batch, row, int(token))
         self._finish_rows(batch, sampler)
 

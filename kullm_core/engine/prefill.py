@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-MIN_CHUNK = 16
+MIN_CHUNK = 8
 """A smaller chunk costs a pass's fixed overhead (every weight read once) for too little work."""
 
 
