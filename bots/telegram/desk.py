@@ -53,15 +53,12 @@ from bots.telegram.texts import t
 from kullm_core.client import CoreClient
 from kullm_core.helpdesk.actions import parse_action, resolve_action
 from kullm_core.helpdesk.service import Helpdesk
+from kullm_core.redis_text import as_str
 from kullm_core.wire import ConversationRef, Escalation, UserRef
 
 log = logging.getLogger(__name__)
 
 COMMENT_TTL_S = 15 * 60
-
-
-def _s(raw: bytes | str | None) -> str:
-    return raw.decode() if isinstance(raw, bytes) else (raw or "")
 
 
 def display_name(user: TgUser) -> str:
@@ -163,7 +160,7 @@ class Desk:
         user = msg.from_user
         if user is None:
             return False
-        job = _s(await self.r.getdel(self._comment_key(msg.chat.id, user.id)))
+        job = as_str(await self.r.getdel(self._comment_key(msg.chat.id, user.id)))
         if not job:
             return False
         text = await self.hd.comment(job, user_ref(user), "", msg.text or "")
@@ -235,7 +232,7 @@ class Desk:
 
     async def escalation_of_message(self, chat_id: int, message_id: int) -> Escalation | None:
         """The escalation a hand-off message belongs to (None for any other message)."""
-        esc_id = _s(await self.r.get(f"{self.p}:hmsg:{chat_id}:{message_id}"))
+        esc_id = as_str(await self.r.get(f"{self.p}:hmsg:{chat_id}:{message_id}"))
         return await self.hd.store.escalation_by_id(esc_id) if esc_id else None
 
     async def resolve(self, escalation_id: str, user: TgUser) -> tuple[bool, str]:
@@ -252,7 +249,7 @@ class Desk:
         return True, text
 
     async def _close_handoff(self, esc: Escalation, resolved: str) -> None:
-        raw = _s(await self.r.get(f"{self.p}:handoff:{esc.id}"))
+        raw = as_str(await self.r.get(f"{self.p}:handoff:{esc.id}"))
         where = json.loads(raw) if raw else {}
         if not where.get("id"):
             return
@@ -276,7 +273,7 @@ class Desk:
         if parent is not None:
             candidates.append(await self.escalation_of_message(msg.chat.id, parent.message_id))
         candidates.append(await self.hd.store.escalation(conv))
-        latest = _s(await self.r.get(f"{self.p}:open:{msg.chat.id}"))
+        latest = as_str(await self.r.get(f"{self.p}:open:{msg.chat.id}"))
         if latest:
             candidates.append(await self.hd.store.escalation_by_id(latest))
         return next((e for e in candidates if e is not None and e.state == "open"), None)
