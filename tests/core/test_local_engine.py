@@ -150,3 +150,39 @@ async def test_a_request_cancelled_mid_prefill_ends_and_the_others_continue(
         assert outs[-1].finish_reason == "cancelled"
         assert await running == _greedy(tiny_model, tiny_tokenizer, short, 40)
     assert sum(c[1] for c in rec.prefills()) < len(short) + len(long)
+
+
+async def test_each_arrival_keeps_its_own_penalty_and_ngram_ban_in_a_shared_pass(
+    tiny_model: Any, tiny_tokenizer: Any
+) -> None:
+    prompts = [_prompt(tiny_tokenizer, f"질문 {i}: 수도는? " * (i + 1)) for i in range(3)]
+    settings = [SamplingParams(max_new_tokens=20),
+                SamplingParams(max_new_tokens=20, repetition_penalty=1.5),
+                SamplingParams(max_new_tokens=20, no_repeat_ngram_size=2)]
+    rec = Recorder(tiny_model)
+
+    async def one(i: int) -> str:
+        req = GenerationRequest(f"p{i}", prompts[i], params=settings[i])
+        return "".join([out.text async for out in engine.generate(req)])
+
+    async with LocalEngine(rec, tiny_tokenizer, arrival_window_s=0.2) as engine:
+        texts = await asyncio.gather(*(one(i) for i in range(3)))
+    assert rec.prefills()[0][0] == 3
+    for text, ids, p in zip(texts, prompts, settings, strict=True):
+        out = tiny_model.generate(
+            torch.tensor([ids]), max_new_tokens=20, do_sample=False,
+            repetition_penalty=p.repetition_penalty, no_repeat_ngram_size=p.no_repeat_ngram_size)
+        assert text == tiny_tokenizer.decode(out[0][len(ids):], skip_special_tokens=True)
+
+
+async def test_a_seeded_request_samples_the_same_reply_again(
+    tiny_model: Any, tiny_tokenizer: Any
+) -> None:
+    ids = _prompt(tiny_tokenizer, "오늘 점심 메뉴를 추천해 주세요")
+    params = SamplingParams(max_new_tokens=16, temperature=0.9, top_p=0.9, seed=7)
+    async with LocalEngine(tiny_model, tiny_tokenizer) as engine:
+        replies = []
+        for i in range(2):
+            req = GenerationRequest(f"seed{i}", ids, params=params)
+            replies.append("".join([out.text async for out in engine.generate(req)]))
+    assert replies[0] == replies[1] != ""
