@@ -5,6 +5,7 @@ real worker."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.conftest import test_settings_for
 from tests.fakes.slack_api import TEAM, FakeSlack, Message
 from tests.fakes.slack_blocks import buttons_of
 from tests.slack.helpers import answered, job_of
+from tests.test_cli import _env, _kullm
 
 HELP = "C0HELP"
 HELPERS = "S0HELPERS"
@@ -98,6 +100,19 @@ async def test_up_then_down_keeps_one_rating_and_the_modal_takes_a_comment(
     assert refused == t("hd.admins_only", "ko")
     assert fake.responses[0].get("response_type", "ephemeral") == "ephemeral"
     assert not fake.block_errors
+    # What an operator reads back, as separate processes: `kullm stats` and `kullm export`.
+    env = _env(client.settings)
+    code, out, err = await _kullm(env, "stats", "--json", "--days", "1")
+    assert code == 0, err
+    [row] = [r for r in json.loads(out) if r["channel"] == f"slack:{TEAM}:{HELP}"]
+    assert {k: row["counts"][k] for k in ("questions", "answered", "up", "down")} == {
+        "questions": 1, "answered": 1, "up": 0, "down": 1}
+    code, out, err = await _kullm(env, "export", "--feedback", "-")
+    assert code == 0, err
+    [line] = [json.loads(x) for x in out.splitlines()]
+    assert (line["question"], line["rating"], line["comment"]) == (
+        "비밀번호를 바꾸는 방법은?", "down", "설정 메뉴 위치가 틀렸어요")
+    assert line["answer"] == turns[0].assistant
 
 
 async def test_ask_a_person_hands_off_until_a_responder_resolves(
