@@ -66,6 +66,8 @@ _TEXTS: dict[str, dict[str, str]] = {
         "hd.mode_set": "이 채널 설정: {config}",
         "hd.usage": "오늘 사용량: {used} / {limit} 토큰 · 최근 1분 요청 {requests} / {per_minute}회",
         "hd.usage_unlimited": "오늘 사용량: {used} 토큰 (제한 없음)",
+        "hd.requests": "최근 1분 요청 {requests} / {per_minute}회",
+        "hd.quota_default": "기본값 ({n}, 0은 제한 없음)",
         "hd.quota_set": "{user} 님의 하루 토큰 한도를 {limit}(으)로 정했습니다.",
     },
     "en": {
@@ -132,6 +134,8 @@ _TEXTS: dict[str, dict[str, str]] = {
         "hd.mode_set": "This channel: {config}",
         "hd.usage": "Today: {used} / {limit} tokens · last minute: {requests} / {per_minute} requests",
         "hd.usage_unlimited": "Today: {used} tokens (no limit)",
+        "hd.requests": "last minute: {requests} / {per_minute} requests",
+        "hd.quota_default": "the default ({n}; 0 is unlimited)",
         "hd.quota_set": "{user}'s daily token limit is now {limit}.",
     },
 }

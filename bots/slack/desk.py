@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, Protocol
 
 from slack_sdk.web.async_client import AsyncWebClient
@@ -46,9 +47,16 @@ from kullm_core.wire import ChannelConfig, ConversationRef, Escalation, UserRef
 
 log = logging.getLogger(__name__)
 
-COMMANDS = frozenset({"human", "resolve", "mode", "stats", "usage"})
+COMMANDS = frozenset({"human", "resolve", "mode", "stats", "usage", "quota"})
+_USER = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>|([UW][A-Z0-9]{2,})")
 STATS_DAYS = 7
 _SETTINGS = frozenset({"mode", "questions", "escalated", "responders", "handoff", "reset"})
+
+
+def _slack_user(word: str) -> UserRef | None:
+    """`<@U123|name>` (a mention, as slash commands send it) or `U123` -> the user."""
+    m = _USER.fullmatch(word.strip())
+    return UserRef(platform="slack", id=m.group(1) or m.group(2)) if m else None
 
 
 class Inbound(Protocol):
@@ -245,7 +253,17 @@ class Desk:
         team, channel = str(command.get("team_id") or ""), str(command.get("channel_id") or "")
         lang = who.lang
         if sub == "usage":
-            await respond(text=await self.usage_text(who))
+            target = _slack_user(args[0]) if args else None
+            await respond(text=st("hd_usage_help", lang) if args and target is None
+                          else await self.hd.usage_text(who, team, target))
+        elif sub == "quota":
+            target = _slack_user(args[0]) if len(args) == 2 else None
+            word = args[1].lower() if len(args) == 2 else ""
+            if target is None or not (word.isdigit() or word == "default"):
+                await respond(text=st("hd_quota_help", lang))
+                return
+            await respond(text=await self.hd.set_quota(
+                who, team, target, None if word == "default" else int(word)))
         elif sub == "human":
             await respond(text=st("hd_nothing_to_escalate", lang) if conv is None
                           else await self.escalate(conv, who, question=" ".join(args)))

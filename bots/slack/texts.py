@@ -16,7 +16,8 @@ _TEXTS: dict[str, dict[str, str]] = {
         "• 답변 아래 👍 / 👎 로 평가하고, 🙋 사람에게 문의 로 담당자를 부를 수 있습니다. "
         "`/kullm human` 담당자 부르기 · `/kullm resolve` 해결됨 표시 (담당자·관리자) · "
         "`/kullm usage` 오늘 내 사용량\n"
-        "• 관리자: `/kullm stats` 통계 · `/kullm mode all|mention|off` 이 채널에서 답하는 방식 "
+        "• 관리자: `/kullm stats` 통계 · `/kullm usage @사람` 사용량 조회 · "
+        "`/kullm quota @사람 N|default` 하루 토큰 한도 · `/kullm mode all|mention|off` 이 채널에서 답하는 방식 "
         "(`questions on|off`, `escalated answer|silent`, `responders @사람 @그룹`, `reset`)",
         "empty_reply": "(빈 답변입니다. 질문을 바꾸어 다시 물어봐 주세요.)",
         "reset_none": "초기화할 대화가 없습니다. 먼저 질문해 주세요.",
@@ -25,6 +26,8 @@ _TEXTS: dict[str, dict[str, str]] = {
         "hd_nothing_to_escalate": "담당자에게 넘길 대화가 없습니다. 먼저 질문해 주세요.",
         "hd_home_stats": "KULLM 도우미 통계 (최근 {days}일)",
         "hd_home_usage": "내 KULLM 사용량",
+        "hd_usage_help": "사용법: /kullm usage 또는 (관리자) /kullm usage @사용자",
+        "hd_quota_help": "사용법 (관리자): /kullm quota @사용자 N 또는 /kullm quota @사용자 default",
         "prompt1.title": "자기소개",
         "prompt1.message": "너는 누구야? 무엇을 할 수 있어?",
         "prompt2.title": "요약하기",
@@ -44,7 +47,8 @@ _TEXTS: dict[str, dict[str, str]] = {
         "• Rate an answer with 👍 / 👎 under it, or press 🙋 Ask a person to call a responder. "
         "`/kullm human` call a person · `/kullm resolve` mark it resolved (responders, admins)"
         " · `/kullm usage` my usage today\n"
-        "• Admins: `/kullm stats` statistics · `/kullm mode all|mention|off` how I answer in "
+        "• Admins: `/kullm stats` statistics · `/kullm usage @person` look a user up · "
+        "`/kullm quota @person N|default` their daily token limit · `/kullm mode all|mention|off` how I answer in "
         "this channel (`questions on|off`, `escalated answer|silent`, `responders @person "
         "@group`, `reset`)",
         "empty_reply": "(The answer was empty. Please rephrase and ask again.)",
@@ -55,6 +59,8 @@ _TEXTS: dict[str, dict[str, str]] = {
         "Ask me something first.",
         "hd_home_stats": "KULLM helpdesk statistics (last {days} days)",
         "hd_home_usage": "Your KULLM usage",
+        "hd_usage_help": "Usage: /kullm usage or (admins) /kullm usage @user",
+        "hd_quota_help": "Usage (admins): /kullm quota @user N or /kullm quota @user default",
         "prompt1.title": "Who are you?",
         "prompt1.message": "Who are you and what can you do?",
         "prompt2.title": "Summarize",

@@ -11,7 +11,7 @@ from bots.telegram.handoff import utf16_len
 from bots.telegram.texts import t
 from kullm_core.client import CoreClient
 from kullm_core.helpdesk.channels import ChannelModes, ModeCommandError, apply_command, describe
-from kullm_core.helpdesk.service import channel_of
+from kullm_core.helpdesk.service import Helpdesk, channel_of
 from kullm_core.helpdesk.stats import StatsReader, days_back, summary_text, table
 from kullm_core.wire import ConversationRef, UserRef
 
@@ -29,8 +29,9 @@ def telegram_user(word: str) -> UserRef | None:
 
 
 class Admin:
-    def __init__(self, client: CoreClient, modes: ChannelModes) -> None:
+    def __init__(self, client: CoreClient, modes: ChannelModes, helpdesk: Helpdesk) -> None:
         self.client = client
+        self.helpdesk = helpdesk
         self.limiter = client.limiter
         self.modes = modes
         self.reader = StatsReader(client.redis, client.keys)
@@ -40,21 +41,10 @@ class Admin:
 
     async def usage(self, who: UserRef, args: list[str]) -> str:
         """The caller's own usage today; an admin may name someone (`tg:123`)."""
-        target, prefix = who, ""
-        if args:
-            if not self.is_admin(who):
-                return t("hd.admins_only", who.lang)
-            found = telegram_user(args[0])
-            if found is None:
-                return t("hd_usage_help", who.lang)
-            target, prefix = found, f"tg:{found.id} · "
-        u = await self.limiter.usage(target)
-        per_minute = u.requests_per_minute or "∞"
-        if not u.daily_limit:
-            return prefix + t("hd.usage_unlimited", who.lang, used=u.used_today) + " · " + t(
-                "hd_requests", who.lang, requests=u.requests_last_minute, per_minute=per_minute)
-        return prefix + t("hd.usage", who.lang, used=u.used_today, limit=u.daily_limit,
-                          requests=u.requests_last_minute, per_minute=per_minute)
+        target = telegram_user(args[0]) if args else None
+        if args and target is None:
+            return t("hd_usage_help", who.lang)
+        return await self.helpdesk.usage_text(who, target=target)
 
     async def quota(self, who: UserRef, args: list[str]) -> str:
         """`/quota tg:123 N|default`: a per-user daily token limit."""
@@ -64,12 +54,8 @@ class Admin:
         word = args[1].lower() if len(args) == 2 else ""
         if target is None or not (word.isdigit() or word == "default"):
             return t("hd_quota_help", who.lang)
-        limit = None if word == "default" else int(word)
-        await self.limiter.set_daily_limit(self.limiter.owner(target), limit)
-        log.info("quota of user %s set to %s by admin %s", target.id, limit, who.id)
-        shown = t("hd_quota_default", who.lang, n=self.client.settings.limits.daily_tokens) \
-            if limit is None else str(limit)
-        return t("hd.quota_set", who.lang, user=f"tg:{target.id}", limit=shown)
+        return await self.helpdesk.set_quota(who, "", target,
+                                             None if word == "default" else int(word))
 
     async def stats(self, who: UserRef) -> tuple[str, list[MessageEntity]]:
         """The last days' summary, then the table as preformatted text."""

@@ -38,7 +38,7 @@ class HelpdeskHandlers:
         self.scope = settings.telegram.group_scope
         self.client = client
         self.desk = Desk(client, outbox, settings.history.retention_hours * 3600)
-        self.admin = Admin(client, self.desk.hd.modes)
+        self.admin = Admin(client, self.desk.hd.modes, self.desk.hd)
         self.seen = SeenMessages(client.redis, client.keys.adapter("tg"), bot_id)
         client.on_forget(self.seen.forget)
 

@@ -32,10 +32,8 @@ _TEXTS: dict[str, dict[str, str]] = {
         "(questions on|off, escalated answer|silent, responders ID..., handoff 그룹ID [토픽ID], reset) · "
         "/usage tg:ID 사용자 조회 · /quota tg:ID N|default 하루 토큰 한도",
         "hd_responder": "담당자",
-        "hd_requests": "최근 1분 요청 {requests} / {per_minute}회",
         "hd_usage_help": "사용법: /usage 또는 (관리자) /usage tg:123456789",
         "hd_quota_help": "사용법: /quota tg:123456789 N 또는 /quota tg:123456789 default",
-        "hd_quota_default": "기본값 ({n}, 0은 제한 없음)",
         "hd_stats_title": "📊 최근 {days}일 통계",
     },
     "en": {
@@ -63,10 +61,8 @@ _TEXTS: dict[str, dict[str, str]] = {
         "group (questions on|off, escalated answer|silent, responders ID..., handoff GROUP_ID "
         "[TOPIC_ID], reset) · /usage tg:ID look a user up · /quota tg:ID N|default daily tokens",
         "hd_responder": "responder",
-        "hd_requests": "last minute: {requests} / {per_minute} requests",
         "hd_usage_help": "Usage: /usage or (admins) /usage tg:123456789",
         "hd_quota_help": "Usage: /quota tg:123456789 N or /quota tg:123456789 default",
-        "hd_quota_default": "the default ({n}; 0 is unlimited)",
         "hd_stats_title": "📊 The last {days} days",
     },
 }

@@ -13,6 +13,7 @@ from kullm_core.client import CoreClient
 from kullm_core.helpdesk.channels import ChannelModes, Seen, should_answer
 from kullm_core.helpdesk.store import HelpdeskStore, asker_of
 from kullm_core.limits import chat_id
+from kullm_core.limits import user_id as qualified
 from kullm_core.texts import t
 from kullm_core.wire import ChannelConfig, ConversationRef, Escalation, Rating, UserRef
 
@@ -143,14 +144,36 @@ class Helpdesk:
         log.info("escalation %s resolved after %.0f s", escalation_id, took)
         return done, t("hd.resolved", user.lang, name=user.name or user.id)
 
-    async def usage_text(self, user: UserRef) -> str:
-        """`/usage`: the person's tokens today and their limits (one text for every surface)."""
-        use = await self.client.limiter.usage(user)
-        if not use.daily_limit and not use.requests_per_minute:
-            return t("hd.usage_unlimited", user.lang, used=use.used_today)
-        return t("hd.usage", user.lang, used=use.used_today,
-                 limit=use.daily_limit or "∞", requests=use.requests_last_minute,
-                 per_minute=use.requests_per_minute or "∞")
+    async def usage_text(self, user: UserRef, workspace: str = "",
+                         target: UserRef | None = None) -> str:
+        """`/usage` (`/kullm usage`): the caller's tokens today and limits; an admin may look
+        `target` up. One text for every surface."""
+        lang = user.lang
+        if target is not None and not self.client.limiter.is_admin(user, workspace):
+            return t("hd.admins_only", lang)
+        use = await self.client.limiter.usage(target or user)
+        per_minute = use.requests_per_minute or "∞"
+        if use.daily_limit:
+            text = t("hd.usage", lang, used=use.used_today, limit=use.daily_limit,
+                     requests=use.requests_last_minute, per_minute=per_minute)
+        else:
+            text = t("hd.usage_unlimited", lang, used=use.used_today) + " · " + t(
+                "hd.requests", lang, requests=use.requests_last_minute, per_minute=per_minute)
+        return text if target is None else f"{qualified(target, workspace)} · {text}"
+
+    async def set_quota(self, admin: UserRef, workspace: str, target: UserRef,
+                        limit: int | None) -> str:
+        """An admin sets `target`'s daily token limit (None: back to `limits.daily_tokens`)."""
+        lang = admin.lang
+        if not self.client.limiter.is_admin(admin, workspace):
+            return t("hd.admins_only", lang)
+        lim = self.client.limiter
+        await lim.set_daily_limit(lim.owner(target), limit)
+        log.info("quota of user %s:%s set to %s by admin %s", target.platform, target.id,
+                 limit, admin.id)
+        shown = t("hd.quota_default", lang, n=self.client.settings.limits.daily_tokens) \
+            if limit is None else str(limit)
+        return t("hd.quota_set", lang, user=qualified(target, workspace), limit=shown)
 
     def handoff_text(self, esc: Escalation, lang: str, mentions: str) -> str:
         """The hand-off posted for responders (`mentions` in the platform's syntax)."""

@@ -120,7 +120,20 @@ async def test_usage_and_the_app_home(
         used = await client.limiter.used_today("slack:U0ALICE")
         assert used > 0
         await fake.slash("usage", channel="D0ALICE")
-        assert await answer_of(fake, 1) == t("hd.usage_unlimited", "ko", used=used)
+        unlimited = t("hd.usage_unlimited", "ko", used=used)
+        assert await answer_of(fake, 1) == unlimited + " · " + t(
+            "hd.requests", "ko", requests=0, per_minute="∞")
+        await fake.slash("quota <@U0ALICE|alice> 9", channel="D0ALICE")  # not an admin
+        assert await answer_of(fake, 2) == t("hd.admins_only", "ko")
+        await fake.slash("quota <@U0ALICE|alice> 500", user=ADMIN, channel="D0ALICE")
+        assert await answer_of(fake, 3) == t("hd.quota_set", "ko", user=f"slack:{TEAM}:U0ALICE",
+                                             limit=500)
+        await fake.slash("usage <@U0ALICE>", user=ADMIN, channel="D0ALICE")
+        looked = await answer_of(fake, 4)
+        assert looked.startswith(f"slack:{TEAM}:U0ALICE · ") and f"{used} / 500" in looked
+        assert await client.limiter.daily_limit("slack:U0ALICE") == 500
+        await fake.slash("quota <@U0ALICE> default", user=ADMIN, channel="D0ALICE")
+        await answer_of(fake, 5)
         await fake.open_home(user="U0ALICE")
         await fake.open_home(user=ADMIN)
         await fake.wait_for(lambda: len(fake.home) == 2, what="both home tabs")
@@ -129,7 +142,7 @@ async def test_usage_and_the_app_home(
         return "\n".join(str(b.get("text", {}).get("text", "")) for b in view["blocks"])
 
     mine, admin = texts(fake.home["U0ALICE"]), texts(fake.home[ADMIN])
-    assert st("hd_home_usage", "ko") in mine and t("hd.usage_unlimited", "ko", used=used) in mine
+    assert st("hd_home_usage", "ko") in mine and unlimited in mine
     assert st("hd_home_stats", "ko", days=7) in admin and "1 asked, 1 answered" in admin
     assert "asked" not in mine
     assert not fake.block_errors

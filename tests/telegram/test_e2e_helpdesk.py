@@ -134,14 +134,14 @@ async def test_usage_and_an_admins_quota_and_lookup(
         back = await said(tg, await tg.command(ADMIN.id, ADMIN, f"/quota tg:{ALICE.id} default"))
     assert used.used_today > 0
     assert mine == t("hd.usage_unlimited", "ko", used=used.used_today) + " · " + t(
-        "hd_requests", "ko", requests=used.requests_last_minute, per_minute="∞")
+        "hd.requests", "ko", requests=used.requests_last_minute, per_minute="∞")
     assert refused == t("hd.admins_only", "ko")
     assert quota == t("hd.quota_set", "en", user=f"tg:{ALICE.id}", limit=500)
     assert looked.startswith(f"tg:{ALICE.id} · ") and f"{used.used_today} / 500" in looked
     assert limited == t("hd.usage", "ko", used=used.used_today, limit=500,
                         requests=used.requests_last_minute, per_minute="∞")
     assert back == t("hd.quota_set", "en", user=f"tg:{ALICE.id}",
-                     limit=t("hd_quota_default", "en", n=0))
+                     limit=t("hd.quota_default", "en", n=0))
     owner = client.limiter.owner(UserRef(platform="telegram", id=str(ALICE.id)))
     assert await client.limiter.daily_limit(owner) == 0
 
