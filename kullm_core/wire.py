@@ -299,6 +299,9 @@ class Escalation(_Wire):
     """When someone other than the asker and the bot first wrote in the conversation."""
     resolved_at: float = 0.0
     resolver: str = ""
+    shown: dict[str, Any] = Field(default_factory=dict)
+    """Where the hand-off message is (chat, message id, language): owned by the platform's
+    `HandoffView`, opaque here."""
 
     @staticmethod
     def id_for(conversation: ConversationRef) -> str:

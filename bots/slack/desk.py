@@ -6,11 +6,11 @@ comes as an ephemeral message, what everyone in the thread should see (the hand-
 resolution) is posted there. A button on an answer that was forgotten or expired gets
 `hd.gone`. Nothing here ever asks the model for an answer.
 
-Own keys (under `{redis.prefix}:slack:`, each for the history retention):
+Where a hand-off message is lives in its `Escalation.shown` (the core's record). Own keys
+(under `{redis.prefix}:slack:`, each for the history retention):
 
 | key                          | what                                                        |
 |------------------------------|-------------------------------------------------------------|
-| handoff:{escalation id}      | where the hand-off message is (to drop its button on resolve) |
 | hdopen:{team}:{channel}      | its latest hand-off's escalation (`/kullm resolve`)            |
 """
 
@@ -188,10 +188,8 @@ class Desk:
         text = self._handoff_text(esc, who.lang, cfg)
         ts = await self._post(team, where, thread,
                               **handoff_message(text, resolve_action(esc.id, who.lang)))
-        ttl = self.store.retention_s
-        await self.r.set(f"{self.p}:handoff:{esc.id}",
-                         json.dumps({"channel": where, "ts": ts, "lang": who.lang}), ex=ttl)
-        await self.r.set(f"{self.p}:hdopen:{team}:{where}", esc.id, ex=ttl)
+        await self.hd.store.set_shown(esc.id, {"channel": where, "ts": ts, "lang": who.lang})
+        await self.r.set(f"{self.p}:hdopen:{team}:{where}", esc.id, ex=self.store.retention_s)
         return t("hd.called_answering" if cfg.answer_when_escalated else "hd.called", who.lang)
 
     def _handoff_text(self, esc: Escalation, lang: str, cfg: ChannelConfig) -> str:
@@ -221,30 +219,28 @@ class Desk:
         return frozenset(out)
 
     async def resolve(self, escalation_id: str, who: UserRef, team: str) -> tuple[bool, str]:
-        """Close an escalation (responders and admins): the thread is told, the hand-off
-        loses its button. Returns whether it was resolved and the text."""
+        """Close an escalation (responders, members of a responder user group, admins)."""
         esc = await self.hd.store.escalation_by_id(escalation_id)
         groups: frozenset[str] = frozenset()
         if esc is not None and esc.state == "open":
             groups = await self._groups(team, who, await self.hd.modes.get(esc.channel))
-        done, text = await self.hd.resolve(escalation_id, who, team, groups)
-        if done is None:
-            return False, text
-        conv = done.conversation
-        await self._post(conv.workspace, conv.chat, conv.thread, text=text)
-        await self._close_handoff(done, text)
-        return True, text
+        return await self.hd.close(escalation_id, who, team, self, groups)
 
-    async def _close_handoff(self, esc: Escalation, resolved: str) -> None:
-        raw = as_str(await self.r.get(f"{self.p}:handoff:{esc.id}"))
-        where = json.loads(raw) if raw else {}
+    # -- HandoffView -----------------------------------------------------------------------
+
+    async def tell(self, esc: Escalation, text: str) -> None:
+        conv = esc.conversation
+        await self._post(conv.workspace, conv.chat, conv.thread, text=text)
+
+    async def show_resolved(self, esc: Escalation, text: str) -> None:
+        where = esc.shown
         if not where.get("ts"):
             return
         cfg = await self.hd.modes.get(esc.channel)
-        text = self._handoff_text(esc, str(where.get("lang") or "ko"), cfg) + "\n" + resolved
+        body = self._handoff_text(esc, str(where.get("lang") or "ko"), cfg) + "\n" + text
         web, team = self.inbound.web, esc.conversation.workspace
         await self._call(team, "chat.update", lambda: web.chat_update(
-            channel=where["channel"], ts=where["ts"], **handoff_message(text, None)))
+            channel=where["channel"], ts=where["ts"], **handoff_message(body, None)))
 
     # -- /kullm human | resolve | mode | stats | usage -------------------------------------
 

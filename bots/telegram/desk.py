@@ -13,7 +13,6 @@ Own keys (under `{redis.prefix}:tg:hd:`), no message text in any of them:
 | key                         | what                                             | TTL         |
 |-----------------------------|--------------------------------------------------|-------------|
 | comment:{chat}:{user}       | the job whose 👎 awaits the user's next message | 15 minutes  |
-| handoff:{escalation}        | where its hand-off message is (chat, id, lang)   | retention   |
 | hmsg:{chat}:{message}       | the escalation a hand-off message belongs to     | retention   |
 | open:{chat}                 | the chat's latest escalation (`/resolve`)        | retention   |
 
@@ -22,7 +21,6 @@ Retention is `history.retention_hours`, as the escalation itself.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 
@@ -223,11 +221,12 @@ class Desk:
             pipe.set(f"{self.p}:open:{origin}", esc.id, ex=ttl)
             if sent.ok and sent.value is not None:
                 mid = int(sent.value.message_id)
-                pipe.set(f"{self.p}:handoff:{esc.id}",
-                         json.dumps({"chat": target, "id": mid, "lang": lang}), ex=ttl)
                 pipe.set(f"{self.p}:hmsg:{target}:{mid}", esc.id, ex=ttl)
                 pipe.set(f"{self.p}:open:{target}", esc.id, ex=ttl)
             await pipe.execute()
+        if sent.ok and sent.value is not None:
+            await self.hd.store.set_shown(esc.id, {"chat": target, "lang": lang,
+                                                   "id": int(sent.value.message_id)})
         log.info("escalation %s: hand-off in chat %s (from chat %s)", esc.id, target, origin)
 
     async def escalation_of_message(self, chat_id: int, message_id: int) -> Escalation | None:
@@ -236,30 +235,27 @@ class Desk:
         return await self.hd.store.escalation_by_id(esc_id) if esc_id else None
 
     async def resolve(self, escalation_id: str, user: TgUser) -> tuple[bool, str]:
-        """Close an escalation (responders and admins): the conversation's chat is told, the
-        hand-off loses its button."""
-        who = user_ref(user)
+        """Close an escalation (responders and admins)."""
         names = frozenset({user.username, f"@{user.username}"}) if user.username else frozenset()
-        done, text = await self.hd.resolve(escalation_id, who, "", names)
-        if done is None:
-            return False, text
-        conv = done.conversation
-        await self.send(int(conv.chat), text, thread=int(conv.thread) if conv.thread else None)
-        await self._close_handoff(done, text)
-        return True, text
+        return await self.hd.close(escalation_id, user_ref(user), "", self, names)
 
-    async def _close_handoff(self, esc: Escalation, resolved: str) -> None:
-        raw = as_str(await self.r.get(f"{self.p}:handoff:{esc.id}"))
-        where = json.loads(raw) if raw else {}
+    # -- HandoffView -----------------------------------------------------------------------
+
+    async def tell(self, esc: Escalation, text: str) -> None:
+        conv = esc.conversation
+        await self.send(int(conv.chat), text, thread=int(conv.thread) if conv.thread else None)
+
+    async def show_resolved(self, esc: Escalation, text: str) -> None:
+        where = esc.shown
         if not where.get("id"):
             return
         cfg = await self.hd.modes.get(esc.channel)
-        text, entities = self._handoff(esc, str(where.get("lang") or "ko"), cfg.responders)
-        text += "\n" + resolved
+        body, entities = self._handoff(esc, str(where.get("lang") or "ko"), cfg.responders)
+        body += "\n" + text
         chat, mid = int(where["chat"]), int(where["id"])
 
         async def call(bot: Bot) -> object:  # no reply_markup: the button goes
-            return await bot.edit_message_text(text, chat_id=chat, message_id=mid,
+            return await bot.edit_message_text(body, chat_id=chat, message_id=mid,
                                                entities=entities or None)
 
         await self.outbox.run(OutboxOp(chat, call, "editMessageText", key=f"m{mid}",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from kullm_core import metrics
 from kullm_core.client import CoreClient
@@ -46,6 +47,17 @@ class Handoff:
     opened: bool
     config: ChannelConfig
     """The channel's config: its responders to tag, its helpdesk group (Telegram)."""
+
+
+class HandoffView(Protocol):
+    """How a platform shows a hand-off once it is resolved (`Escalation.shown` says where
+    its message is)."""
+
+    async def tell(self, esc: Escalation, text: str) -> None:
+        """Say `text` in the escalated conversation."""
+
+    async def show_resolved(self, esc: Escalation, text: str) -> None:
+        """The hand-off message without its Resolved button, `text` under it."""
 
 
 class Helpdesk:
@@ -174,6 +186,18 @@ class Helpdesk:
         shown = t("hd.quota_default", lang, n=self.client.settings.limits.daily_tokens) \
             if limit is None else str(limit)
         return t("hd.quota_set", lang, user=qualified(target, workspace), limit=shown)
+
+    async def close(self, escalation_id: str, user: UserRef, workspace: str,
+                    view: HandoffView, groups: frozenset[str] = frozenset()) -> tuple[bool, str]:
+        """`resolve`, then the conversation is told and the hand-off loses its button.
+        Returns whether it was resolved and the text to show the caller."""
+        done, text = await self.resolve(escalation_id, user, workspace, groups)
+        if done is None:
+            return False, text
+        await view.tell(done, text)
+        if done.shown:
+            await view.show_resolved(done, text)
+        return True, text
 
     def handoff_text(self, esc: Escalation, lang: str, mentions: str) -> str:
         """The hand-off posted for responders (`mentions` in the platform's syntax)."""

@@ -158,6 +158,11 @@ class HelpdeskStore:
                 except WatchError:
                     continue
 
+    async def set_shown(self, escalation_id: str, shown: dict[str, object]) -> None:
+        """Remember where the platform shows the hand-off (`Escalation.shown`)."""
+        await self._update(self.keys.escalation(escalation_id), lambda _e: True,
+                           {"shown": shown}, None)
+
     async def note_message(self, conv: ConversationRef, author: str) -> Escalation | None:
         """Someone (`author`, qualified) wrote in `conv`: the first person other than the
         asker to write in an open escalation marks the time to the first human reply."""
@@ -174,7 +179,9 @@ class HelpdeskStore:
                                    "resolver": resolver}, "resolved")
 
     async def _update(self, key: str, when: object, update: dict[str, object],
-                      what: str) -> Escalation | None:
+                      what: str | None) -> Escalation | None:
+        """Change an escalation (`when` it qualifies); `what` names the duration sample to
+        count (`first`, `resolved`; None: none)."""
         async with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -188,6 +195,9 @@ class HelpdeskStore:
                     new = esc.model_copy(update=update)
                     pipe.multi()
                     pipe.set(key, new.dumps(), keepttl=True)
+                    if what is None:
+                        await pipe.execute()
+                        return new
                     at = float(update.get("first_human_at") or update.get("resolved_at")
                                or time.time())  # type: ignore[arg-type]
                     day, k = day_of(esc.opened_at), self.keys

@@ -220,3 +220,36 @@ def test_direct_messages_count_as_one_place_without_the_users_id() -> None:
     group = ConversationRef(platform="telegram", chat="-100", user="42")
     assert (channel_of(tg_dm), channel_of(slack_dm), channel_of(group)) == (
         "tg:dm", "slack:T1:dm", "tg:-100")
+
+
+async def test_closing_tells_the_conversation_and_updates_the_handoff_where_it_is_shown(
+    client: CoreClient
+) -> None:
+    from kullm_core.wire import Escalation
+
+    class View:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+        async def tell(self, esc: Escalation, text: str) -> None:
+            self.calls.append(("tell", text, esc.shown))
+
+        async def show_resolved(self, esc: Escalation, text: str) -> None:
+            self.calls.append(("resolved", text, esc.shown))
+
+    hd, view = Helpdesk(client), View()
+    handoff = await hd.escalate(CONV, ASKER)
+    assert not isinstance(handoff, str)
+    await client.helpdesk.set_shown(handoff.escalation.id, {"channel": "C9", "ts": "1.2"})
+    admin = UserRef(platform="slack", id="UADMIN")
+    refused = await hd.close(handoff.escalation.id, ASKER, "T1", view)
+    assert refused == (False, t("hd.not_responder")) and view.calls == []
+    client.settings.limits.admins.append("slack:T1:UADMIN")
+    try:
+        ok, text = await hd.close(handoff.escalation.id, admin, "T1", view)
+    finally:
+        client.settings.limits.admins.remove("slack:T1:UADMIN")
+    assert ok and [c[0] for c in view.calls] == ["tell", "resolved"]
+    assert view.calls[1] == ("resolved", text, {"channel": "C9", "ts": "1.2"})
+    esc = await client.helpdesk.escalation(CONV)
+    assert esc is not None and esc.state == "resolved" and esc.shown["ts"] == "1.2"
