@@ -133,6 +133,10 @@ class BatchingSettings(_Section):
     """Conversations generated at once by one worker."""
     max_batch_tokens: int = Field(default=65536, ge=256)
     """Upper bound on the sum of (prompt + generated) tokens held in the KV cache at once."""
+    max_prefill_tokens: int = Field(default=16384, ge=64)
+    """Padded tokens of one prefill pass of questions that arrived together (nothing decoding)."""
+    prefill_chunk_tokens: int = Field(default=1024, ge=8)
+    """At most this much of a joining prompt per pass while others decode (paced to a step)."""
 
 
 class QueueSettings(_Section):

@@ -189,6 +189,8 @@ def build_engine(settings: Settings) -> tuple[Any, Any]:
         model, tokenizer,
         max_batch_size=settings.batching.max_batch_size,
         max_batch_tokens=settings.batching.max_batch_tokens,
+        max_prefill_tokens=settings.batching.max_prefill_tokens,
+        prefill_chunk_tokens=settings.batching.prefill_chunk_tokens,
     )
     if tiny:
         engine.name = "local (tiny random model)"
