@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from kullm_core.settings_base import Section
 from kullm_core.wire import ChannelConfig, ChannelMode
 
 
-class HelpdeskSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
+class HelpdeskSettings(Section):
     feedback: bool = True
     """👍 / 👎 buttons under every finished answer."""
     escalation: bool = True
