@@ -54,6 +54,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 GROUP = "workers"
@@ -215,3 +216,8 @@ STATS_TTL_S = 400 * DAY_S
 """Helpdesk statistics hold counts and durations only (no text, no ids): kept 400 days."""
 STATS_SAMPLES = 5000
 """Per day and channel, the durations kept for medians and p95 (the latest ones)."""
+
+
+def utc_day(at: float | None = None) -> str:
+    """The UTC day (``YYYYMMDD``) day-keyed counters (quota, statistics) count `at` in."""
+    return time.strftime("%Y%m%d", time.gmtime(time.time() if at is None else at))

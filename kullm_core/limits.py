@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from kullm_core.keys import DAY_S, QUOTA_TTL_S, Keys
+from kullm_core.keys import DAY_S, QUOTA_TTL_S, Keys, utc_day
 from kullm_core.limits_scripts import ADMIT_LUA
 from kullm_core.settings import LimitSettings
 from kullm_core.wire import ErrorEvent, UserRef
@@ -49,6 +49,12 @@ def chat_id(platform: str, chat: str, workspace: str = "") -> str:
     """The qualified id of a chat: `tg:-100123`, `slack:T1:C1`."""
     tag = _tag(platform)
     return f"{tag}:{workspace}:{chat}" if tag == "slack" else f"{tag}:{chat}"
+
+
+def quota_owner(user: UserRef) -> str:
+    """Whose counters a request spends: per platform user, whichever workspace they ask in
+    (``platform:id``; the queue's commit adds the generated tokens to the same key)."""
+    return f"{user.platform}:{user.id}"
 
 
 class Limiter:
@@ -89,13 +95,11 @@ class Limiter:
         return not user_names(user, workspace).isdisjoint(s.allowed_users)
 
     def owner(self, user: UserRef) -> str:
-        """Whose counters a request spends: per platform user, whichever workspace they ask
-        in (``platform:id``; the queue's commit adds the generated tokens to the same key)."""
-        return f"{user.platform}:{user.id}"
+        return quota_owner(user)
 
     async def used_today(self, who: str, now: float | None = None) -> int:
         """Tokens `who` (`owner`) used today (UTC)."""
-        return int(await self.r.get(self.keys.quota(who, _day(now))) or 0)
+        return int(await self.r.get(self.keys.quota(who, utc_day(now))) or 0)
 
     async def daily_limit(self, who: str) -> int:
         """`who`'s daily token limit: an admin's per-user setting, else `daily_tokens`
@@ -114,7 +118,7 @@ class Limiter:
         who, now = self.owner(user), time.time() if now is None else now
         window = self.keys.request_window(who)
         async with self.r.pipeline(transaction=False) as pipe:
-            pipe.get(self.keys.quota(who, _day(now)))
+            pipe.get(self.keys.quota(who, utc_day(now)))
             pipe.zcount(window, int(now * 1000) - _WINDOW_MS, "+inf")
             used, requests = await pipe.execute()
         return Usage(int(used or 0), await self.daily_limit(who), int(requests),
@@ -129,7 +133,7 @@ class Limiter:
         if self.is_admin(user, workspace):
             return Admission(None, 0)
         now = time.time() if now is None else now
-        who, day, k = self.owner(user), _day(now), self.keys
+        who, day, k = self.owner(user), utc_day(now), self.keys
         status, a = await self._admit(
             keys=[k.request_window(who), k.quota(who, day), k.quota_reserved(who, day),
                   k.user_quota(who)],
@@ -145,20 +149,7 @@ class Limiter:
 
     async def release(self, user: UserRef, job_id: str, now: float | None = None) -> None:
         """Give back the reservation of a request that was not queued after all."""
-        await self.r.hdel(self.keys.quota_reserved(self.owner(user), _day(now)), job_id)  # type: ignore[misc]
-
-    async def check(
-        self, user: UserRef, now: float | None = None, workspace: str = ""
-    ) -> ErrorEvent | None:
-        """`admit` without a job (one request, a one-token reservation given back)."""
-        probe = f"probe-{time.time_ns()}"
-        got = await self.admit(user, probe, 1, workspace=workspace, now=now)
-        await self.release(user, probe, now)
-        return got.refusal
-
-
-def _day(now: float | None) -> str:
-    return time.strftime("%Y%m%d", time.gmtime(time.time() if now is None else now))
+        await self.r.hdel(self.keys.quota_reserved(self.owner(user), utc_day(now)), job_id)  # type: ignore[misc]
 
 
 @dataclass(frozen=True)

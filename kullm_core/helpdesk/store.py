@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from kullm_core.helpdesk.scripts import RATE_LUA, RECORD_EXCHANGE_LUA
-from kullm_core.keys import STATS_SAMPLES, STATS_TTL_S, Keys
+from kullm_core.keys import STATS_SAMPLES, STATS_TTL_S, Keys, utc_day
 from kullm_core.limits import PLATFORM_TAGS
 from kullm_core.limits import user_id as qualified_user
 from kullm_core.redis_text import as_str
@@ -26,11 +26,6 @@ from kullm_core.wire import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def day_of(at: float) -> str:
-    """The UTC day statistics count `at` in (``YYYYMMDD``)."""
-    return time.strftime("%Y%m%d", time.gmtime(at))
 
 
 def asker_of(conv: ConversationRef, user: UserRef) -> str:
@@ -52,7 +47,7 @@ class HelpdeskStore:
 
     async def record(self, ex: Exchange) -> bool:
         """Store a finished reply and count it; False when it was recorded already."""
-        day, k = day_of(ex.asked_at), self.keys
+        day, k = utc_day(ex.asked_at), self.keys
         first = "" if ex.first_visible_s < 0 else f"{ex.first_visible_s:.3f}"
         done = await self._record(
             keys=[k.exchange(ex.job_id), k.stats(day), k.stats_ttfv(day, ex.channel),
@@ -88,7 +83,7 @@ class HelpdeskStore:
         fb = Feedback(job_id=job_id, rater=who, rating=rating, comment=comment)
         k = self.keys
         before = await self._rate(
-            keys=[k.exchange(job_id), k.feedback(job_id), k.stats(day_of(ex.asked_at)),
+            keys=[k.exchange(job_id), k.feedback(job_id), k.stats(utc_day(ex.asked_at)),
                   k.helpdesk_user(rater.platform, rater.id)],
             args=[who, fb.dumps(), rating, ex.channel, self.retention_ms, STATS_TTL_S])
         if before is None:
@@ -200,7 +195,7 @@ class HelpdeskStore:
                         return new
                     at = float(update.get("first_human_at") or update.get("resolved_at")
                                or time.time())  # type: ignore[arg-type]
-                    day, k = day_of(esc.opened_at), self.keys
+                    day, k = utc_day(esc.opened_at), self.keys
                     samples = k.stats_solve(day, esc.channel, what)
                     pipe.rpush(samples, f"{at - esc.opened_at:.3f}")
                     pipe.ltrim(samples, -STATS_SAMPLES, -1)
@@ -213,7 +208,7 @@ class HelpdeskStore:
                     continue
 
     def _count(self, pipe: object, channel: str, metric: str, at: float) -> None:
-        key = self.keys.stats(day_of(at))
+        key = self.keys.stats(utc_day(at))
         pipe.hincrby(key, f"{channel}|{metric}", 1)  # type: ignore[attr-defined]
         pipe.expire(key, STATS_TTL_S)  # type: ignore[attr-defined]
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from kullm_core.keys import ACTIVE_TTL_S, GROUP, QUOTA_TTL_S, Keys
+from kullm_core.keys import ACTIVE_TTL_S, GROUP, QUOTA_TTL_S, Keys, utc_day
+from kullm_core.limits import quota_owner
 from kullm_core.queue.base import QueueConfig
 from kullm_core.queue.channel import ReplyChannel
 from kullm_core.queue.scripts import COMMIT_LUA, FIRST_LUA, CommitCall
@@ -131,13 +132,12 @@ class JobConsumer(ReplyChannel):
         """Atomically: history turn, quota, `done` event, ack. False if already committed."""
         job = cj.job
         conv_key = job.conversation.key
-        day = time.strftime("%Y%m%d", time.gmtime())
         call = CommitCall(
             done=self.keys.done(job.id), history=self.keys.conv(conv_key),
             user_index=self.keys.user_index(job.user.platform, job.user.id),
             reply=self.keys.reply(job.id), jobs=self.keys.jobs, order=self.keys.order(conv_key),
             active=self.keys.active(conv_key),
-            quota=self.keys.quota(f"{job.user.platform}:{job.user.id}", day),
+            quota=self.keys.quota(quota_owner(job.user), utc_day()),
             job_id=job.id, turn=turn.dumps() if turn else "", event=done.dumps(),
             retention_ms=self.config.retention_ms, max_turns=self.config.max_turns,
             reply_ttl=self.config.reply_ttl_s, entry=cj.entry_id,

@@ -96,10 +96,10 @@ async def test_an_admin_is_not_rate_limited_but_others_are(redis: Redis) -> None
     settings = load_settings(None, limits={"admins": ["slack:T1:U0ADMIN"],
                                            "requests_per_minute": 1}).limits
     lim = Limiter(redis, Keys(), settings)
-    for _ in range(3):
-        assert await lim.check(slack("U0ADMIN"), workspace="T1") is None
-    assert await lim.check(slack("U0OTHER"), workspace="T1") is None
-    refusal = await lim.check(slack("U0OTHER"), workspace="T1")
+    for i in range(3):
+        assert (await lim.admit(slack("U0ADMIN"), f"a{i}", 1, workspace="T1")).refusal is None
+    assert (await lim.admit(slack("U0OTHER"), "o1", 1, workspace="T1")).refusal is None
+    refusal = (await lim.admit(slack("U0OTHER"), "o2", 1, workspace="T1")).refusal
     assert refusal is not None and refusal.kind == "rate_limited"
 
 
