@@ -59,6 +59,10 @@ class Shape:
         return 2 * self.layers * self.kv_heads * head_dim * torch.finfo(dtype).bits // 8
 
 
+MAX_LEN = 2048
+"""Tokens a request may hold in the check (1,000-token prompts plus the replies): 64 slots of
+KULLM3's bf16 KV are 24 GiB."""
+
 SOLAR = Shape(48, 4096, 14336)
 DRY = Shape(2, 256, 896, heads=8, kv_heads=2)  # 4:1 GQA like SOLAR; small for 2 CPU cores
 
@@ -209,6 +213,19 @@ async def _one(engine: LocalEngine, plan: Plan, i: int, prompt: int, new: int,
     return first, last, tokens
 
 
+async def eager_decode(model: Any, plan: Plan, probe: Probe, rep: Report, new: int) -> None:
+    """Batch-1 decode of the local engine without CUDA graphs (what they are worth)."""
+    async with LocalEngine(model, _Tok(), max_batch_size=1, max_len=MAX_LEN,
+                           decode_graphs=False) as engine:
+        engine.eos_ids = set()
+        await local_run(engine, plan, 1, 32, 4)
+        probe.before()
+        ((first, last, tokens),) = await local_run(engine, plan, 1, 32, new)
+        probe.after(Report.ENGINES[0])
+    rep.put("batch-1 decode, eager (no CUDA graphs)", Report.ENGINES[0],
+            probe.rate((tokens - 1) / (last - first), 1, 32 + new))
+
+
 async def local_run(engine: LocalEngine, plan: Plan, n: int, prompt: int,
                     new: int) -> list[tuple[float, float, int]]:
     t0 = time.perf_counter()
@@ -236,15 +253,19 @@ def generate_run(model: Any, plan: Plan, n: int, prompt: int, new: int,
                        device=plan.device)
     stamps = _Stamps(plan.device)
     _sync(plan.device)
-    t0 = time.perf_counter()
-    out = model.generate(
-        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-        min_new_tokens=new, do_sample=True, temperature=PRODUCTION.temperature,
-        top_p=PRODUCTION.top_p, top_k=0, repetition_penalty=PRODUCTION.repetition_penalty,
-        cache_implementation="static", disable_compile=not compiled, pad_token_id=0,
-        eos_token_id=2, logits_processor=LogitsProcessorList([stamps]))
-    _sync(plan.device)
-    wall = time.perf_counter() - t0
+    before, model.config._attn_implementation = model.config._attn_implementation, "sdpa"
+    try:
+        t0 = time.perf_counter()
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+            min_new_tokens=new, do_sample=True, temperature=PRODUCTION.temperature,
+            top_p=PRODUCTION.top_p, top_k=0, repetition_penalty=PRODUCTION.repetition_penalty,
+            cache_implementation="static", disable_compile=not compiled, pad_token_id=0,
+            eos_token_id=2, logits_processor=LogitsProcessorList([stamps]))
+        _sync(plan.device)
+        wall = time.perf_counter() - t0
+    finally:  # the engine's again (plain SDPA outside its passes)
+        model.config._attn_implementation = before
     return stamps.t[0] - t0, wall, (out.shape[1] - prompt) * n
 
 
@@ -255,7 +276,8 @@ def _pct(xs: list[float], q: int) -> float:
 async def measure(model: Any, plan: Plan, probe: Probe, rep: Report, clock: Any) -> None:
     local, anchor = Report.ENGINES
     async with LocalEngine(model, _Tok(), max_batch_size=max(plan.concurrency),
-                           max_batch_tokens=10**9) as engine:
+                           max_batch_tokens=10**9, max_len=MAX_LEN,
+                           decode_graphs=True) as engine:  # CPU: the same passes, eager
         engine.eos_ids = set()  # random weights: every request runs its full length
         await local_run(engine, plan, 1, 32, 4)  # warm up
         generate_run(model, plan, 1, 32, 4)
@@ -269,6 +291,8 @@ async def measure(model: Any, plan: Plan, probe: Probe, rep: Report, clock: Any)
         ((first, _, _),) = await local_run(engine, plan, 1, plan.prompt, 1)
         probe.after(local)
         rep.put("first token, 1,000-token prompt", local, f"{first * 1000:.0f} ms")
+        if plan.device == "cuda":
+            await eager_decode(model, plan, probe, rep, new)
         probe.before()
         g_first, g_wall, g_tok = generate_run(model, plan, 1, 32, new)
         probe.after(anchor)
@@ -302,6 +326,12 @@ async def measure(model: Any, plan: Plan, probe: Probe, rep: Report, clock: Any)
             rep.put(f"{n} × 1,000-token: aggregate", anchor, probe.rate(g_tok / g_wall, n, ctx))
             rep.put(f"{n} × 1,000-token: first token p50 / p95", anchor,
                     f"{g_first * 1000:.0f} / {g_first * 1000:.0f} ms (one static batch)")
+        graphs = engine.graphs
+        if graphs is not None:
+            state = f"failed ({graphs.failed[:120]})" if graphs.failed else (
+                f"{graphs.captured} captured, {graphs.replays} replays" if graphs.capture
+                else "none (no CUDA: the same bucketed passes ran eagerly)")
+            rep.head.append(f"- local engine's CUDA graphs: {state}")
     for engine_name, (alloc, reserved) in probe.peaks.items():
         rep.put("peak memory allocated / reserved", engine_name,
                 f"{alloc / 2**30:.1f} / {reserved / 2**30:.1f} GiB")

@@ -77,12 +77,12 @@ async def join(engine: LocalEngine, n: int, join_len: int, vocab: int,
     tasks = [asyncio.create_task(_consume(engine, f"r{i}-{tag}", _prompt(i, 32, vocab), new, s))
              for i, s in enumerate(streams)]
     await asyncio.gather(*(s.settled.wait() for s in streams))
-    before = engine.prefiller.passes
+    before = engine.passes
     joiner = Stream()
     t_join = time.perf_counter()
     await _consume(engine, f"j-{tag}", _prompt(99, join_len, vocab), 1, joiner)
     t_first = joiner.times[0]
-    passes = engine.prefiller.passes - before
+    passes = engine.passes - before
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -128,11 +128,15 @@ class BatchingSettings(_Section):
     max_batch_size: int = Field(default=16, ge=1, le=512)
     """Conversations generated at once by one worker."""
     max_batch_tokens: int = Field(default=65536, ge=256)
-    """Upper bound on the sum of (prompt + generated) tokens held in the KV cache at once."""
+    """The local engine's KV cache in tokens: `max_batch_tokens // generation.context_window`
+    conversations (at most `max_batch_size`; fewer where the GPU's free memory holds fewer)."""
     max_prefill_tokens: int = Field(default=16384, ge=64)
-    """Padded tokens of one prefill pass of questions that arrived together (nothing decoding)."""
+    """Prompt tokens of one pass of questions that arrived together (nothing decoding)."""
     prefill_chunk_tokens: int = Field(default=1024, ge=8)
-    """At most this much of a joining prompt per pass while others decode (paced to a step)."""
+    """At most this much of a joining prompt per decode step (paced to a share of the step)."""
+    cuda_graphs: bool = True
+    """On CUDA, replay the decode step as CUDA graphs (captured per batch/length bucket on first
+    use; eager where capture fails). Off: every pass eager."""
 
 
 class QueueSettings(_Section):

@@ -191,6 +191,8 @@ def build_engine(settings: Settings) -> tuple[Any, Any]:
         max_batch_tokens=settings.batching.max_batch_tokens,
         max_prefill_tokens=settings.batching.max_prefill_tokens,
         prefill_chunk_tokens=settings.batching.prefill_chunk_tokens,
+        max_len=settings.generation.context_window,
+        decode_graphs=None if settings.batching.cuda_graphs else False,
     )
     if tiny:
         engine.name = "local (tiny random model)"

@@ -2,12 +2,14 @@
 
 Why not transformers' `ContinuousBatchingManager`: it silently drops `repetition_penalty`
 (the model card's anti-repetition advice), ignores stop strings and gives no result for a
-cancelled request. This engine keeps one left-padded KV cache for all running requests
-(`engine/batch.py`): requests that arrive together are prefilled together and join the
-batch between decode steps, each releasing its first token as soon as its pass is done; a
-long prompt that arrives while others decode is prefilled in chunks of about one step's time
-between their steps (`engine/prefill.py`). A finished or cancelled request leaves the batch,
-and every step applies each request's own repetition penalty, temperature and top-p to its row.
+cancelled request. This engine gives every running request a slot of a KV cache allocated
+once at start and written in place (`engine/slots.py`), and runs one packed pass at a time:
+the decoding requests' next tokens plus, within a token budget (`engine/prefill.py`), pieces
+of the prompts that wait. Requests that arrive together are prefilled in one pass and each
+releases its first token as soon as its pass is done; a long prompt that arrives while others
+decode rides in their decode steps a bounded chunk at a time. A finished or cancelled request
+frees its slot, and every step applies each request's own repetition penalty, n-gram ban,
+temperature, top-p and seed to its row, on the device (`engine/sampling.py`).
 
 All torch work runs on one thread so the worker's event loop keeps serving Redis.
 """
@@ -15,49 +17,26 @@ All torch work runs on one thread so the worker's event loop keeps serving Redis
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from kullm_core.decode import IncrementalDecoder
 from kullm_core.engine.base import EngineBase, EngineOutput, GenerationRequest
-from kullm_core.engine.batch import Batch
-from kullm_core.engine.prefill import Filling, Prefilled, Prefiller
-from kullm_core.engine.sampling import RowSampler
+from kullm_core.engine.graphs import DecodeGraphs
+from kullm_core.engine.memory import plan_slots
+from kullm_core.engine.prefill import MIN_CHUNK, Pacer
+from kullm_core.engine.running import Running, merge, put_all
+from kullm_core.engine.sampling import SlotRows, SlotSampler
+from kullm_core.engine.slots import Piece, Plan, SlotKV, planned, use_slot_attention
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Slot:
-    request: GenerationRequest
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[EngineOutput | BaseException]
-    decoder: IncrementalDecoder
-    outbox: list[tuple[_Slot, EngineOutput | BaseException]]
-    generated: int = 0
-    pending_tokens: int = 0
-    finished: bool = False
-    ids: list[int] = field(default_factory=list)
-
-    def emit(self, item: EngineOutput | BaseException) -> None:
-        """Queue for the engine's next flush (one cross-thread wake-up per step, not per row)."""
-        self.outbox.append((self, item))
-
-
-def _put_all(items: list[tuple[_Slot, EngineOutput | BaseException]]) -> None:
-    for slot, item in items:
-        slot.out.put_nowait(item)
-
-
-def _merge(a: EngineOutput, b: EngineOutput) -> EngineOutput:
-    return EngineOutput(a.text + b.text, a.tokens + b.tokens, b.finish_reason)
 
 
 class LocalEngine(EngineBase):
@@ -69,36 +48,56 @@ class LocalEngine(EngineBase):
         self, model: Any, tokenizer: Any, *, max_batch_size: int = 16,
         max_batch_tokens: int = 65536, max_prefill_tokens: int = 16384,
         prefill_chunk_tokens: int = 1024, arrival_window_s: float = 0.002,
+        max_len: int = 4096, decode_graphs: bool | None = None,
     ) -> None:
-        """`max_prefill_tokens`: padded tokens of one prefill pass while nothing decodes;
-        `prefill_chunk_tokens`: the most a pass takes while requests decode (the pacer keeps
-        it to about one step's time); `arrival_window_s`: how long an idle engine waits after
-        the first arrival for the ones that came with it (they are prefilled together)."""
+        """`max_len`: tokens one request may hold (prompt + reply: the context window);
+        `max_batch_tokens`: the KV cache's size in tokens, so `max_batch_tokens // max_len`
+        slots (at most `max_batch_size`, and what the GPU's free memory holds);
+        `max_prefill_tokens`: prompt tokens of one pass while nothing decodes;
+        `prefill_chunk_tokens`: the most a decode step carries (the pacer keeps it to a
+        fraction of the step's time); `arrival_window_s`: how long an idle engine waits after
+        the first arrival for the ones that came with it (they are prefilled together);
+        `decode_graphs`: decode-only passes as CUDA graphs (`engine/graphs.py`; None: where
+        there is CUDA; True without CUDA runs the same dense passes eagerly)."""
         self.model = model
         self.tokenizer = tokenizer
-        self.max_batch_size = max_batch_size
-        self.max_batch_tokens = max_batch_tokens
         self.max_prefill_tokens = max_prefill_tokens
         self.arrival_window_s = arrival_window_s
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        self.device = next(model.parameters()).device
-        self._incoming: queue.Queue[_Slot] = queue.Queue()
-        self._waiting: list[_Slot] = []
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        self.max_len = max_len
+        self.kv_slots = plan_slots(model.config, self.dtype, self.device, max_len,
+                                   min(max_batch_size, max(1, max_batch_tokens // max_len)))
+        self.slots = self.kv_slots  # the worker takes as many jobs at once
+        self.vocab = int(model.config.vocab_size)
+        self._incoming: queue.Queue[Running] = queue.Queue()
+        self._waiting: list[Running] = []
+        self._filling: Running | None = None
+        self._decoding: dict[int, Running] = {}
+        self._free: list[int] = []
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._sampler = RowSampler(self.device)
-        self.prefiller = Prefiller(model, self.device, prefill_chunk_tokens)
-        self._filling: tuple[_Slot, Filling] | None = None
-        self._outbox: list[tuple[_Slot, EngineOutput | BaseException]] = []
+        self._outbox: list[tuple[Running, EngineOutput | BaseException]] = []
+        self._kv: SlotKV | None = None
+        self._sampler: SlotSampler | None = None
+        self._next: torch.Tensor | None = None  # [slots] each decoding slot's next input
+        self._rows: SlotRows | None = None  # the decode rows, kept while they do not change
+        self.pacer = Pacer(prefill_chunk_tokens)
+        self.decode_graphs = self.device.type == "cuda" if decode_graphs is None else decode_graphs
+        self.graphs: DecodeGraphs | None = None
         self.steps = 0
+        self.passes = 0
+        """Passes that carried prompt tokens."""
         self.batch_rows = 0
-        """Requests in the decode batch now (the `kullm_batch_slots_used` gauge reads it)."""
+        """Requests decoding now (the `kullm_batch_slots_used` gauge reads it)."""
+        use_slot_attention(model)
 
     async def start(self) -> None:
         if self._thread is None:
@@ -122,9 +121,9 @@ class LocalEngine(EngineBase):
         if self._thread is None:
             raise RuntimeError("engine not started")
         out: asyncio.Queue[EngineOutput | BaseException] = asyncio.Queue()
-        slot = _Slot(request, asyncio.get_running_loop(), out, IncrementalDecoder(self.tokenizer),
-                     self._outbox)
-        self._incoming.put(slot)
+        run = Running(request, asyncio.get_running_loop(), out,
+                       IncrementalDecoder(self.tokenizer), self._outbox)
+        self._incoming.put(run)
         self._wake.set()
         done = False
         try:
@@ -136,7 +135,7 @@ class LocalEngine(EngineBase):
                         nxt = out.get_nowait()
                     except asyncio.QueueEmpty:
                         break
-                    item = nxt if isinstance(nxt, BaseException) else _merge(item, nxt)
+                    item = nxt if isinstance(nxt, BaseException) else merge(item, nxt)
                 if isinstance(item, BaseException):
                     done = True
                     raise item
@@ -151,47 +150,56 @@ class LocalEngine(EngineBase):
 
     # -- engine thread -----------------------------------------------------------------
 
+    def _reset(self) -> None:
+        """Fresh state: every slot free (at start, and after a failed pass)."""
+        if self._kv is None:
+            self._kv = SlotKV(self.model.config, self.kv_slots, self.max_len, self.device,
+                              self.dtype)
+            log.info("local engine: %d slots of %d tokens, KV cache %.2f GiB", self.kv_slots,
+                     self.max_len, self._kv.bytes / 2**30)
+        self._kv.lengths.zero_()
+        self._sampler = SlotSampler(self.device, self.kv_slots, self.vocab, self.max_len)
+        self._next = torch.zeros(self.kv_slots, dtype=torch.long, device=self.device)
+        self._free = list(range(self.kv_slots))
+        if self.decode_graphs:  # captured anew: a graph holds the addresses of `_next`
+            self.graphs = DecodeGraphs(self.model, self._kv, self._next,
+                                       capture=self.device.type == "cuda")
+        self._decoding, self._filling, self._waiting, self._rows = {}, None, [], None
+
     def _run(self) -> None:
-        batch: Batch[_Slot] = Batch()
-        sampler = self._sampler = RowSampler(self.device)
+        self._reset()
         while not self._stopping.is_set():
             try:
-                admitted = self._admit(batch, sampler)
-                self.batch_rows = len(batch)
-                self._flush()  # first tokens go out before the next pass
-                if batch.slots:
-                    self._step(batch, sampler)
-                elif not admitted and self._filling is None:
+                self._collect()
+                if not self._pass():
                     if self._wake.wait(0.5) and self.arrival_window_s > 0:
                         time.sleep(self.arrival_window_s)
                     self._wake.clear()
-                    continue
             except Exception as exc:  # fail the requests, keep the engine alive
-                log.exception("engine step failed; failing %d requests", len(batch))
-                for slot in self._pending(batch):
-                    slot.emit(exc)
-                batch = Batch()
-                sampler = self._sampler = RowSampler(self.device)
-                self._waiting, self._filling = [], None
+                pending = self._pending()
+                log.exception("engine pass failed; failing %d requests", len(pending))
+                for run in pending:
+                    run.emit(exc)
+                self._reset()
             self._flush()
-        for slot in self._pending(batch):
-            slot.emit(EngineOutput("", 0, "cancelled"))
+        for run in self._pending():
+            run.emit(EngineOutput("", 0, "cancelled"))
         self._flush()
 
-    def _pending(self, batch: Batch[_Slot]) -> list[_Slot]:
-        filling = [self._filling[0]] if self._filling else []
-        return batch.slots + filling + self._waiting
+    def _pending(self) -> list[Running]:
+        filling = [self._filling] if self._filling else []
+        return list(self._decoding.values()) + filling + self._waiting
 
     def _flush(self) -> None:
         if not self._outbox:
             return
         items = list(self._outbox)
         self._outbox.clear()
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Slot, Any]]] = {}
-        for slot, item in items:
-            by_loop.setdefault(slot.loop, []).append((slot, item))
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Running, Any]]] = {}
+        for run, item in items:
+            by_loop.setdefault(run.loop, []).append((run, item))
         for loop, pairs in by_loop.items():
-            loop.call_soon_threadsafe(_put_all, pairs)
+            loop.call_soon_threadsafe(put_all, pairs)
 
     def _take_cancelled(self, request_id: str) -> bool:
         with self._lock:
@@ -201,135 +209,149 @@ class LocalEngine(EngineBase):
         return False
 
     def _collect(self) -> None:
-        """New arrivals into `_waiting`; cancelled waiting requests end here."""
+        """New arrivals into `_waiting`; cancelled waiting or filling requests end here."""
         while True:
             try:
-                self._waiting.append(self._incoming.get_nowait())
+                run = self._incoming.get_nowait()
             except queue.Empty:
                 break
-        for slot in [s for s in self._waiting if self._take_cancelled(s.request.id)]:
-            self._waiting.remove(slot)
-            slot.emit(EngineOutput("", 0, "cancelled"))
+            if not 0 < len(run.prompt) < self.max_len:
+                run.emit(ValueError(f"a prompt of {len(run.prompt)} tokens does not fit the "
+                                    f"engine's {self.max_len}-token context"))
+                continue
+            run.max_new = min(run.request.params.max_new_tokens, self.max_len - len(run.prompt))
+            self._waiting.append(run)
+        for run in [r for r in self._waiting if self._take_cancelled(r.request.id)]:
+            self._waiting.remove(run)
+            run.emit(EngineOutput("", 0, "cancelled"))
+        if self._filling is not None and self._take_cancelled(self._filling.request.id):
+            self._filling.emit(EngineOutput("", 0, "cancelled"))
+            self._release(self._filling)
+            self._filling = None
 
-    def _admit(self, batch: Batch[_Slot], sampler: RowSampler) -> bool:
-        """At most one prefill pass (a group, or one chunk); True when one ran."""
-        self._collect()
-        budget = self.prefiller.pacer.budget() if batch.slots else self.max_prefill_tokens
+    def _seat(self, run: Running) -> None:
+        assert self._sampler is not None
+        run.slot = heapq.heappop(self._free)  # lowest free slot: few holes below the top
+        self._sampler.add(run.slot, run.request.params, run.prompt)
+
+    def _release(self, run: Running) -> None:
+        assert self._sampler is not None
+        self._sampler.release(run.slot)
+        heapq.heappush(self._free, run.slot)
+        run.slot = -1
+
+    def _pieces(self, budget: int) -> list[tuple[Running, Piece]]:
+        """Prompt pieces for this pass, in order: the filling request's next chunk, then whole
+        waiting prompts, then the start of one that does not fit whole (it becomes filling)."""
+        pieces: list[tuple[Running, Piece]] = []
+        left = budget
         if self._filling is not None:
-            slot, filling = self._filling
-            if self._take_cancelled(slot.request.id):
-                self._filling = None
-                slot.emit(EngineOutput("", 0, "cancelled"))
-                return True
-            done = self.prefiller.chunk(filling, budget, timed=bool(batch.slots))
-            if done is not None:
-                self._filling = None
-                self._join(batch, sampler, [slot], done)
-            return True
-        group = self._pick(batch, budget)
-        if not group:
-            return False
-        prompt = group[0].request.prompt_ids
-        if len(group) == 1 and len(prompt) > budget:
-            self._filling = (group[0], self.prefiller.start(prompt))
-            return self._admit(batch, sampler)
-        done = self.prefiller.group([s.request.prompt_ids for s in group])
-        self._join(batch, sampler, group, done)
-        return True
-
-    def _pick(self, batch: Batch[_Slot], budget: int) -> list[_Slot]:
-        """Waiting requests (in order) for one pass: the batch's room, the KV token limit,
-        and `budget` padded tokens (a first request over it is prefilled in chunks)."""
-        tokens = sum(_need(s) for s in batch.slots)
-        group: list[_Slot] = []
-        width = 0
-        for slot in self._waiting:
-            if len(batch) + len(group) >= self.max_batch_size:
+            run = self._filling
+            take = min(left, len(run.prompt) - run.prefilled)
+            pieces.append((run, Piece(run.slot, run.prefilled, take)))
+            left -= take
+        while self._waiting and self._free and left > 0:
+            run = self._waiting[0]
+            whole = len(run.prompt) <= left
+            if not whole and (self._filling is not None or (pieces and left < MIN_CHUNK)):
                 break
-            if (batch.slots or group) and tokens + _need(slot) > self.max_batch_tokens:
-                break
-            wider = max(width, len(slot.request.prompt_ids))
-            if group and wider * (len(group) + 1) > budget:
-                break
-            group.append(slot)
-            tokens, width = tokens + _need(slot), wider
-        del self._waiting[: len(group)]
-        return group
-
-    def _join(self, batch: Batch[_Slot], sampler: RowSampler, slots: list[_Slot],
-              done: Prefilled) -> None:
-        start, vocab = len(batch), done.logits.shape[-1]
-        rows = list(range(start, start + len(slots)))
-        if any(s.request.params.seed is not None for s in slots):
-            picks = []  # row by row: a request's seed sets its own first draw
-            for i, slot in enumerate(slots):
-                slot.ids = list(slot.request.prompt_ids)
-                row = sampler.add(slot.request.params, slot.ids, vocab)
-                picks.append(sampler.sample(done.logits[i : i + 1], rows=[row])[0])
-            first = torch.stack(picks)
-        else:
-            for slot in slots:
-                slot.ids = list(slot.request.prompt_ids)
-                sampler.add(slot.request.params, slot.ids, vocab)
-            first = sampler.sample(done.logits, rows=rows)
-        batch.add(slots, done.cache, done.mask, first)
-        for row, token in zip(rows, first.tolist(), strict=True):
-            self._deliver(batch, row, int(token))
-        self._finish_rows(batch, sampler)
+            self._waiting.pop(0)
+            self._seat(run)
+            pieces.append((run, Piece(run.slot, 0, min(left, len(run.prompt)))))
+            left -= pieces[-1][1].length
+            if not whole:
+                self._filling = run
+        return pieces
 
     @torch.inference_mode()
-    def _step(self, batch: Batch[_Slot], sampler: RowSampler) -> None:
-        assert batch.mask is not None and batch.pos is not None and batch.next_ids is not None
+    def _pass(self) -> bool:
+        """One packed pass (decode rows and prompt pieces); False when there was nothing."""
+        assert self._kv is not None and self._sampler is not None and self._next is not None
+        decode = sorted(self._decoding)
+        budget = self.pacer.budget() if decode else self.max_prefill_tokens
+        pieces = self._pieces(budget)
+        if not decode and not pieces:
+            return False
         t0 = time.perf_counter()
-        ones = torch.ones(len(batch), 1, dtype=torch.long, device=batch.mask.device)
-        batch.mask = torch.cat([batch.mask, ones], dim=1)
-        out = self.model(
-            input_ids=batch.next_ids.view(-1, 1),
-            attention_mask=batch.mask,
-            position_ids=batch.pos.view(-1, 1),
-            past_key_values=batch.cache,
-            use_cache=True,
-        )
-        self.steps += 1
-        batch.pos = batch.pos + 1
-        tokens = sampler.sample(out.logits[:, -1, :], rows=list(range(len(batch))))
-        batch.next_ids = tokens
-        for row, token in enumerate(tokens.tolist()):
-            self._deliver(batch, row, int(token))
-        self.prefiller.pacer.step_took(time.perf_counter() - t0)
-        self._finish_rows(batch, sampler)
+        runs = [self._decoding[s] for s in decode]
+        if decode and self._rows is None:
+            self._rows = self._sampler.rows(decode)
+        widths = [r.length + 1 for r in runs]
+        done = [(run, p) for run, p in pieces if p.start + p.length == len(run.prompt)]
+        if self.graphs is not None and not pieces:
+            tokens = self._forward_dense(decode, widths)
+        else:
+            plan = self._kv.plan(decode, widths, [p for _, p in pieces],
+                                 self._rows.index if self._rows is not None else None)
+            tokens = self._forward(plan, decode, pieces, done)
+            self._kv.advance(plan)
+        for run in runs:
+            run.length += 1
+        for run, p in pieces:
+            run.prefilled = run.length = p.start + p.length
+        if self._filling is not None and self._filling.prefilled == len(self._filling.prompt):
+            self._filling = None
+        for run, _ in done:
+            self._decoding[run.slot] = run
+        if done:
+            self._rows = None
+        rows = runs + [run for run, _ in done]
+        for run, token in zip(rows, tokens, strict=True):
+            run.take(token, token in self.eos_ids, self._take_cancelled)
+        prompt_tokens = sum(p.length for _, p in pieces)
+        self.steps += bool(decode)
+        self.passes += bool(pieces)
+        self.pacer.took(len(decode), prompt_tokens, time.perf_counter() - t0)
+        self._leave()
+        self.batch_rows = len(self._decoding)
+        return True
 
-    def _deliver(self, batch: Batch[_Slot], row: int, token: int) -> None:
-        slot = batch.slots[row]
-        params = slot.request.params
-        slot.generated += 1
-        if token in self.eos_ids:
-            slot.finished = True
-            slot.emit(EngineOutput(slot.decoder.flush(), slot.pending_tokens + 1, "stop"))
-            return
-        slot.ids.append(token)
-        self._sampler.observe(row, token)
-        text = slot.decoder.push(token)
-        slot.pending_tokens += 1
-        if slot.generated >= params.max_new_tokens:
-            slot.finished = True
-            text += slot.decoder.flush()
-            slot.emit(EngineOutput(text, slot.pending_tokens, "length"))
-        elif self._take_cancelled(slot.request.id):
-            slot.finished = True
-            text += slot.decoder.flush()
-            slot.emit(EngineOutput(text, slot.pending_tokens, "cancelled"))
-        elif text:
-            slot.emit(EngineOutput(text, slot.pending_tokens))
-            slot.pending_tokens = 0
+    def _forward_dense(self, decode: list[int], widths: list[int]) -> list[int]:
+        """A decode-only pass through `graphs` (slots [0, bucket): fixed shapes)."""
+        assert self.graphs is not None and self._sampler is not None and self._rows is not None
+        assert self._next is not None
+        logits, rows = self.graphs.run(decode[-1] + 1, max(widths))
+        own = logits[: len(decode)] if len(decode) == decode[-1] + 1 else logits.index_select(
+            0, self._rows.index)
+        tokens = self._sampler.sample(own, self._rows)
+        self.graphs.advance(rows)
+        self._next.index_copy_(0, self._rows.index, tokens)
+        return [int(t) for t in tokens.tolist()]  # the pass's one device-to-host copy
 
-    def _finish_rows(self, batch: Batch[_Slot], sampler: RowSampler) -> None:
-        keep = [i for i, s in enumerate(batch.slots) if not s.finished]
-        if len(keep) != len(batch):
-            batch.keep(keep)
-            sampler.keep(keep)
+    def _forward(self, plan: Plan, decode: list[int], pieces: list[tuple[Running, Piece]],
+                 done: list[tuple[Running, Piece]]) -> list[int]:
+        """Run the pass; the next token of every decode row and completed prompt."""
+        assert self._sampler is not None and self._next is not None
+        parts: list[torch.Tensor] = []
+        if decode:
+            assert self._rows is not None
+            parts.append(self._next[: len(decode)] if plan.scatter is None
+                         else self._next.index_select(0, self._rows.index))
+        keep: list[int] = list(range(len(decode)))
+        end = len(decode)
+        for run, p in pieces:
+            parts.append(torch.tensor(run.prompt[p.start : p.start + p.length],
+                                      device=self.device))
+            end += p.length
+            if p.start + p.length == len(run.prompt):
+                keep.append(end - 1)
+        # logits of the decode rows and of each completed prompt's last token (0: of all, so
+        # a decode-only pass sends nothing to the device)
+        logits_to_keep = torch.tensor(keep, device=self.device) if pieces else 0
+        with planned(plan):
+            out = self.model(input_ids=torch.cat(parts).view(1, -1),
+                             position_ids=plan.positions.view(1, -1), use_cache=False,
+                             logits_to_keep=logits_to_keep)
+        rows = self._rows if not done else self._sampler.rows(
+            decode + [run.slot for run, _ in done])
+        assert rows is not None
+        tokens = self._sampler.sample(out.logits[0], rows)
+        self._next.index_copy_(0, rows.index, tokens)
+        return [int(t) for t in tokens.tolist()]  # the pass's one device-to-host copy
 
-
-def _need(slot: _Slot) -> int:
-    """KV tokens a request may come to hold."""
-    return len(slot.request.prompt_ids) + slot.request.params.max_new_tokens
+    def _leave(self) -> None:
+        gone = [s for s, run in self._decoding.items() if run.finished]
+        for slot in gone:
+            self._release(self._decoding.pop(slot))
+        if gone:
+            self._rows = None

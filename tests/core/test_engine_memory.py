@@ -1,0 +1,50 @@
+"""The local engine's concurrency follows the memory it has."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from kullm_core.engine import memory
+from kullm_core.engine.memory import plan_slots
+from kullm_core.errors import ModelLoadError
+
+SOLAR = LlamaConfig(num_hidden_layers=48, hidden_size=4096, num_attention_heads=32,
+                    num_key_value_heads=8)
+GIB = 2**30
+SLOT = 192 * 1024 * 4096  # one 4,096-token KULLM3 conversation in bf16: 0.75 GiB
+
+
+def _free(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    """A GPU with `free` bytes free (this machine has none: `mem_get_info` is the seam)."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 141 * GIB))
+
+
+def test_on_the_cpu_the_asked_slots_are_kept() -> None:
+    assert plan_slots(SOLAR, torch.bfloat16, torch.device("cpu"), 4096, 16) == 16
+
+
+def test_an_h200_after_the_weights_holds_what_is_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    _free(monkeypatch, 115 * GIB)  # 141 GiB less 21.4 GB of weights and the CUDA context
+    assert plan_slots(SOLAR, torch.bfloat16, torch.device("cuda"), 4096, 64) == 64
+    fits = int((115 * GIB * memory.RESERVE - memory.ACTIVATIONS) // SLOT)
+    assert plan_slots(SOLAR, torch.bfloat16, torch.device("cuda"), 4096, 512) == fits == 135
+
+
+def test_a_small_gpu_gets_fewer_slots_and_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    _free(monkeypatch, 8 * GIB)
+    with caplog.at_level(logging.WARNING, logger="kullm_core.engine.memory"):
+        assert plan_slots(SOLAR, torch.bfloat16, torch.device("cuda"), 4096, 16) == 6
+    assert "holds 6 conversations of 4096 tokens, not the 16 asked" in caplog.text
+
+
+def test_no_room_for_one_conversation_is_an_error_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _free(monkeypatch, 2 * GIB)
+    with pytest.raises(ModelLoadError, match="less than one 4096-token conversation"):
+        plan_slots(SOLAR, torch.bfloat16, torch.device("cuda"), 4096, 16)

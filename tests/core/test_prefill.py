@@ -1,0 +1,42 @@
+"""The pacer: how many prompt tokens a decode step may carry, from measured pass times."""
+
+from __future__ import annotations
+
+from kullm_core.engine.prefill import MIN_CHUNK, Pacer
+
+
+def test_until_anything_is_measured_a_step_carries_the_cap() -> None:
+    assert Pacer(256).budget() == 256
+    pacer = Pacer(256)
+    pacer.took(decoding=4, prompt_tokens=0, seconds=0.05)
+    assert pacer.budget() == 256  # a step, but no prompt cost yet
+
+
+def test_a_prefill_pass_gives_a_safe_first_guess() -> None:
+    pacer = Pacer(4096, share=0.8)
+    pacer.took(decoding=0, prompt_tokens=1000, seconds=1.0)  # 1 ms a token, weights included
+    pacer.took(decoding=15, prompt_tokens=0, seconds=0.1)
+    assert pacer.budget() == 80  # 0.8 of a 100 ms step
+
+
+def test_the_chunk_converges_to_the_share_of_a_step() -> None:
+    """Simulated: a step costs 100 ms plus 0.25 ms per prompt token it carries."""
+    pacer = Pacer(4096, share=0.8)
+    pacer.took(decoding=0, prompt_tokens=1000, seconds=1.0)
+    for _ in range(3):
+        pacer.took(decoding=15, prompt_tokens=0, seconds=0.1)
+    for _ in range(8):
+        n = pacer.budget()
+        pacer.took(decoding=15, prompt_tokens=n, seconds=0.1 + n * 0.00025)
+    assert pacer.budget() == 320  # 0.8 * 100 ms / 0.25 ms: the fused step is 1.8 steps
+
+
+def test_the_budget_stays_within_its_bounds() -> None:
+    pacer = Pacer(64)
+    pacer.took(decoding=0, prompt_tokens=10, seconds=10.0)
+    pacer.took(decoding=2, prompt_tokens=0, seconds=0.001)
+    assert pacer.budget() == MIN_CHUNK
+    fast = Pacer(64)
+    fast.took(decoding=0, prompt_tokens=1000, seconds=0.001)
+    fast.took(decoding=2, prompt_tokens=0, seconds=1.0)
+    assert fast.budget() == 64
