@@ -39,8 +39,8 @@ class Stream:
     settled: asyncio.Event = field(default_factory=asyncio.Event)
 
     def gaps(self, start: float, end: float) -> list[float]:
-        """Gaps ending after `start`, up to the first one ending after `end` (the step that
-        follows the join also pays for merging the joiner's cache)."""
+        """Gaps ending after `start`, up to the first one ending after `end` (the step after
+        the joiner's first token is the first with one more row)."""
         out = []
         for a, b in zip(self.times, self.times[1:], strict=False):
             if b > start:

@@ -15,6 +15,7 @@ import torch
 from kullm_core.engine.base import EngineOutput, GenerationRequest, SamplingParams
 from kullm_core.engine.local import LocalEngine
 from kullm_core.engine.slots import current_plan
+from tests.core.host_sync import HostSync
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ async def _text(engine: LocalEngine, rid: str, ids: list[int], n: int,
         if outs is not None:
             outs.append(out)
     return "".join(parts)
+
+
+async def _outputs(engine: LocalEngine, req: GenerationRequest) -> list[EngineOutput]:
+    return [out async for out in engine.generate(req)]
 
 
 async def test_simultaneous_arrivals_share_one_pass_and_match_greedy_generate(
@@ -280,3 +285,51 @@ async def test_a_prompt_longer_than_the_context_fails_alone_and_replies_stop_at_
                                                                 fits, 3)
     assert outs[-1].finish_reason == "length" and sum(o.tokens for o in outs) == 5
     assert text == _greedy(tiny_model, tiny_tokenizer, fits, 5)
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["eager", "bucketed"])
+async def test_a_decode_step_reads_the_device_once(
+    tiny_model: Any, tiny_tokenizer: Any, monkeypatch: pytest.MonkeyPatch, dense: bool
+) -> None:
+    """No device read in a decode-only pass but the one copy of its sampled tokens (on a GPU
+    any other would stall the step), with penalties, n-gram bans and sampling on."""
+    reads: list[int] = []
+    uploads: list[int] = []
+    tolist = torch.Tensor.tolist
+
+    def counted(self: torch.Tensor) -> Any:
+        if reads and reads[-1] >= 0:  # inside a watched pass
+            reads[-1] += 1
+        return tolist(self)
+
+    step = LocalEngine._pass
+
+    def watched(engine: LocalEngine) -> bool:
+        decode_only = bool(engine._decoding) and not engine._waiting and not engine._filling
+        if not decode_only or not engine._incoming.empty():
+            return step(engine)
+        reads.append(0)
+        try:
+            with HostSync(allow_uploads=True) as mode:
+                return step(engine)
+        finally:
+            reads.append(-1)
+            uploads.append(mode.uploads)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted)
+    monkeypatch.setattr(LocalEngine, "_pass", watched)
+    params = [SamplingParams(max_new_tokens=12, repetition_penalty=1.2),
+              SamplingParams(max_new_tokens=12, no_repeat_ngram_size=3, temperature=0.8),
+              SamplingParams(max_new_tokens=12, temperature=0.7, top_p=0.9, seed=3)]
+    ids = _prompt(tiny_tokenizer, "한국의 전통 음식을 소개해 주세요")
+    async with LocalEngine(tiny_model, tiny_tokenizer, arrival_window_s=0.2,
+                           decode_graphs=dense) as engine:
+        outs = await asyncio.gather(*(
+            _outputs(engine, GenerationRequest(f"d{i}", ids, params=p))
+            for i, p in enumerate(params)))
+    assert all(out[-1].finish_reason == "length" for out in outs)
+    passes = [n for n in reads if n >= 0]
+    assert len(passes) >= 10 and set(passes) == {1}
+    # host-to-device copies (which do not wait) only when the rows change: the first decode
+    # step and one after each of the three requests leaves
+    assert sum(1 for n in uploads if n) <= 4

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import (
     NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
@@ -20,6 +16,7 @@ from transformers import (
 
 from kullm_core.engine.base import SamplingParams
 from kullm_core.engine.sampling import SlotSampler
+from tests.core.host_sync import no_host_sync
 
 V = 48  # small, so that histories repeat and the penalty and bans hit the likely tokens
 CPU = torch.device("cpu")
@@ -222,43 +219,6 @@ def test_temperature_and_top_p_draw_from_the_nucleus_in_proportion() -> None:
     cold.add(0, SamplingParams(temperature=0.01, top_p=1.0), [0])  # gaps x100
     one = cold.rows([0])
     assert {int(cold.sample(logits.unsqueeze(0), one)[0]) for _ in range(100)} == {0}
-
-
-class HostSync(TorchDispatchMode):
-    """Fails on every op that makes the host read a device value, or copy python data to
-    it, and logs the rest. (multinomial checks its input on the host; a python scalar in
-    `t[:, i] = x` is a CPU scalar that becomes a fill, and stays allowed.)"""
-
-    FORBIDDEN = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "multinomial",
-                 "equal", "is_nonzero")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        name = str(func)
-        if any(f in name for f in self.FORBIDDEN):
-            raise AssertionError(f"host sync: {name}")
-        if "lift_fresh" in name and args[0].dim() > 0:
-            raise AssertionError("a tensor built from python data")
-        if "index" in name and any(isinstance(a, list) and any(
-                isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in a) for a in args):
-            raise AssertionError(f"boolean-mask indexing (a nonzero): {name}")
-        self.ops.append(name)
-        return func(*args, **(kwargs or {}))
-
-
-@contextmanager
-def no_host_sync(monkeypatch: pytest.MonkeyPatch) -> Iterator[HostSync]:
-    def refuse(*_: object) -> None:
-        raise AssertionError("host sync: tolist/numpy")
-
-    with monkeypatch.context() as m:
-        m.setattr(torch.Tensor, "tolist", refuse)
-        m.setattr(torch.Tensor, "numpy", refuse)
-        with HostSync() as mode:
-            yield mode
 
 
 def test_sample_never_reads_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
