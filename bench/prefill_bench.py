@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList
 
-from bench.gpu_check import PRODUCTION, Shape, _prompt, _Stamps, _Tok, build
+from bench.cpu_llama import add_model_args, cpu_llama
+from bench.gpu_check import PRODUCTION, _prompt, _Stamps, _Tok
 from kullm_core.engine.base import GenerationRequest
 from kullm_core.engine.local import LocalEngine
 
@@ -150,23 +151,14 @@ async def run(a: argparse.Namespace, model: Any, vocab: int) -> dict[str, list[f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--hidden", type=int, default=1024)
+    add_model_args(ap)
     ap.add_argument("-n", type=int, default=16, help="simultaneous arrivals")
     ap.add_argument("--prompt", type=int, default=100, help="tokens per arriving prompt")
     ap.add_argument("--join", type=int, default=1000, help="tokens of the joining prompt")
     ap.add_argument("--new", type=int, default=400, help="running streams' length (enough "
                     "to outlast the join)")
-    ap.add_argument("--runs", type=int, default=1)
     a = ap.parse_args()
-    shape = Shape(a.layers, a.hidden, a.hidden * 7 // 2, heads=a.hidden // 128,
-                  kv_heads=a.hidden // 512)
-    model = build(shape, "cpu", torch.float32)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"random Llama: {shape.layers} layers, hidden {shape.hidden}, intermediate "
-          f"{shape.intermediate}, {shape.heads}/{shape.kv_heads} heads, vocab {shape.vocab}, "
-          f"fp32, {params / 1e6:.0f}M params; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {a.runs} run(s), medians", flush=True)
+    model, shape = cpu_llama(a)
     got = asyncio.run(run(a, model, shape.vocab))
     m = {k: statistics.median(v) for k, v in got.items()}
     ms = {k: f"{v * 1000:.0f} ms" for k, v in m.items()}

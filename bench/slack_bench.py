@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -187,9 +188,9 @@ async def bench(args: argparse.Namespace) -> None:
         engine, tok = await _engine(args.engine, settings, data)
         port = 0
         if args.mode == "http":
-            from kullm_core.embedded import _free_port
-
-            port = _free_port()
+            with socket.socket() as probe:  # a free port for the adapter's HTTP server
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
             fake.app_url = f"http://127.0.0.1:{port}/slack/events"
         child = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--adapter",
