@@ -275,6 +275,7 @@ def _pct(xs: list[float], q: int) -> float:
 
 async def measure(model: Any, plan: Plan, probe: Probe, rep: Report, clock: Any) -> None:
     local, anchor = Report.ENGINES
+    s_kv = plan.shape.kv_bytes_per_token(plan.dtype)
     async with LocalEngine(model, _Tok(), max_batch_size=max(plan.concurrency),
                            max_batch_tokens=10**9, max_len=MAX_LEN,
                            decode_graphs=True) as engine:  # CPU: the same passes, eager
@@ -326,6 +327,8 @@ async def measure(model: Any, plan: Plan, probe: Probe, rep: Report, clock: Any)
             rep.put(f"{n} × 1,000-token: aggregate", anchor, probe.rate(g_tok / g_wall, n, ctx))
             rep.put(f"{n} × 1,000-token: first token p50 / p95", anchor,
                     f"{g_first * 1000:.0f} / {g_first * 1000:.0f} ms (one static batch)")
+        rep.head.append(f"- local engine: {engine.kv_slots} slots of {MAX_LEN} tokens, KV "
+                        f"cache {engine.kv_slots * MAX_LEN * s_kv / 2**30:.1f} GiB")
         graphs = engine.graphs
         if graphs is not None:
             state = f"failed ({graphs.failed[:120]})" if graphs.failed else (

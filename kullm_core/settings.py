@@ -125,11 +125,13 @@ class HistorySettings(_Section):
 
 
 class BatchingSettings(_Section):
-    max_batch_size: int = Field(default=16, ge=1, le=512)
-    """Conversations generated at once by one worker."""
-    max_batch_tokens: int = Field(default=65536, ge=256)
-    """The local engine's KV cache in tokens: `max_batch_tokens // generation.context_window`
-    conversations (at most `max_batch_size`; fewer where the GPU's free memory holds fewer)."""
+    max_batch_size: int = Field(default=0, ge=0, le=512)
+    """Conversations the local engine generates at once; 0 (auto): as many full-context KV
+    slots as the GPU's free memory holds after loading, at most 64 (16 on the CPU). A number
+    is an upper bound (fewer, with a warning, where the memory holds fewer)."""
+    max_batch_tokens: int = Field(default=0, ge=0)
+    """A bound on the local engine's KV cache in tokens (`max_batch_tokens //
+    generation.context_window` slots); 0: none but memory."""
     max_prefill_tokens: int = Field(default=16384, ge=64)
     """Prompt tokens of one pass of questions that arrived together (nothing decoding)."""
     prefill_chunk_tokens: int = Field(default=1024, ge=8)

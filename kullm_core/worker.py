@@ -33,7 +33,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from kullm_core import metrics
-from kullm_core.engine.base import Engine
+from kullm_core.engine.base import AUTO_SLOTS_CPU, Engine
 from kullm_core.keys import (
     POSITIONS_INTERVAL_S,
     POSITIONS_LOCK_TTL_S,
@@ -71,7 +71,7 @@ class Worker:
         self.queue = RedisJobQueue.from_settings(redis, settings)
         self.store = RedisConversationStore.from_settings(redis, settings)
         self.prompt = PromptBuilder.from_settings(tokenizer, settings.generation)
-        self.capacity = engine.slots or settings.batching.max_batch_size
+        self.capacity = engine.slots or settings.batching.max_batch_size or AUTO_SLOTS_CPU
         self.sessions: dict[str, tuple[JobSession, asyncio.Task[None]]] = {}
         self.deferred: list[ClaimedJob] = []
         self.max_deferred = max(64, 4 * self.capacity)

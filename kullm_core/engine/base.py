@@ -60,6 +60,12 @@ class EngineOutput:
     finish_reason: Literal["stop", "length", "cancelled", "stop_string"] | None = None
 
 
+AUTO_SLOTS_CPU = 16
+"""The local engine's concurrency on the CPU when `batching.max_batch_size` is 0 (auto)."""
+AUTO_SLOTS_GPU = 64
+"""...and at most this many on a GPU: as many as its free memory holds (`engine/memory.py`)."""
+
+
 class Engine(Protocol):
     """Generates. Never touches Redis, history, or platforms."""
 

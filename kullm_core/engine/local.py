@@ -45,14 +45,15 @@ class LocalEngine(EngineBase):
     name = "local"
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, max_batch_size: int = 16,
-        max_batch_tokens: int = 65536, max_prefill_tokens: int = 16384,
+        self, model: Any, tokenizer: Any, *, max_batch_size: int = 0,
+        max_batch_tokens: int = 0, max_prefill_tokens: int = 16384,
         prefill_chunk_tokens: int = 1024, arrival_window_s: float = 0.002,
         max_len: int = 4096, decode_graphs: bool | None = None,
     ) -> None:
         """`max_len`: tokens one request may hold (prompt + reply: the context window);
-        `max_batch_tokens`: the KV cache's size in tokens, so `max_batch_tokens // max_len`
-        slots (at most `max_batch_size`, and what the GPU's free memory holds);
+        `max_batch_size`: requests decoded at once (0: as many as memory holds, see
+        `engine/memory.py`); `max_batch_tokens`: a bound on the KV cache in tokens (slots of
+        `max_len`; 0: none);
         `max_prefill_tokens`: prompt tokens of one pass while nothing decodes;
         `prefill_chunk_tokens`: the most a decode step carries (the pacer keeps it to a
         fraction of the step's time); `arrival_window_s`: how long an idle engine waits after
@@ -71,7 +72,7 @@ class LocalEngine(EngineBase):
         self.device, self.dtype = first.device, first.dtype
         self.max_len = max_len
         self.kv_slots = plan_slots(model.config, self.dtype, self.device, max_len,
-                                   min(max_batch_size, max(1, max_batch_tokens // max_len)))
+                                   max_batch_size, max_batch_tokens)
         self.slots = self.kv_slots  # the worker takes as many jobs at once
         self.vocab = int(model.config.vocab_size)
         self._incoming: queue.Queue[Running] = queue.Queue()

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from kullm_core.engine.base import AUTO_SLOTS_CPU, AUTO_SLOTS_GPU
 from kullm_core.engine.slots import kv_bytes_per_token
 from kullm_core.errors import ModelLoadError
 
@@ -19,14 +20,19 @@ ACTIVATIONS = 2 * 2**30
 
 
 def plan_slots(config: Any, dtype: torch.dtype, device: torch.device, max_len: int,
-               wanted: int) -> int:
-    """Slots of `max_len` tokens: `wanted`, fewer on a GPU whose free memory holds fewer.
+               max_batch_size: int = 0, max_batch_tokens: int = 0) -> int:
+    """Slots of `max_len` tokens: `max_batch_size` (0: auto, `AUTO_SLOTS_*`), at most
+    `max_batch_tokens // max_len` (0: no bound), fewer on a GPU whose free memory holds fewer.
 
     Raises:
         ModelLoadError: the GPU has no room for even one full-context request.
     """
+    cuda = device.type == "cuda"
+    wanted = max_batch_size or (AUTO_SLOTS_GPU if cuda else AUTO_SLOTS_CPU)
+    if max_batch_tokens:
+        wanted = min(wanted, max(1, max_batch_tokens // max_len))
     per_slot = kv_bytes_per_token(config, dtype) * max_len
-    if device.type != "cuda":
+    if not cuda:
         return wanted
     free, _ = torch.cuda.mem_get_info(device)
     fits = int((free * RESERVE - ACTIVATIONS) // per_slot)
@@ -36,8 +42,9 @@ def plan_slots(config: Any, dtype: torch.dtype, device: torch.device, max_len: i
             f"{max_len}-token conversation's KV cache ({per_slot / 2**30:.2f} GiB) plus room "
             "for activations: lower generation.context_window, or use a larger GPU")
     if fits < wanted:
-        log.warning("local engine: the GPU's free memory (%.1f GiB) holds %d conversations "
-                    "of %d tokens, not the %d asked (batching.max_batch_size)",
-                    free / 2**30, fits, max_len, wanted)
+        log.log(logging.WARNING if max_batch_size else logging.INFO,
+                "local engine: the GPU's free memory (%.1f GiB) holds %d conversations of %d "
+                "tokens, not the %d %s", free / 2**30, fits, max_len, wanted,
+                "asked (batching.max_batch_size)" if max_batch_size else "it could take")
         return fits
     return wanted

@@ -16,6 +16,7 @@ SOLAR = LlamaConfig(num_hidden_layers=48, hidden_size=4096, num_attention_heads=
                     num_key_value_heads=8)
 GIB = 2**30
 SLOT = 192 * 1024 * 4096  # one 4,096-token KULLM3 conversation in bf16: 0.75 GiB
+CUDA, CPU, BF16 = torch.device("cuda"), torch.device("cpu"), torch.bfloat16
 
 
 def _free(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
@@ -23,22 +24,36 @@ def _free(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 141 * GIB))
 
 
-def test_on_the_cpu_the_asked_slots_are_kept() -> None:
-    assert plan_slots(SOLAR, torch.bfloat16, torch.device("cpu"), 4096, 16) == 16
+def test_on_the_cpu_auto_is_16_and_a_number_is_kept() -> None:
+    assert plan_slots(SOLAR, BF16, CPU, 4096) == 16
+    assert plan_slots(SOLAR, BF16, CPU, 4096, max_batch_size=4) == 4
+    assert plan_slots(SOLAR, BF16, CPU, 4096, max_batch_size=16, max_batch_tokens=8192) == 2
 
 
-def test_an_h200_after_the_weights_holds_what_is_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_h200_after_the_weights_takes_64_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     _free(monkeypatch, 115 * GIB)  # 141 GiB less 21.4 GB of weights and the CUDA context
-    assert plan_slots(SOLAR, torch.bfloat16, torch.device("cuda"), 4096, 64) == 64
+    assert plan_slots(SOLAR, BF16, CUDA, 4096) == 64
     fits = int((115 * GIB * memory.RESERVE - memory.ACTIVATIONS) // SLOT)
-    assert plan_slots(SOLAR, torch.bfloat16, torch.device("cuda"), 4096, 512) == fits == 135
+    assert plan_slots(SOLAR, BF16, CUDA, 4096, max_batch_size=512) == fits == 135
+    assert plan_slots(SOLAR, BF16, CUDA, 2048, max_batch_size=200) == 200  # half the context
 
 
-def test_a_small_gpu_gets_fewer_slots_and_says_so(monkeypatch: pytest.MonkeyPatch,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_on_a_smaller_gpu_takes_what_fits_quietly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _free(monkeypatch, 20 * GIB)  # an 80 GB card with two models on it, say
+    with caplog.at_level(logging.INFO, logger="kullm_core.engine.memory"):
+        assert plan_slots(SOLAR, BF16, CUDA, 4096) == 21
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "holds 21 conversations of 4096 tokens, not the 64 it could take" in caplog.text
+
+
+def test_a_number_the_gpu_cannot_hold_is_cut_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     _free(monkeypatch, 8 * GIB)
     with caplog.at_level(logging.WARNING, logger="kullm_core.engine.memory"):
-        assert plan_slots(SOLAR, torch.bfloat16, torch.device("cuda"), 4096, 16) == 6
+        assert plan_slots(SOLAR, BF16, CUDA, 4096, max_batch_size=16) == 6
     assert "holds 6 conversations of 4096 tokens, not the 16 asked" in caplog.text
 
 
@@ -47,4 +62,4 @@ def test_no_room_for_one_conversation_is_an_error_at_start(
 ) -> None:
     _free(monkeypatch, 2 * GIB)
     with pytest.raises(ModelLoadError, match="less than one 4096-token conversation"):
-        plan_slots(SOLAR, torch.bfloat16, torch.device("cuda"), 4096, 16)
+        plan_slots(SOLAR, BF16, CUDA, 4096)

@@ -214,8 +214,8 @@ async def test_worker_concurrency_follows_the_engine(
     remote = OpenAIEngine.from_settings(settings.model)
     assert settings.model.openai_concurrency == 128 > settings.batching.max_batch_size
     assert Worker(settings, client.redis, remote, tiny_tokenizer).capacity == 128
-    assert Worker(settings, client.redis, tiny_engine, tiny_tokenizer).capacity == (
-        settings.batching.max_batch_size)
+    local = Worker(settings, client.redis, tiny_engine, tiny_tokenizer)
+    assert local.capacity == tiny_engine.slots == 16
 
 
 def test_openai_engine_never_falls_back_to_the_tiny_tokenizer(

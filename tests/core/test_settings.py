@@ -57,7 +57,7 @@ def test_bad_setting_is_named(tmp_path: Path, toml: str, named: str) -> None:
 
 def test_cli_fails_at_start_with_one_clear_line(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
-    cfg.write_text("[batching]\nmax_batch_size = 0\n")
+    cfg.write_text("[batching]\nmax_batch_size = -1\n")
     proc = subprocess.run(
         [sys.executable, "-m", "kullm.cli", "--config", str(cfg), "worker"],
         capture_output=True, text=True, timeout=60, check=False,
@@ -65,7 +65,7 @@ def test_cli_fails_at_start_with_one_clear_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "kullm: error: setting `batching.max_batch_size`: "
-        "Input should be greater than or equal to 1"
+        "Input should be greater than or equal to 0"
     ]
 
 
