@@ -127,8 +127,9 @@ class HistorySettings(_Section):
 class BatchingSettings(_Section):
     max_batch_size: int = Field(default=0, ge=0, le=512)
     """Conversations the local engine generates at once; 0 (auto): as many full-context KV
-    slots as the GPU's free memory holds after loading, at most 64 (16 on the CPU). A number
-    is an upper bound (fewer, with a warning, where the memory holds fewer)."""
+    slots as the GPU's free memory holds after loading, at most 64 (on the CPU 16, as far as
+    half the free RAM goes). A number is an upper bound (fewer, with a warning, where the memory
+    holds fewer)."""
     max_batch_tokens: int = Field(default=0, ge=0)
     """A bound on the local engine's KV cache in tokens (`max_batch_tokens //
     generation.context_window` slots); 0: none but memory."""

@@ -24,7 +24,8 @@ def _free(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 141 * GIB))
 
 
-def test_on_the_cpu_auto_is_16_and_a_number_is_kept() -> None:
+def test_on_the_cpu_auto_is_16_and_a_number_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "_available_ram", lambda: 64 * GIB)
     assert plan_slots(SOLAR, BF16, CPU, 4096) == 16
     assert plan_slots(SOLAR, BF16, CPU, 4096, max_batch_size=4) == 4
     assert plan_slots(SOLAR, BF16, CPU, 4096, max_batch_size=16, max_batch_tokens=8192) == 2
@@ -45,7 +46,8 @@ def test_auto_on_a_smaller_gpu_takes_what_fits_quietly(
     with caplog.at_level(logging.INFO, logger="kullm_core.engine.memory"):
         assert plan_slots(SOLAR, BF16, CUDA, 4096) == 21
     assert [r.levelname for r in caplog.records] == ["INFO"]
-    assert "holds 21 conversations of 4096 tokens, not the 64 it could take" in caplog.text
+    assert "the GPU (20.0 GiB) holds 21 conversations of 4096 tokens, not the 64 it could" \
+        in caplog.text
 
 
 def test_a_number_the_gpu_cannot_hold_is_cut_with_a_warning(
@@ -57,9 +59,20 @@ def test_a_number_the_gpu_cannot_hold_is_cut_with_a_warning(
     assert "holds 6 conversations of 4096 tokens, not the 16 asked" in caplog.text
 
 
+def test_on_the_cpu_half_the_free_ram_is_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "_available_ram", lambda: 6 * GIB)  # 3 GiB: 4 slots
+    assert plan_slots(SOLAR, BF16, CPU, 4096) == 4
+
+
+def test_this_machine_says_how_much_ram_it_has() -> None:
+    from kullm_core.engine.memory import _available_ram
+
+    assert _available_ram() > 0
+
+
 def test_no_room_for_one_conversation_is_an_error_at_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _free(monkeypatch, 2 * GIB)
-    with pytest.raises(ModelLoadError, match="less than one 4096-token conversation"):
+    with pytest.raises(ModelLoadError, match="too little for one 4096-token conversation"):
         plan_slots(SOLAR, BF16, CUDA, 4096)
