@@ -17,7 +17,7 @@ MIN_CHUNK = 8
 class Pacer:
     """Prompt tokens for the next pass, from measured pass times."""
 
-    def __init__(self, cap: int, share: float = 0.8) -> None:
+    def __init__(self, cap: int, share: float = 0.7) -> None:
         self.cap, self.share = max(cap, MIN_CHUNK), share
         self.step_s = 0.0  # decode step without prompt tokens, moving average
         self.token_s = 0.0  # extra seconds per prompt token riding in a decode step
