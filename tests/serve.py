@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,7 +10,9 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from redis.asyncio import Redis
 
@@ -25,28 +28,55 @@ def serve_env(data_dir: Path, model_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@dataclass
+class Serve:
+    """A running `kullm serve`: its process, the log line saying what runs, and its log."""
+
+    proc: subprocess.Popen[str]
+    running: str
+    log: list[str] = field(default_factory=list)
+    """Its stderr, line by line; whole once `stop` returned."""
+    reader: threading.Thread | None = None
+
+    async def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, then its exit status. Waits off the event loop: the fake platform servers
+        of the test run on that loop and must keep answering serve while it shuts down."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(self.proc.wait, timeout)
+        if self.reader is not None:
+            await asyncio.to_thread(self.reader.join, timeout)
+        return code
+
+    def tracebacks(self) -> list[str]:
+        return [line for line in self.log if line.startswith("Traceback")]
+
+
 @contextmanager
-def running_serve(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start `kullm serve`; yield it once it logs what is running (and that log line)."""
+def running_serve(env: dict[str, str]) -> Iterator[Serve]:
+    """Start `kullm serve`; yield it once it logs what is running."""
     proc = subprocess.Popen([sys.executable, "-m", "kullm.cli", "serve"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    serve = Serve(proc, "")
     try:
         assert proc.stderr is not None
-        running = ""
         for line in proc.stderr:
+            serve.log.append(line)
             if "running:" in line:
-                running = line
+                serve.running = line
                 break
+        assert serve.running, "serve exited before it ran:\n" + "".join(serve.log)
         # Keep reading: a full pipe would block serve on its next log line.
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
-        yield proc, running
+        serve.reader = threading.Thread(target=_read_into, args=(proc.stderr, serve.log),
+                                        daemon=True)
+        serve.reader.start()
+        yield serve
     finally:
         proc.kill()
 
 
-def stop_serve(proc: subprocess.Popen[str], timeout: float = 60) -> int:
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout)
+def _read_into(stream: IO[str], lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
 
 
 async def stored_turns(data_dir: Path, pattern: str = "*") -> dict[str, list[Turn]]:

@@ -20,7 +20,7 @@ from kullm_core.settings import Settings
 from kullm_core.worker import Worker
 from tests.conftest import test_settings_for
 from tests.core.helpers import CONV, USER, ask, collect, deltas_text, done
-from tests.serve import running_serve, serve_env, stop_serve, stored_turns
+from tests.serve import running_serve, serve_env, stored_turns
 
 pytestmark = pytest.mark.slow
 
@@ -163,13 +163,13 @@ async def test_serve_runs_embedded_redis_and_worker_and_chat_joins_them(
 ) -> None:
     env = serve_env(tmp_path / "d", tiny_model_dir, KULLM_GENERATION__MAX_NEW_TOKENS="12",
                     KULLM_QUEUE__HEARTBEAT_S="0.2", KULLM_QUEUE__RECLAIM_IDLE_S="1.0")
-    with running_serve(env) as (serve, running):
-        assert "worker (local (tiny random model))" in running
+    with running_serve(env) as serve:
+        assert "worker (local (tiny random model))" in serve.running
         chat = subprocess.run(_kullm("chat", "--once", "서울은 어때?"), env=env,
                               capture_output=True, text=True, timeout=60, check=False)
         assert chat.returncode == 0, chat.stderr
         assert "Loading weights" not in chat.stderr  # it used the server and worker of serve
-        assert stop_serve(serve, 30) == 0
+        assert await serve.stop(30) == 0
     # the history written through serve's worker is on disk (AOF) for the next start
     stored = await stored_turns(tmp_path / "d")
     assert [len(turns) for turns in stored.values()] == [1]

@@ -102,6 +102,7 @@ class FakeTelegram:
         self._webhook_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self._closing = False
         self.port = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -124,6 +125,8 @@ class FakeTelegram:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
+        self._closing = True  # pending long polls answer now, not at their timeout
+        await self._notify()
         if self._webhook_task:
             self._webhook_task.cancel()
             await asyncio.gather(self._webhook_task, return_exceptions=True)
@@ -272,6 +275,8 @@ class FakeTelegram:
         params = await self._params(request)
         call = Call(method, params, time.monotonic())
         self.calls.append(call)
+        # Waiters see a call as it arrives: a long-polling getUpdates answers only later.
+        await self._notify()
         try:
             handler = getattr(self, f"api_{method}", None)
             if handler is None:
@@ -480,7 +485,7 @@ class FakeTelegram:
 
         if not pending() and timeout > 0:
             with contextlib.suppress(TimeoutError):
-                await self.wait_for(lambda: bool(pending()), timeout)
+                await self.wait_for(lambda: bool(pending()) or self._closing, timeout)
         batch = pending()
         self._again = [u for u in self._again if u not in batch]
         return batch

@@ -9,7 +9,7 @@ import pytest
 
 from kullm_core.wire import DoneEvent
 from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlack
-from tests.serve import running_serve, serve_env, stop_serve, stored_turns
+from tests.serve import running_serve, serve_env, stored_turns
 from tests.slack.helpers import visible
 
 pytestmark = pytest.mark.slow
@@ -24,15 +24,16 @@ async def test_serve_answers_a_slack_mention_with_everything_in_one_process(
         KULLM_SLACK__BASE_URL=fake.api_url, KULLM_SLACK__MODE="socket",
         KULLM_GENERATION__MAX_NEW_TOKENS="16", KULLM_QUEUE__SHUTDOWN_GRACE_S="5",
     )
-    with running_serve(env) as (serve, running):
-        assert "slack" in running and "worker" in running
+    with running_serve(env) as serve:
+        assert "slack" in serve.running and "worker" in serve.running
         await fake.wait_for(fake.connected, 60, "a socket mode connection")
         msg = await fake.user_message("한 프로세스로 답해 주세요")
         await fake.wait_for(
             lambda: any(m.visible.endswith(")") for m in fake.bot_messages(msg.channel, msg.ts)),
             60, "the finished reply (the tiny model's 16 tokens end with the length note)",
         )
-        assert stop_serve(serve) == 0
+        assert await serve.stop() == 0
+    assert serve.tracebacks() == [], "".join(serve.log)  # a clean stop logs no traceback
     # what serve stored survives it
     [[turn]] = (await stored_turns(tmp_path / "d", "slack:*")).values()
     done = DoneEvent(text=turn.assistant, finish_reason=turn.finish_reason)  # type: ignore[arg-type]
