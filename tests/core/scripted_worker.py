@@ -19,7 +19,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from kullm_core.engine.loader import load_tokenizer
 from kullm_core.engine.scripted import ScriptedEngine
 from kullm_core.settings import load_settings
 from kullm_core.worker import Worker
@@ -47,12 +46,21 @@ def spawn(worker_id: str, env: dict[str, str], stderr: Any = subprocess.DEVNULL,
     )
 
 
+def _load_tokenizer(path: str) -> Any:
+    """The tokenizer `load_tokenizer` gives for this folder (AutoTokenizer resolves its
+    `tokenizer_config.json` to this class), without AutoTokenizer's import of torch: these
+    workers never touch the model, and several start at once in a test."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+
+
 async def _main(worker_id: str) -> None:
     settings = load_settings(None)
     reply = os.environ.get("SCRIPT_REPLY", "가나다라")
     engine = ScriptedEngine(lambda _r: reply, chunk_chars=int(os.environ.get("SCRIPT_CHUNK", "2")),
                             delay_s=float(os.environ.get("SCRIPT_DELAY_S", "0.02")))
-    tokenizer = await asyncio.to_thread(load_tokenizer, settings.model.path)
+    tokenizer = await asyncio.to_thread(_load_tokenizer, settings.model.path)
     redis = Redis.from_url(settings.redis.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
