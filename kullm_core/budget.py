@@ -42,9 +42,12 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from kullm_core.keys import Keys
+from kullm_core.redis_checks import REDIS_TROUBLE
 from kullm_core.settings import SlackSettings, TelegramSettings
 
 _US = 1_000_000
+_RELEASE_RETRY_S = 5.0
+"""How long a failed release is tried again (a Redis restart or failover)."""
 
 # Per bucket i, KEYS[5i-4..5i]: window zset, pause string, line zset (score: last served),
 # alive zset (score: last ask), served hash. ARGV: poll_us, stale_us, token, inflight_us,
@@ -206,9 +209,24 @@ class SendBudget:
             await asyncio.sleep(min(got.wait_s, most))
 
     async def release(self, grant: Grant) -> int:
-        """The call's response arrived: its slots count from now. Returns Redis time (us)."""
+        """The call's response arrived: its slots count from now. Returns Redis time (us).
+
+        A release lost to a Redis blip would leave the slots in flight for `inflight_s`
+        (the chat held silent that long after the blip), so it is tried again for up to
+        `_RELEASE_RETRY_S`; stamped later than the response, the slots count a little longer,
+        never shorter."""
         keys = [self.key(b) for b in grant.buckets]
-        return int(await self._release(keys=keys, args=[grant.token]))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RELEASE_RETRY_S
+        pause = 0.05
+        while True:
+            try:
+                return int(await self._release(keys=keys, args=[grant.token]))
+            except REDIS_TROUBLE:
+                if loop.time() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.5)
 
     async def cancel(self, grant: Grant) -> None:
         """Nothing was sent after all: the slots are free again."""

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError
 
 from kullm_core.budget import Bucket, Grant, Refusal, SendBudget, SlackScopes, TelegramScopes
 from kullm_core.keys import Keys
@@ -105,6 +107,34 @@ async def test_urgent_calls_keep_the_reserve(redis: Redis) -> None:
     refused = await budget.try_acquire([bucket], reply="r3")
     assert isinstance(refused, Refusal) and refused.reason == "full"
     assert isinstance(await budget.try_acquire([bucket], urgent=True), Grant)
+
+
+class _Blipping(Redis):
+    """A real client whose next `fail` script calls are lost, as when Redis restarts."""
+
+    fail = 0
+
+    async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("Error UNKNOWN while writing to socket. Connection lost.")
+        return await super().evalsha(*args, **kwargs)
+
+
+async def test_a_release_lost_to_a_redis_blip_is_retried(redis: Redis, redis_url: str) -> None:
+    """The response arrived while Redis was away: the slot counts from the release, not as
+    in flight for `inflight_s` (which would hold the chat silent that long)."""
+    flaky = _Blipping.from_url(redis_url)
+    budget = SendBudget(flaky, KEYS, "tg:bot", inflight_s=3600.0)
+    bucket = Bucket("chat:3", 1, 0.05)
+    grant = await budget.try_acquire([bucket], urgent=True)
+    assert isinstance(grant, Grant)
+    flaky.fail = 2
+    released_at = await budget.release(grant)
+    assert flaky.fail == 0
+    assert await redis.zscore(budget.key(bucket), grant.token) == released_at
+    assert isinstance(await budget.acquire([bucket], urgent=True), Grant)
+    await flaky.aclose()
 
 
 def test_scopes_follow_the_settings() -> None:
