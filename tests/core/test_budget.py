@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError
@@ -124,7 +124,7 @@ class _Blipping(Redis):
 async def test_a_release_lost_to_a_redis_blip_is_retried(redis: Redis, redis_url: str) -> None:
     """The response arrived while Redis was away: the slot counts from the release, not as
     in flight for `inflight_s` (which would hold the chat silent that long)."""
-    flaky = _Blipping.from_url(redis_url)
+    flaky = cast(_Blipping, _Blipping.from_url(redis_url))
     budget = SendBudget(flaky, KEYS, "tg:bot", inflight_s=3600.0)
     bucket = Bucket("chat:3", 1, 0.05)
     grant = await budget.try_acquire([bucket], urgent=True)
