@@ -33,7 +33,7 @@ from kullm_core.engine.graphs import DecodeGraphs
 from kullm_core.engine.memory import plan_slots
 from kullm_core.engine.prefill import MIN_CHUNK, Pacer
 from kullm_core.engine.running import Running, merge, put_all
-from kullm_core.engine.sampling import SlotRows, SlotSampler
+from kullm_core.engine.sampling import SlotRows, SlotSampler, upload
 from kullm_core.engine.slots import Piece, Plan, SlotKV, planned, use_slot_attention
 
 log = logging.getLogger(__name__)
@@ -331,14 +331,13 @@ class LocalEngine(EngineBase):
         keep: list[int] = list(range(len(decode)))
         end = len(decode)
         for run, p in pieces:
-            parts.append(torch.tensor(run.prompt[p.start : p.start + p.length],
-                                      device=self.device))
+            parts.append(upload(self.device, run.prompt[p.start : p.start + p.length]))
             end += p.length
             if p.start + p.length == len(run.prompt):
                 keep.append(end - 1)
         # logits of the decode rows and of each completed prompt's last token (0: of all, so
         # a decode-only pass sends nothing to the device)
-        logits_to_keep = torch.tensor(keep, device=self.device) if pieces else 0
+        logits_to_keep = upload(self.device, keep) if pieces else 0
         with planned(plan):
             out = self.model(input_ids=torch.cat(parts).view(1, -1),
                              position_ids=plan.positions.view(1, -1), use_cache=False,

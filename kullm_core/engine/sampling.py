@@ -70,7 +70,7 @@ class SlotSampler:
         n = len(prompt_ids)
         self._seen[slot].zero_()
         if n:
-            ids = _on(self.device, prompt_ids)
+            ids = upload(self.device, prompt_ids)
             self._ids[slot, :n].copy_(ids)
             self._seen[slot].index_fill_(0, ids.clamp(max=self.vocab), True)
         self._len[slot].fill_(n)
@@ -96,7 +96,7 @@ class SlotSampler:
         not change, so the device index tensor is built once per composition, not per step)."""
         if len(set(slots)) != len(slots):
             raise ValueError(f"slots repeat: {slots}")
-        rows = SlotRows(list(slots), _on(self.device, slots))
+        rows = SlotRows(list(slots), upload(self.device, slots))
         if all(self.params[s] is not None for s in slots):
             rows.plan = self._plan(rows.slots)
         return rows
@@ -145,7 +145,7 @@ class SlotSampler:
         for i, p in enumerate(active):
             if p.no_repeat_ngram_size > 0:
                 by_n.setdefault(p.no_repeat_ngram_size, []).append(i)
-        ngrams = [(n, self._subset(at, len(slots)), _on(self.device, [slots[i] for i in at]),
+        ngrams = [(n, self._subset(at, len(slots)), upload(self.device, [slots[i] for i in at]),
                    [slots[i] for i in at]) for n, at in by_n.items()]
         drawn = [i for i, p in enumerate(active) if not p.greedy]
         shared = [j for j, i in enumerate(drawn) if active[i].seed is None]
@@ -154,13 +154,13 @@ class SlotSampler:
             penalty=any(p.repetition_penalty != 1.0 for p in active),
             ngrams=ngrams,
             sampled=self._subset(drawn, len(slots)),
-            sampled_slots=_on(self.device, [slots[i] for i in drawn]) if drawn else None,
-            shared=_on(self.device, shared) if shared else None,
+            sampled_slots=upload(self.device, [slots[i] for i in drawn]) if drawn else None,
+            shared=upload(self.device, shared) if shared else None,
             seeded=[(j, slots[i]) for j, i in enumerate(drawn) if active[i].seed is not None],
         )
 
     def _subset(self, at: list[int], n: int) -> torch.Tensor | None:
-        return None if at == list(range(n)) else _on(self.device, at)
+        return None if at == list(range(n)) else upload(self.device, at)
 
     def _ban_ngrams(self, scores: torch.Tensor, n: int, at: torch.Tensor | None,
                     slots: torch.Tensor, host_slots: list[int]) -> torch.Tensor:
@@ -211,7 +211,7 @@ class SlotSampler:
         return noise
 
 
-def _on(device: torch.device, values: list[int]) -> torch.Tensor:
+def upload(device: torch.device, values: list[int]) -> torch.Tensor:
     """A long tensor on `device`; on CUDA from pinned memory, so that the copy does not make
     the host wait for the kernels already queued."""
     host = torch.tensor(values, dtype=torch.long)
