@@ -50,10 +50,8 @@ from kullm_core.store import RedisConversationStore
 
 log = logging.getLogger(__name__)
 
-_STOP_READ_S = 2.0
-"""After stop, how long a read in progress may finish (its block is at most 1 s)."""
 _HANDBACK_S = 2.0
-"""Bound on handing the unfinished jobs back at stop (one round trip when Redis is up)."""
+"""Bound on handing the unfinished jobs back at stop (two round trips when Redis is up)."""
 
 
 class Worker:
@@ -118,10 +116,11 @@ class Worker:
         try:
             # the loops end only on stop: one that ends before is a bug, raised below
             await asyncio.wait([stopped, taker, *background], return_when=asyncio.FIRST_COMPLETED)
-            await asyncio.wait([taker], timeout=_STOP_READ_S)
         finally:
             self._stopping = True
             stopped.cancel()
+            # A read in progress (blocking up to 1 s) is cut, not waited for: what it may have
+            # been delivered is in our pending list, which `_drain` hands back whole.
             taker.cancel()
             await asyncio.gather(taker, *self._kicks, return_exceptions=True)
             await self._drain()
@@ -262,23 +261,26 @@ class Worker:
             log.info("worker %s: finishing %d jobs (grace %.0f s)", self.id, len(tasks), grace)
             await asyncio.wait(tasks, timeout=grace)
         running = list(self.sessions.values())
-        handback = [s.d for s, _ in running] + self.deferred
+        known = [s.d for s, _ in running] + self.deferred
         self.deferred = []
         for session, task in running:
             session.abandon()
             task.cancel()
         await asyncio.gather(*(t for _, t in running), return_exceptions=True)
-        if not handback:
-            return
+        handback = {d.entry_id: d.attempt for d in known}
         try:
             async with asyncio.timeout(_HANDBACK_S):
+                # everything still pending for us: also what a read cut at stop was delivered
+                held = await self.queue.held_by(self.id)
+                handback = held | handback
                 await self.queue.hand_back(self.id, handback)
         except REDIS_TROUBLE as exc:  # TimeoutError is an OSError
             log.warning("worker %s: could not hand back %d jobs (%s); they are taken over "
                         "after %.0f s", self.id, len(handback), exc, self.s.queue.reclaim_idle_s)
             return
-        log.info("worker %s: handed back %d jobs (%d were running)", self.id, len(handback),
-                 len(running))
+        if handback:
+            log.info("worker %s: handed back %d jobs (%d were running)", self.id,
+                     len(handback), len(running))
 
     # -- background duties ---------------------------------------------------------------
 

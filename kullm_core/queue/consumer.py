@@ -150,15 +150,24 @@ class JobConsumer(ReplyChannel):
         """Answer a job with an error (no history), exactly once."""
         return await self.commit(cj, None, event, 0)
 
-    async def hand_back(self, consumer: str, jobs: list[ClaimedJob]) -> None:
-        """Shutdown: make these jobs idle enough for another worker to take at once (one
-        round trip). Their place in their conversation's order is kept."""
-        if not jobs:
+    async def held_by(self, consumer: str, count: int = 10_000) -> dict[str, int]:
+        """The jobs `consumer` holds, {entry id: attempt}: also those it never saw (a read
+        cut short may have been delivered without its answer arriving)."""
+        info: Any = await self.r.xpending_range(self.keys.jobs, GROUP, "-", "+", count,
+                                                consumername=consumer)
+        return {as_str(p["message_id"]): int(p["times_delivered"]) for p in info}
+
+    async def hand_back(self, consumer: str, jobs: list[ClaimedJob] | dict[str, int]) -> None:
+        """Shutdown: make these jobs (or {entry id: attempt}) idle enough for another worker
+        to take at once (one round trip). Their place in their conversation's order is
+        kept."""
+        attempts = jobs if isinstance(jobs, dict) else {cj.entry_id: cj.attempt for cj in jobs}
+        if not attempts:
             return
         async with self.r.pipeline(transaction=False) as pipe:
-            for cj in jobs:
-                pipe.xclaim(self.keys.jobs, GROUP, consumer, 0, [cj.entry_id],
-                            idle=self.config.reclaim_idle_ms + 1, retrycount=cj.attempt,
+            for entry_id, attempt in attempts.items():
+                pipe.xclaim(self.keys.jobs, GROUP, consumer, 0, [entry_id],
+                            idle=self.config.reclaim_idle_ms + 1, retrycount=attempt,
                             justid=True)
             await pipe.execute()
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from kullm_core.keys import Keys
+from kullm_core.keys import GROUP, Keys
 from kullm_core.queue import ClaimedJob, RedisJobQueue
 from kullm_core.redis_text import as_str, owner_id, release_owned
 from kullm_core.settings import load_settings
@@ -167,6 +167,23 @@ async def test_a_handed_back_job_costs_an_attempt_only_if_it_was_begun(
     await queue.hand_back("w1", held)
     again = {cj.job.id: cj.attempt for cj in await queue.reclaim("w2", 10)}
     assert again == {waited.id: 1, begun.id: 2}
+
+
+async def test_a_job_delivered_to_a_read_cut_short_is_handed_back_too(
+    queue: RedisJobQueue,
+) -> None:
+    """A worker stopped mid-read never saw what that read was delivered: it is in the
+    worker's pending list all the same, and handed back from there at stop."""
+    seen, unseen = _job("h-1", OTHER), _job("h-2")
+    await queue.enqueue(seen)
+    [cj] = await _take(queue)
+    await queue.enqueue(unseen)
+    await queue.r.xreadgroup(GROUP, "w1", {queue.keys.jobs: ">"}, count=1)  # answer lost
+    held = await queue.held_by("w1")
+    assert sorted(held.values()) == [1, 1] and cj.entry_id in held
+    await queue.hand_back("w1", held)
+    again = {c.job.id: c.attempt for c in await queue.reclaim("w2", 10)}
+    assert again == {seen.id: 1, unseen.id: 1}  # at once, and neither was begun
 
 
 async def test_a_job_past_its_attempts_is_answered_failed_and_dead_lettered(
