@@ -91,8 +91,8 @@ async def join(engine: LocalEngine, n: int, join_len: int, vocab: int,
     gaps = streams[0].gaps(t_join, t_first)  # every running row is in every step
     top = max(range(len(gaps)), key=gaps.__getitem__)
     print(f"    join: {len(gaps)} gaps, median {statistics.median(gaps) * 1000:.0f} ms, max "
-          f"{gaps[top] * 1000:.0f} ms (gap {top + 1}); normal step {normal * 1000:.0f} ms",
-          flush=True)
+          f"{gaps[top] * 1000:.0f} ms (gap {top + 1}); normal step {normal * 1000:.0f} ms; "
+          f"gaps {' '.join(f'{g * 1000:.0f}' for g in gaps)}", flush=True)
     return normal, max(max(s.gaps(t_join, t_first)) for s in streams), t_first - t_join, passes
 
 
