@@ -75,7 +75,8 @@ async def test_pending_questions_of_one_user_are_capped_with_one_notice(
     tg: FakeTelegram, make_bot: MakeBot, client: CoreClient, tg_settings: Settings
 ) -> None:
     settings = _limited(tg_settings, max_pending_per_user=2)
-    async with make_bot(settings=settings, core=CoreClient(client.redis, settings)):
+    # grace 0: with no worker the waiting replies cannot finish; they are handed back
+    async with make_bot(settings=settings, core=CoreClient(client.redis, settings), grace_s=0):
         msgs = [await tg.send_text(MALLORY.id, MALLORY, f"q{i}") for i in range(20)]
         # No worker runs: the first two wait in line; the third is told, the rest dropped.
         await tg.wait_for(lambda: any(reply_texts(tg, m) for m in msgs[2:]))
