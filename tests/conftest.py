@@ -7,6 +7,7 @@ tiny random-weight Llama loaded through the same code path as KULLM3.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,11 @@ from kullm_core.client import CoreClient
 from kullm_core.embedded import EmbeddedRedis
 from kullm_core.settings import Settings, load_settings
 from kullm_core.worker import Worker
+
+# torch on one thread here and in every process a test starts (they inherit it): the tiny
+# model's ops are too small to gain from more, and on a shared machine a thread pool waits at
+# every op for its thread on a busy core (answers twice as slow as on one thread).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
