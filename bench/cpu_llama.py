@@ -5,17 +5,32 @@ layers, hidden 1024, intermediate 3584, 8 heads / 2 KV heads (4:1 GQA), vocab 32
 from __future__ import annotations
 
 import argparse
+import asyncio
+import statistics
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import torch
 
 from bench.gpu_check import Shape, build
 
+Run = Callable[[argparse.Namespace, Any, int], Coroutine[Any, Any, dict[str, list[float]]]]
+"""A bench's runs: (arguments, model, vocab) -> every number it measured, per run."""
+
 
 def add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=1)
+
+
+def medians_of(ap: argparse.ArgumentParser, run: Run) -> tuple[argparse.Namespace,
+                                                                 dict[str, float]]:
+    """Parse the arguments, build the model, `run` the bench: each number's median."""
+    a = ap.parse_args()
+    model, shape = cpu_llama(a)
+    got = asyncio.run(run(a, model, shape.vocab))
+    return a, {k: statistics.median(v) for k, v in got.items()}
 
 
 def cpu_llama(a: argparse.Namespace) -> tuple[Any, Shape]:

@@ -35,6 +35,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsP
 
 from kullm_core.engine.base import GenerationRequest, SamplingParams
 from kullm_core.engine.local import LocalEngine
+from kullm_core.engine.slots import plain_attention
 
 PRODUCTION = SamplingParams(temperature=0.7, top_p=0.9, repetition_penalty=1.1)
 """`GenerationSettings`' defaults (tests/bench/test_gpu_check.py keeps them equal; the settings
@@ -253,20 +254,25 @@ def generate_run(model: Any, plan: Plan, n: int, prompt: int, new: int,
                        device=plan.device)
     stamps = _Stamps(plan.device)
     _sync(plan.device)
-    before, model.config._attn_implementation = model.config._attn_implementation, "sdpa"
-    try:
-        t0 = time.perf_counter()
-        out = model.generate(
+    t0 = time.perf_counter()
+    out = generate_production(model, ids, new, stamps, compiled=compiled)
+    _sync(plan.device)
+    wall = time.perf_counter() - t0
+    return stamps.t[0] - t0, wall, (out.shape[1] - prompt) * n
+
+
+def generate_production(model: Any, ids: torch.Tensor, new: int, stamps: _Stamps,
+                        cache: str = "static", compiled: bool = False) -> torch.Tensor:
+    """`model.generate` with the production sampling, exactly `new` tokens per row, through
+    transformers' own SDPA (the anchor of every engine benchmark); `stamps` times the steps."""
+    kw: dict[str, Any] = {"cache_implementation": "static"} if cache == "static" else {}
+    with plain_attention(model):
+        return model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
             min_new_tokens=new, do_sample=True, temperature=PRODUCTION.temperature,
             top_p=PRODUCTION.top_p, top_k=0, repetition_penalty=PRODUCTION.repetition_penalty,
-            cache_implementation="static", disable_compile=not compiled, pad_token_id=0,
-            eos_token_id=2, logits_processor=LogitsProcessorList([stamps]))
-        _sync(plan.device)
-        wall = time.perf_counter() - t0
-    finally:  # the engine's again (plain SDPA outside its passes)
-        model.config._attn_implementation = before
-    return stamps.t[0] - t0, wall, (out.shape[1] - prompt) * n
+            disable_compile=not compiled, pad_token_id=0, eos_token_id=2,
+            logits_processor=LogitsProcessorList([stamps]), **kw)
 
 
 def _pct(xs: list[float], q: int) -> float:

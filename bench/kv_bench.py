@@ -22,10 +22,9 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList
 
-from bench.cpu_llama import add_model_args, cpu_llama
-from bench.gpu_check import PRODUCTION, _prompt, _Stamps, _Tok
+from bench.cpu_llama import add_model_args, medians_of
+from bench.gpu_check import PRODUCTION, _prompt, _Stamps, _Tok, generate_production
 from kullm_core.engine.base import GenerationRequest
 from kullm_core.engine.local import LocalEngine
 
@@ -71,17 +70,7 @@ async def flat(engine: LocalEngine, n: int, prompt: int, vocab: int) -> dict[str
 def generate_step(model: Any, n: int, prompt: int, new: int, vocab: int, cache: str) -> float:
     ids = torch.tensor([_prompt(i, prompt, vocab) for i in range(n)])
     stamps = _Stamps("cpu")
-    kw: dict[str, Any] = {"cache_implementation": "static"} if cache == "static" else {}
-    before, model.config._attn_implementation = model.config._attn_implementation, "sdpa"
-    try:
-        model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-            min_new_tokens=new, do_sample=True, temperature=PRODUCTION.temperature,
-            top_p=PRODUCTION.top_p, top_k=0, repetition_penalty=PRODUCTION.repetition_penalty,
-            disable_compile=True, pad_token_id=0, eos_token_id=2,
-            logits_processor=LogitsProcessorList([stamps]), **kw)
-    finally:
-        model.config._attn_implementation = before
+    generate_production(model, ids, new, stamps, cache)
     return statistics.median(_gaps(stamps.t[1:]))
 
 
@@ -109,10 +98,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=16)
     ap.add_argument("--prompt", type=int, default=1000)
     ap.add_argument("--new", type=int, default=24)
-    a = ap.parse_args()
-    model, shape = cpu_llama(a)
-    got = asyncio.run(run(a, model, shape.vocab))
-    m = {k: statistics.median(v) for k, v in got.items()}
+    a, m = medians_of(ap, run)
     ms = {k: f"{v * 1000:.1f} ms" for k, v in m.items()}
     print(f"\n{a.n} × {a.prompt}-token requests, decode step:")
     print(f"  engine {ms['engine']}; generate static {ms['generate static']}, dynamic "

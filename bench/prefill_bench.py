@@ -23,10 +23,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList
 
-from bench.cpu_llama import add_model_args, cpu_llama
-from bench.gpu_check import PRODUCTION, _prompt, _Stamps, _Tok
+from bench.cpu_llama import add_model_args, medians_of
+from bench.gpu_check import PRODUCTION, _prompt, _Stamps, _Tok, generate_production
 from kullm_core.engine.base import GenerationRequest
 from kullm_core.engine.local import LocalEngine
 
@@ -100,25 +99,15 @@ def generate_first(model: Any, n: int, prompt: int, vocab: int, cache: str) -> f
     ids = torch.tensor([_prompt(i, prompt, vocab) for i in range(n)])
     stamps = _Stamps("cpu")
     t0 = time.perf_counter()
-    _gen(model, ids, 1, cache, stamps)
+    generate_production(model, ids, 1, stamps, cache)
     return stamps.t[0] - t0
 
 
 def generate_step(model: Any, n: int, vocab: int, new: int, cache: str) -> float:
     ids = torch.tensor([_prompt(i, 32, vocab) for i in range(n)])
     stamps = _Stamps("cpu")
-    _gen(model, ids, new, cache, stamps)
+    generate_production(model, ids, new, stamps, cache)
     return statistics.median(b - a for a, b in zip(stamps.t[1:], stamps.t[2:], strict=False))
-
-
-def _gen(model: Any, ids: torch.Tensor, new: int, cache: str, stamps: _Stamps) -> None:
-    kw: dict[str, Any] = {"cache_implementation": "static"} if cache == "static" else {}
-    model.generate(
-        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-        min_new_tokens=new, do_sample=True, temperature=PRODUCTION.temperature,
-        top_p=PRODUCTION.top_p, top_k=0, repetition_penalty=PRODUCTION.repetition_penalty,
-        disable_compile=True, pad_token_id=0, eos_token_id=2,
-        logits_processor=LogitsProcessorList([stamps]), **kw)
 
 
 async def run(a: argparse.Namespace, model: Any, vocab: int) -> dict[str, list[float]]:
@@ -157,10 +146,7 @@ def main() -> None:
     ap.add_argument("--join", type=int, default=1000, help="tokens of the joining prompt")
     ap.add_argument("--new", type=int, default=400, help="running streams' length (enough "
                     "to outlast the join)")
-    a = ap.parse_args()
-    model, shape = cpu_llama(a)
-    got = asyncio.run(run(a, model, shape.vocab))
-    m = {k: statistics.median(v) for k, v in got.items()}
+    a, m = medians_of(ap, run)
     ms = {k: f"{v * 1000:.0f} ms" for k, v in m.items()}
     print(f"\n{a.n} simultaneous {a.prompt}-token arrivals, first token:")
     print(f"  engine p50 {ms['engine first p50']}, max {ms['engine first max']}; generate "

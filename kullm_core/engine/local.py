@@ -309,15 +309,13 @@ class LocalEngine(EngineBase):
 
     def _forward_dense(self, decode: list[int], widths: list[int]) -> list[int]:
         """A decode-only pass through `graphs` (slots [0, bucket): fixed shapes)."""
-        assert self.graphs is not None and self._sampler is not None and self._rows is not None
-        assert self._next is not None
+        assert self.graphs is not None and self._rows is not None
         logits, rows = self.graphs.run(decode[-1] + 1, max(widths))
         own = logits[: len(decode)] if len(decode) == decode[-1] + 1 else logits.index_select(
             0, self._rows.index)
-        tokens = self._sampler.sample(own, self._rows)
+        tokens = self._sample(own, self._rows)
         self.graphs.advance(rows)
-        self._next.index_copy_(0, self._rows.index, tokens)
-        return [int(t) for t in tokens.tolist()]  # the pass's one device-to-host copy
+        return tokens
 
     def _forward(self, plan: Plan, decode: list[int], pieces: list[tuple[Running, Piece]],
                  done: list[tuple[Running, Piece]]) -> list[int]:
@@ -345,9 +343,15 @@ class LocalEngine(EngineBase):
         rows = self._rows if not done else self._sampler.rows(
             decode + [run.slot for run, _ in done])
         assert rows is not None
-        tokens = self._sampler.sample(out.logits[0], rows)
+        return self._sample(out.logits[0], rows)
+
+    def _sample(self, logits: torch.Tensor, rows: SlotRows) -> list[int]:
+        """Each row's next token: kept on the device as its slot's next input, and read
+        back (the pass's one device-to-host copy)."""
+        assert self._sampler is not None and self._next is not None
+        tokens = self._sampler.sample(logits, rows)
         self._next.index_copy_(0, rows.index, tokens)
-        return [int(t) for t in tokens.tolist()]  # the pass's one device-to-host copy
+        return [int(t) for t in tokens.tolist()]
 
     def _leave(self) -> None:
         gone = [s for s, run in self._decoding.items() if run.finished]

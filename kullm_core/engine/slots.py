@@ -58,10 +58,6 @@ class Plan:
     decode_mask: torch.Tensor | None  # [rows, 1, 1, width] True = attend
     piece_masks: list[torch.Tensor | None] = field(default_factory=list)
 
-    @property
-    def tokens(self) -> int:
-        return len(self.decode) + sum(p.length for p in self.pieces)
-
 
 _PLAN: ContextVar[Plan | None] = ContextVar("kullm_slot_plan", default=None)
 
@@ -129,9 +125,7 @@ class SlotKV:
             pos = self.lengths[:rows] if index is None else self.lengths.index_select(0, index)
             parts_pos.append(pos)
             parts_slot.append(torch.arange(rows, device=dev) if index is None else index)
-            # a hole (a free slot below `rows`) attends to column 0 only: finite, unused
-            mask = (self._arange[:width].view(1, -1) <= self.lengths[:rows].view(-1, 1))
-            mask = mask.view(rows, 1, 1, width)
+            mask = self._decode_mask(rows, width)
         piece_masks: list[torch.Tensor | None] = []
         for p in pieces:
             parts_pos.append(torch.arange(p.start, p.start + p.length, device=dev))
@@ -144,15 +138,20 @@ class SlotKV:
                    slots: torch.Tensor) -> Plan:
         """A decode pass over every slot in [0, rows) (free ones as dummy rows) with a fixed
         attention `width`: the fixed shapes a CUDA graph replays (`engine/graphs.py`)."""
-        mask = self._arange[:width].view(1, -1) <= self.lengths[:rows].view(-1, 1)
         return Plan(self, list(range(rows)), [], positions, slots, width, rows, None,
-                    mask.view(rows, 1, 1, width))
+                    self._decode_mask(rows, width))
+
+    def _decode_mask(self, rows: int, width: int) -> torch.Tensor:
+        """[rows, 1, 1, width]: slot r's row sees its first lengths[r] + 1 columns (a free
+        slot's row sees at least column 0: finite, and unused)."""
+        mask = self._arange[:width].view(1, -1) <= self.lengths[:rows].view(-1, 1)
+        return mask.view(rows, 1, 1, width)
 
     def advance(self, plan: Plan) -> None:
         """After the pass: every slot's KV length grows by the tokens it wrote."""
         if plan.decode:
-            if plan.scatter is None:
-                self.lengths[: plan.rows] += 1  # holes too: harmless, a joiner resets its own
+            if plan.scatter is None:  # the decode slots are exactly [0, rows)
+                self.lengths[: plan.rows] += 1
             else:
                 self.lengths.index_add_(0, plan.scatter, torch.ones_like(plan.scatter))
         for p in plan.pieces:
@@ -232,3 +231,14 @@ AttentionInterface.register(ATTENTION, slot_attention)
 def use_slot_attention(model: Any) -> None:
     """Route the model's attention through `slot_attention` (plain SDPA outside a plan)."""
     model.config._attn_implementation = ATTENTION
+
+
+@contextmanager
+def plain_attention(model: Any) -> Iterator[None]:
+    """transformers' own SDPA for a while (e.g. `model.generate` as a benchmark's anchor on
+    the engine's model), then whatever the model had."""
+    before, model.config._attn_implementation = model.config._attn_implementation, "sdpa"
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = before

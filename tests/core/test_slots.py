@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 import torch
 
-from kullm_core.engine.slots import Piece, SlotKV, current_plan, kv_bytes_per_token, planned
+from kullm_core.engine.slots import (
+    Piece,
+    SlotKV,
+    current_plan,
+    kv_bytes_per_token,
+    plain_attention,
+    planned,
+)
 
 
 def _last_logits(model: Any, ids: list[int]) -> torch.Tensor:
@@ -84,11 +91,9 @@ def test_outside_a_plan_the_model_is_plain_sdpa(model: Any) -> None:
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.inference_mode():
         got = model.generate(ids, max_new_tokens=6, do_sample=False)
-        model.config._attn_implementation = "sdpa"
-        try:
+        with plain_attention(model):
             want = model.generate(ids, max_new_tokens=6, do_sample=False)
-        finally:
-            model.config._attn_implementation = "kullm_slots"
+    assert model.config._attn_implementation == "kullm_slots"
     assert got.tolist() == want.tolist()
 
 
