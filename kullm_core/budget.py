@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from kullm_core.keys import Keys
-from kullm_core.redis_checks import REDIS_TROUBLE
+from kullm_core.redis_checks import RedisGuard
 from kullm_core.settings import SlackSettings, TelegramSettings
 
 _US = 1_000_000
@@ -177,6 +177,7 @@ class SendBudget:
         self.stale_us = int(stale_s * _US)
         self._acquire = redis.register_script(_ACQUIRE_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
+        self._guard = RedisGuard(f"send budget {namespace}")
         self._pause = redis.register_script(_PAUSE_LUA)
 
     def key(self, bucket: Bucket) -> str:
@@ -216,17 +217,8 @@ class SendBudget:
         `_RELEASE_RETRY_S`; stamped later than the response, the slots count a little longer,
         never shorter."""
         keys = [self.key(b) for b in grant.buckets]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _RELEASE_RETRY_S
-        pause = 0.05
-        while True:
-            try:
-                return int(await self._release(keys=keys, args=[grant.token]))
-            except REDIS_TROUBLE:
-                if loop.time() + pause > deadline:
-                    raise
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, 0.5)
+        return int(await self._guard.call(lambda: self._release(keys=keys, args=[grant.token]),
+                                          "releasing a send slot", budget_s=_RELEASE_RETRY_S))
 
     async def cancel(self, grant: Grant) -> None:
         """Nothing was sent after all: the slots are free again."""
