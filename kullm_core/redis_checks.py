@@ -134,6 +134,11 @@ class RedisGuard:
             try:
                 result = await op()
             except REDIS_TROUBLE as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # redis-py can turn a cancel (a timeout's, a stop's) that lands during a
+                    # read into its own error: retrying would swallow the cancel
+                    raise asyncio.CancelledError from exc
                 tries += 1
                 delay = self.failed(exc, doing, tries)
                 if give_up() or (deadline is not None and time.monotonic() + delay > deadline):
