@@ -97,6 +97,17 @@ class Outage:
             self.errors = 0
 
 
+def raise_if_cancelling(exc: BaseException) -> None:
+    """Re-raise a cancel that redis-py turned into its own error.
+
+    A cancel (a job timeout's, a stop's) that lands during a read can come out of redis-py as
+    a connection error; a retry loop that caught it would swallow the cancel.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 class RedisGuard:
     """The two outages a worker tells apart: the server unreachable, and the server full.
 
@@ -134,11 +145,7 @@ class RedisGuard:
             try:
                 result = await op()
             except REDIS_TROUBLE as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # redis-py can turn a cancel (a timeout's, a stop's) that lands during a
-                    # read into its own error: retrying would swallow the cancel
-                    raise asyncio.CancelledError from exc
+                raise_if_cancelling(exc)
                 tries += 1
                 delay = self.failed(exc, doing, tries)
                 if give_up() or (deadline is not None and time.monotonic() + delay > deadline):

@@ -24,6 +24,7 @@ from kullm_core.helpdesk.actions import answer_actions
 from kullm_core.helpdesk.service import channel_of
 from kullm_core.helpdesk.store import asker_of
 from kullm_core.limits import RefusalThrottle
+from kullm_core.redis_checks import raise_if_cancelling
 from kullm_core.replies.fold import Change, ReplyFold
 from kullm_core.replies.registry import ReplyRegistry
 from kullm_core.replies.sink import ReplySink, Save
@@ -56,6 +57,7 @@ async def retrying(what: str, job_id: str, fn: Callable[[], Awaitable[T]],
         try:
             return await fn()
         except (RedisError, OSError) as exc:
+            raise_if_cancelling(exc)
             log.warning("job %s: %s failed (%s); retry in %.2f s", job_id, what,
                         type(exc).__name__, delay)
             await asyncio.sleep(delay)
