@@ -70,8 +70,9 @@ async def arrivals(engine: LocalEngine, n: int, prompt: int, vocab: int) -> list
 
 
 async def join(engine: LocalEngine, n: int, join_len: int, vocab: int,
-               new: int) -> tuple[float, float, float, int]:
-    """(normal gap, max gap during the join, joiner's first token s, passes for the join)."""
+               new: int) -> tuple[float, float, float, int, float]:
+    """(normal gap, max gap during the join, joiner's first token s, passes for the join,
+    the plain steps' own max / median before the join)."""
     streams = [Stream() for _ in range(n)]
     tag = time.perf_counter()
     tasks = [asyncio.create_task(_consume(engine, f"r{i}-{tag}", _prompt(i, 32, vocab), new, s))
@@ -86,13 +87,20 @@ async def join(engine: LocalEngine, n: int, join_len: int, vocab: int,
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    normal = statistics.median(g for s in streams for g in s.gaps(0, t_join)[:-1])
+    before_join = [s.gaps(0, t_join)[:-1] for s in streams]
+    normal = statistics.median(g for b in before_join for g in b)
+    # the noise floor: the largest of the plain steps before the join, against their median
+    # (the steps after the first output; every stream's are the same passes)
+    plain = before_join[0][1:]
+    floor = max(plain) / statistics.median(plain)
     gaps = streams[0].gaps(t_join, t_first)  # every running row is in every step
     top = max(range(len(gaps)), key=gaps.__getitem__)
     print(f"    join: {len(gaps)} gaps, median {statistics.median(gaps) * 1000:.0f} ms, max "
-          f"{gaps[top] * 1000:.0f} ms (gap {top + 1}); normal step {normal * 1000:.0f} ms; "
-          f"gaps {' '.join(f'{g * 1000:.0f}' for g in gaps)}", flush=True)
-    return normal, max(max(s.gaps(t_join, t_first)) for s in streams), t_first - t_join, passes
+          f"{gaps[top] * 1000:.0f} ms (gap {top + 1}); normal step {normal * 1000:.0f} ms "
+          f"(plain steps alone: max / median {floor:.2f}); gaps "
+          f"{' '.join(f'{g * 1000:.0f}' for g in gaps)}", flush=True)
+    return (normal, max(max(s.gaps(t_join, t_first)) for s in streams), t_first - t_join,
+            passes, floor)
 
 
 def generate_first(model: Any, n: int, prompt: int, vocab: int, cache: str) -> float:
@@ -127,7 +135,9 @@ async def run(a: argparse.Namespace, model: Any, vocab: int) -> dict[str, list[f
             put("engine first max", max(firsts))
             for cache in ("static", "dynamic"):
                 put(f"generate {cache} first", generate_first(model, a.n, a.prompt, vocab, cache))
-            normal, during, first, passes = await join(engine, a.n - 1, a.join, vocab, a.new)
+            normal, during, first, passes, floor = await join(engine, a.n - 1, a.join, vocab,
+                                                             a.new)
+            put("plain noise", floor)
             put("engine normal step", normal)
             put("engine max gap in join", during)
             put("engine join first token", first)
@@ -159,7 +169,9 @@ def main() -> None:
           f"{ms['engine max gap in join']} ({m['join passes']:.0f} prefill passes), joiner's "
           f"first token {ms['engine join first token']}")
     print(f"  ratio max gap / normal step: "
-          f"{m['engine max gap in join'] / m['engine normal step']:.2f} (goal <= 2)")
+          f"{m['engine max gap in join'] / m['engine normal step']:.2f} (goal <= 2); the plain "
+          f"steps' own max / median before the join (this machine's noise): "
+          f"{m['plain noise']:.2f}")
     print(f"  decode step: generate static {ms['generate static step']}, dynamic "
           f"{ms['generate dynamic step']}; engine / static "
           f"{m['engine normal step'] / m['generate static step']:.2f}, / dynamic "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from kullm_core.engine.prefill import MIN_CHUNK, Pacer
+from itertools import pairwise
+
+from kullm_core.engine.prefill import GROWTH, MIN_CHUNK, Pacer
 
 
 def test_until_anything_is_measured_a_step_carries_the_cap() -> None:
@@ -25,10 +27,41 @@ def test_the_chunk_converges_to_the_share_of_a_step() -> None:
     pacer.took(decoding=0, prompt_tokens=1000, seconds=1.0)
     for _ in range(3):
         pacer.took(decoding=15, prompt_tokens=0, seconds=0.1)
-    for _ in range(8):
+    chunks = []
+    for _ in range(20):
         n = pacer.budget()
+        chunks.append(n)
         pacer.took(decoding=15, prompt_tokens=n, seconds=0.1 + n * 0.00025)
     assert pacer.budget() == 320  # 0.8 * 100 ms / 0.25 ms: the fused step is 1.8 steps
+    # it got there by growing at most GROWTH a step from the first guess
+    assert chunks[0] == 40
+    assert all(b <= round(GROWTH * a) for a, b in pairwise(chunks))
+
+
+def test_one_lucky_measurement_does_not_make_a_giant_chunk() -> None:
+    """A fused step that ran as fast as a plain one (noise) says prompt tokens are free: the
+    next chunk still grows only GROWTH over the largest one timed."""
+    pacer = Pacer(1024)
+    for _ in range(5):
+        pacer.took(decoding=15, prompt_tokens=0, seconds=0.3)
+    pacer.took(decoding=15, prompt_tokens=26, seconds=0.3)
+    assert pacer.budget() == round(GROWTH * 26)
+
+
+def test_the_step_is_the_median_so_one_slow_step_does_not_move_it() -> None:
+    pacer = Pacer(1024)
+    for s in (0.3, 0.3, 0.9, 0.3, 0.3):
+        pacer.took(decoding=15, prompt_tokens=0, seconds=s)
+    assert pacer.step_s == 0.3
+
+
+def test_the_token_cost_is_fitted_over_the_recent_fused_steps() -> None:
+    pacer = Pacer(1024)
+    for _ in range(5):
+        pacer.took(decoding=15, prompt_tokens=0, seconds=0.1)
+    for n, s in ((40, 0.11), (40, 0.13), (40, 0.12)):  # 10, 30, 20 ms over the step
+        pacer.took(decoding=15, prompt_tokens=n, seconds=s)
+    assert abs(pacer.token_s - 0.06 / 120) < 1e-9
 
 
 def test_the_budget_stays_within_its_bounds() -> None:
