@@ -284,7 +284,8 @@ async def measure(model: Any, plan: Plan, probe: Probe, rep: Report, clock: Any)
     s_kv = plan.shape.kv_bytes_per_token(plan.dtype)
     async with LocalEngine(model, _Tok(), max_batch_size=max(plan.concurrency),
                            max_batch_tokens=10**9, max_len=MAX_LEN,
-                           decode_graphs=True) as engine:  # CPU: the same passes, eager
+                           decode_graphs=True, overlap=True) as engine:
+        # (on the CPU: the same bucketed passes, eager, and the same steps queued ahead)
         engine.eos_ids = set()  # random weights: every request runs its full length
         await local_run(engine, plan, 1, 32, 4)  # warm up
         generate_run(model, plan, 1, 32, 4)
@@ -341,6 +342,8 @@ async def measure(model: Any, plan: Plan, probe: Probe, rep: Report, clock: Any)
                 f"{graphs.captured} captured, {graphs.replays} replays" if graphs.capture
                 else "none (no CUDA: the same bucketed passes ran eagerly)")
             rep.head.append(f"- local engine's CUDA graphs: {state}")
+        rep.head.append(f"- local engine: {engine.ahead} of {engine.steps} decode steps queued "
+                        "before the previous step's tokens were read (overlap)")
     for engine_name, (alloc, reserved) in probe.peaks.items():
         rep.put("peak memory allocated / reserved", engine_name,
                 f"{alloc / 2**30:.1f} / {reserved / 2**30:.1f} GiB")

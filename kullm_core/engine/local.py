@@ -9,7 +9,10 @@ of the prompts that wait. Requests that arrive together are prefilled in one pas
 releases its first token as soon as its pass is done; a long prompt that arrives while others
 decode rides in their decode steps a bounded chunk at a time. A finished or cancelled request
 frees its slot, and every step applies each request's own repetition penalty, n-gram ban,
-temperature, top-p and seed to its row, on the device (`engine/sampling.py`).
+temperature, top-p and seed to its row, on the device (`engine/sampling.py`). Decode-only
+steps run as CUDA graphs (`engine/graphs.py`), and while the rows stay the same the next step
+is queued before the host reads the last one's tokens (`overlap`), so the device never waits
+for the host turning tokens into text.
 
 All torch work runs on one thread so the worker's event loop keeps serving Redis.
 """
@@ -32,7 +35,7 @@ from kullm_core.engine.base import EngineBase, EngineOutput, GenerationRequest
 from kullm_core.engine.graphs import DecodeGraphs
 from kullm_core.engine.memory import plan_slots
 from kullm_core.engine.prefill import MIN_CHUNK, Pacer
-from kullm_core.engine.running import Running, merge, put_all
+from kullm_core.engine.running import Launched, Outgoing, Running, flush, merge
 from kullm_core.engine.sampling import SlotRows, SlotSampler, upload
 from kullm_core.engine.slots import Piece, Plan, SlotKV, planned, use_slot_attention
 
@@ -48,7 +51,7 @@ class LocalEngine(EngineBase):
         self, model: Any, tokenizer: Any, *, max_batch_size: int = 0,
         max_batch_tokens: int = 0, max_prefill_tokens: int = 16384,
         prefill_chunk_tokens: int = 1024, arrival_window_s: float = 0.002,
-        max_len: int = 4096, decode_graphs: bool | None = None,
+        max_len: int = 4096, decode_graphs: bool | None = None, overlap: bool | None = None,
     ) -> None:
         """`max_len`: tokens one request may hold (prompt + reply: the context window);
         `max_batch_size`: requests decoded at once (0: as many as memory holds, see
@@ -59,7 +62,9 @@ class LocalEngine(EngineBase):
         fraction of the step's time); `arrival_window_s`: how long an idle engine waits after
         the first arrival for the ones that came with it (they are prefilled together);
         `decode_graphs`: decode-only passes as CUDA graphs (`engine/graphs.py`; None: where
-        there is CUDA; True without CUDA runs the same dense passes eagerly)."""
+        there is CUDA; True without CUDA runs the same dense passes eagerly); `overlap`: while
+        the rows stay the same, the next decode step is queued on the device before the
+        tokens of the last one are read (None: where there is CUDA; see `_pass`)."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_prefill_tokens = max_prefill_tokens
@@ -85,7 +90,7 @@ class LocalEngine(EngineBase):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._outbox: list[tuple[Running, EngineOutput | BaseException]] = []
+        self._outbox: list[Outgoing] = []
         self._kv: SlotKV | None = None
         self._sampler: SlotSampler | None = None
         self._next: torch.Tensor | None = None  # [slots] each decoding slot's next input
@@ -93,7 +98,12 @@ class LocalEngine(EngineBase):
         self.pacer = Pacer(prefill_chunk_tokens)
         self.decode_graphs = self.device.type == "cuda" if decode_graphs is None else decode_graphs
         self.graphs: DecodeGraphs | None = None
+        self.overlap = self.device.type == "cuda" if overlap is None else overlap
+        self._ahead: Launched | None = None  # a queued decode step, its tokens not read yet
+        self._read_at = 0.0  # when the host last had a pass's tokens
         self.steps = 0
+        self.ahead = 0
+        """Decode steps queued before the previous step's tokens were read."""
         self.passes = 0
         """Passes that carried prompt tokens."""
         self.batch_rows = 0
@@ -166,6 +176,7 @@ class LocalEngine(EngineBase):
             self.graphs = DecodeGraphs(self.model, self._kv, self._next,
                                        capture=self.device.type == "cuda")
         self._decoding, self._filling, self._waiting, self._rows = {}, None, [], None
+        self._ahead = None
 
     def _run(self) -> None:
         self._reset()
@@ -182,25 +193,16 @@ class LocalEngine(EngineBase):
                 for run in pending:
                     run.emit(exc)
                 self._reset()
-            self._flush()
+            flush(self._outbox)
+        if self._ahead is not None:
+            self._finish(self._ahead)
         for run in self._pending():
             run.emit(EngineOutput("", 0, "cancelled"))
-        self._flush()
+        flush(self._outbox)
 
     def _pending(self) -> list[Running]:
         filling = [self._filling] if self._filling else []
         return list(self._decoding.values()) + filling + self._waiting
-
-    def _flush(self) -> None:
-        if not self._outbox:
-            return
-        items = list(self._outbox)
-        self._outbox.clear()
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Running, Any]]] = {}
-        for run, item in items:
-            by_loop.setdefault(run.loop, []).append((run, item))
-        for loop, pairs in by_loop.items():
-            loop.call_soon_threadsafe(put_all, pairs)
 
     def _take_cancelled(self, request_id: str) -> bool:
         with self._lock:
@@ -266,17 +268,40 @@ class LocalEngine(EngineBase):
 
     @torch.inference_mode()
     def _pass(self) -> bool:
-        """One packed pass (decode rows and prompt pieces); False when there was nothing."""
+        """One packed pass (decode rows and prompt pieces); False when there was nothing.
+
+        With `overlap`, a decode step whose rows are the last one's is queued on the device
+        before the host waits for the last one's tokens, so the device computes while the
+        host turns tokens into text. A row that the last tokens end (its end-of-sequence, a
+        cancel) computed one token too many in the queued step; it is dropped unread. Steps
+        are not queued ahead while prompts wait or a row's length limit is one token away."""
+        launched, self._ahead = self._ahead or self._launch(), None
+        if launched is None:
+            return False
+        if self.overlap and self._may_run_ahead(launched):
+            self._ahead = self._launch()
+            self.ahead += self._ahead is not None
+        self._finish(launched)
+        return True
+
+    def _may_run_ahead(self, launched: Launched) -> bool:
+        return (not launched.prompt_tokens and self._rows is launched.slot_rows
+                and not self._waiting and self._filling is None and self._incoming.empty()
+                and all(run.generated + 2 <= run.max_new for run in launched.rows))
+
+    def _launch(self) -> Launched | None:
+        """Queue the next pass on the device (its tokens are read by `_finish`)."""
         assert self._kv is not None and self._sampler is not None and self._next is not None
         decode = sorted(self._decoding)
         budget = self.pacer.budget() if decode else self.max_prefill_tokens
         pieces = self._pieces(budget)
         if not decode and not pieces:
-            return False
+            return None
         t0 = time.perf_counter()
         runs = [self._decoding[s] for s in decode]
         if decode and self._rows is None:
             self._rows = self._sampler.rows(decode)
+        slot_rows = self._rows
         widths = [r.length + 1 for r in runs]
         done = [(run, p) for run, p in pieces if p.start + p.length == len(run.prompt)]
         if self.graphs is not None and not pieces:
@@ -296,18 +321,25 @@ class LocalEngine(EngineBase):
             self._decoding[run.slot] = run
         if done:
             self._rows = None
-        rows = runs + [run for run, _ in done]
-        for run, token in zip(rows, tokens, strict=True):
-            run.take(token, token in self.eos_ids, self._take_cancelled)
-        prompt_tokens = sum(p.length for _, p in pieces)
         self.steps += bool(decode)
         self.passes += bool(pieces)
-        self.pacer.took(len(decode), prompt_tokens, time.perf_counter() - t0)
+        return Launched(runs + [run for run, _ in done], tokens, t0, len(decode),
+                        sum(p.length for _, p in pieces), slot_rows)
+
+    def _finish(self, launched: Launched) -> None:
+        """Read a pass's tokens (the pass's one device-to-host copy) and hand them out."""
+        tokens = launched.read()
+        for run, token in zip(launched.rows, tokens, strict=True):
+            if not run.finished:  # else it ended in the step before (see `_pass`)
+                run.take(token, token in self.eos_ids, self._take_cancelled)
+        now = time.perf_counter()
+        self.pacer.took(launched.decode, launched.prompt_tokens,
+                        now - max(launched.t0, self._read_at))
+        self._read_at = now
         self._leave()
         self.batch_rows = len(self._decoding)
-        return True
 
-    def _forward_dense(self, decode: list[int], widths: list[int]) -> list[int]:
+    def _forward_dense(self, decode: list[int], widths: list[int]) -> torch.Tensor:
         """A decode-only pass through `graphs` (slots [0, bucket): fixed shapes)."""
         assert self.graphs is not None and self._rows is not None
         logits, rows = self.graphs.run(decode[-1] + 1, max(widths))
@@ -318,7 +350,7 @@ class LocalEngine(EngineBase):
         return tokens
 
     def _forward(self, plan: Plan, decode: list[int], pieces: list[tuple[Running, Piece]],
-                 done: list[tuple[Running, Piece]]) -> list[int]:
+                 done: list[tuple[Running, Piece]]) -> torch.Tensor:
         """Run the pass; the next token of every decode row and completed prompt."""
         assert self._sampler is not None and self._next is not None
         parts: list[torch.Tensor] = []
@@ -345,13 +377,12 @@ class LocalEngine(EngineBase):
         assert rows is not None
         return self._sample(out.logits[0], rows)
 
-    def _sample(self, logits: torch.Tensor, rows: SlotRows) -> list[int]:
-        """Each row's next token: kept on the device as its slot's next input, and read
-        back (the pass's one device-to-host copy)."""
+    def _sample(self, logits: torch.Tensor, rows: SlotRows) -> torch.Tensor:
+        """Each row's next token, kept on the device as its slot's next input."""
         assert self._sampler is not None and self._next is not None
         tokens = self._sampler.sample(logits, rows)
         self._next.index_copy_(0, rows.index, tokens)
-        return [int(t) for t in tokens.tolist()]
+        return tokens
 
     def _leave(self) -> None:
         gone = [s for s, run in self._decoding.items() if run.finished]

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
 
 from kullm_core.decode import IncrementalDecoder
 from kullm_core.engine.base import EngineOutput, GenerationRequest
+from kullm_core.engine.sampling import SlotRows
+
+Outgoing = tuple["Running", EngineOutput | BaseException]
+"""An output (or the error) the engine thread queued for a request's consumer."""
 
 
 @dataclass
@@ -18,7 +25,7 @@ class Running:
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[EngineOutput | BaseException]
     decoder: IncrementalDecoder
-    outbox: list[tuple[Running, EngineOutput | BaseException]]
+    outbox: list[Outgoing]
     slot: int = -1
     prefilled: int = 0  # prompt tokens in the slot's KV
     length: int = 0  # tokens in the slot's KV
@@ -57,11 +64,55 @@ class Running:
             self.pending_tokens = 0
 
 
-def put_all(items: list[tuple[Running, EngineOutput | BaseException]]) -> None:
+def put_all(items: list[Outgoing]) -> None:
     """On the request's loop: hand a pass's outputs to their consumers."""
     for run, item in items:
         run.out.put_nowait(item)
 
 
+def flush(outbox: list[Outgoing]) -> None:
+    """Hand the outputs queued in `outbox` to their loops: one wake-up per loop per pass."""
+    if not outbox:
+        return
+    items = list(outbox)
+    outbox.clear()
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outgoing]] = {}
+    for run, item in items:
+        by_loop.setdefault(run.loop, []).append((run, item))
+    for loop, pairs in by_loop.items():
+        loop.call_soon_threadsafe(put_all, pairs)
+
+
 def merge(a: EngineOutput, b: EngineOutput) -> EngineOutput:
     return EngineOutput(a.text + b.text, a.tokens + b.tokens, b.finish_reason)
+
+
+@dataclass
+class Launched:
+    """A pass queued on the device: the runs its token rows belong to, in order, and the
+    tokens, copied to the host without waiting (read them with `read`)."""
+
+    rows: list[Running]
+    tokens: torch.Tensor
+    t0: float  # when the pass was queued
+    decode: int  # rows that decoded (the rest completed a prompt)
+    prompt_tokens: int
+    slot_rows: SlotRows | None  # the decode rows' index it ran with
+    _host: torch.Tensor | None = field(default=None, repr=False)
+    _ready: Any = field(default=None, repr=False)  # torch.cuda.Event
+
+    def __post_init__(self) -> None:
+        if self.tokens.device.type == "cuda":  # into pinned memory, behind the queued kernels
+            self._host = torch.empty(self.tokens.shape, dtype=self.tokens.dtype,
+                                     pin_memory=True)
+            self._host.copy_(self.tokens, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+
+    def read(self) -> list[int]:
+        """The tokens (waits for the pass where it still runs)."""
+        if self._ready is None:
+            return [int(t) for t in self.tokens.tolist()]
+        self._ready.synchronize()
+        assert self._host is not None
+        return [int(t) for t in self._host.tolist()]

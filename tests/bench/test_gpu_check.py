@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,9 @@ def test_dry_run_prints_and_writes_the_whole_table(tmp_path: Path) -> None:
         "64 × 1,000-token: aggregate", "64 × 1,000-token: first token p50 / p95"}, table
     assert all("not run" not in line and line.count("tok/s") in (0, 2)
                for line in rows.values()), table
+    # the decode steps of the runs ran overlapped: queued before the last one's tokens were read
+    ahead = re.search(r"- local engine: (\d+) of (\d+) decode steps queued", table)
+    assert ahead is not None and 0 < int(ahead[1]) < int(ahead[2]), table
     assert (tmp_path / "out" / "gpu_check.json").exists()
     if python == sys.executable:
         assert "pydantic" not in run.stdout + run.stderr

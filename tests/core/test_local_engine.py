@@ -333,3 +333,62 @@ async def test_a_decode_step_reads_the_device_once(
     # host-to-device copies (which do not wait) only when the rows change: the first decode
     # step and one after each of the three requests leaves
     assert sum(1 for n in uploads if n) <= 4
+
+
+def _reply(outs: list[EngineOutput]) -> tuple[str, int, str | None]:
+    """What a reply came to (how it was cut into outputs depends on the consumer's pace)."""
+    return "".join(o.text for o in outs), sum(o.tokens for o in outs), outs[-1].finish_reason
+
+
+def _ending(model: Any, ids: list[list[int]]) -> tuple[int, int]:
+    """(k, token): greedy decoding of ids[1] gives `token` first as its k-th new token, and
+    24 greedy tokens of ids[0] and ids[2] never do."""
+    def greedy(p: list[int], n: int) -> list[int]:
+        out = model.generate(torch.tensor([p]), max_new_tokens=n, do_sample=False)
+        return [int(t) for t in out[0][len(p):]]
+    new, others = greedy(ids[1], 12), set(greedy(ids[0], 24) + greedy(ids[2], 24))
+    k = next(k for k in range(4, len(new)) if new[k] not in {*new[:k], *others})
+    return k, new[k]
+
+
+async def _run_overlap_case(model: Any, tok: Any, ids: list[list[int]], eos: int, overlap: bool,
+                            dense: bool) -> tuple[list[tuple[str, int, str | None]], int]:
+    greedy = SamplingParams(max_new_tokens=24)
+    seeded = SamplingParams(max_new_tokens=16, temperature=0.8, top_p=0.9, seed=11)
+    async with LocalEngine(model, tok, arrival_window_s=0.2, decode_graphs=dense,
+                           overlap=overlap) as engine:
+        # `eos` ends request b: the step queued behind that one computed a token past its
+        # end, which must never reach anyone
+        engine.eos_ids = {eos}
+
+        async def b_then_d() -> list[list[EngineOutput]]:
+            b = await _outputs(engine, GenerationRequest("b", ids[1], params=greedy))
+            d = await _outputs(engine, GenerationRequest("d", ids[2], params=greedy))
+            return [b, d]
+
+        a, c, bd = await asyncio.gather(
+            _outputs(engine, GenerationRequest("a", ids[0], params=greedy)),
+            _outputs(engine, GenerationRequest("c", ids[2], params=seeded)), b_then_d())
+        return [_reply(r) for r in (a, c, *bd)], engine.ahead
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["eager", "bucketed"])
+async def test_overlapped_steps_change_no_reply_and_drop_the_token_past_an_end(
+    tiny_model: Any, tiny_tokenizer: Any, dense: bool
+) -> None:
+    """Overlap (the default on CUDA), run on the CPU: a decode step is queued before the last
+    one's tokens are read. Every reply is what it is without overlap: greedy ones equal to
+    `generate`, a seeded one the same draw, one ended by its end-of-sequence token (its extra
+    token dropped), and one that reuses its slot afterwards."""
+    ids = [_prompt(tiny_tokenizer, f"{i}번: 고려대학교를 소개해 줘") for i in range(3)]
+    k, eos = _ending(tiny_model, ids)
+    plain, ahead_off = await _run_overlap_case(tiny_model, tiny_tokenizer, ids, eos, False,
+                                               dense)
+    over, ahead_on = await _run_overlap_case(tiny_model, tiny_tokenizer, ids, eos, True, dense)
+    assert ahead_off == 0 and ahead_on > 10
+    assert over == plain
+    a, c, b, d = over
+    assert a == (_greedy(tiny_model, tiny_tokenizer, ids[0], 24), 24, "length")
+    assert b == (_greedy(tiny_model, tiny_tokenizer, ids[1], k), k + 1, "stop")
+    assert d == (_greedy(tiny_model, tiny_tokenizer, ids[2], 24), 24, "length")
+    assert c[1:] == (16, "length")
