@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bench.gpu_check import Shape, build
+from bench.llama import Shape, build
 
 Run = Callable[[argparse.Namespace, Any, int], Coroutine[Any, Any, dict[str, list[float]]]]
 """A bench's runs: (arguments, model, vocab) -> every number it measured, per run."""

@@ -34,33 +34,23 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
 
-from kullm_core.engine.base import GenerationRequest, SamplingParams
+from bench.llama import (
+    PRODUCTION,
+    Shape,
+    Stamps,
+    Tok,
+    build,
+    generate_production,
+    prompt_ids,
+    sync,
+)
+from kullm_core.engine.base import GenerationRequest
 from kullm_core.engine.local import LocalEngine
-from kullm_core.engine.slots import plain_attention
-
-PRODUCTION = SamplingParams(temperature=0.7, top_p=0.9, repetition_penalty=1.1)
-"""`GenerationSettings`' defaults (tests/bench/test_gpu_check.py keeps them equal; the settings
-module itself needs pydantic, which the GPU image lacks)."""
 
 BANDWIDTH_TBS = (("H200", 4.8), ("H100 NVL", 3.9), ("H100 PCIe", 2.0), ("H100", 3.35),
                  ("A100-SXM4-80GB", 2.039), ("A100", 1.555))
 """HBM bandwidth by device name, first match wins (H100 without a suffix: SXM)."""
-
-
-@dataclass(frozen=True)
-class Shape:
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int = 32
-    kv_heads: int = 8
-    vocab: int = 32000
-
-    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
-        head_dim = self.hidden // self.heads
-        return 2 * self.layers * self.kv_heads * head_dim * torch.finfo(dtype).bits // 8
 
 
 MAX_LEN = 2048
@@ -131,48 +121,12 @@ class Report:
                 {"header": self.head, "rows": self.rows, "raw": self.raw}, indent=1), "utf-8")
 
 
-def build(shape: Shape, device: str, dtype: torch.dtype) -> Any:
-    # RoPE theta: Llama's default 10,000, SOLAR's too
-    cfg = LlamaConfig(
-        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads, max_position_embeddings=4096, rms_norm_eps=1e-5,
-        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(torch.float32)
-    return model.eval()
-
-
 def bandwidth(device: str, override: float) -> tuple[str, float]:
     if device != "cuda":
         return device, override
     name = torch.cuda.get_device_name()
     found = next((bw for key, bw in BANDWIDTH_TBS if key in name), 0.0)
     return name, override or found
-
-
-class _Tok:
-    """Decoding stand-in: ids -> Hangul syllables (the engine only needs `decode`)."""
-
-    eos_token_id = 2
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return "".join(chr(0xAC00 + (i % 11172)) for i in ids)
-
-
-def _prompt(i: int, n: int, vocab: int) -> list[int]:
-    return [1] + [(7919 * i + 31 * j) % (vocab - 100) + 100 for j in range(n - 1)]
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 class Probe:
@@ -205,7 +159,7 @@ class Probe:
 async def _one(engine: LocalEngine, plan: Plan, i: int, prompt: int, new: int,
                t0: float) -> tuple[float, float, int]:
     """(first-token s, last-token s, tokens) since t0 for one request."""
-    req = GenerationRequest(f"r{i}-{time.monotonic_ns()}", _prompt(i, prompt, plan.shape.vocab),
+    req = GenerationRequest(f"r{i}-{time.monotonic_ns()}", prompt_ids(i, prompt, plan.shape.vocab),
                             params=replace(PRODUCTION, max_new_tokens=new))
     first = last = 0.0
     tokens = 0
@@ -219,7 +173,7 @@ async def _one(engine: LocalEngine, plan: Plan, i: int, prompt: int, new: int,
 
 async def eager_decode(model: Any, plan: Plan, probe: Probe, rep: Report, new: int) -> None:
     """Batch-1 decode of the local engine without CUDA graphs (what they are worth)."""
-    async with LocalEngine(model, _Tok(), max_batch_size=1, max_len=MAX_LEN,
+    async with LocalEngine(model, Tok(), max_batch_size=1, max_len=MAX_LEN,
                            decode_graphs=False) as engine:
         engine.eos_ids = set()
         await local_run(engine, plan, 1, 32, 4)
@@ -237,45 +191,18 @@ async def local_run(engine: LocalEngine, plan: Plan, n: int, prompt: int,
                                        for i in range(n))))
 
 
-class _Stamps(LogitsProcessor):
-    """When each step's logits exist: the first is the first token, the rest decode steps."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.t: list[float] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        _sync(self.device)
-        self.t.append(time.perf_counter())
-        return scores
-
-
 def generate_run(model: Any, plan: Plan, n: int, prompt: int, new: int,
                  compiled: bool = False) -> tuple[float, float, int]:
     """(first-token s, wall s, tokens) of one static batch through `model.generate`."""
-    ids = torch.tensor([_prompt(i, prompt, plan.shape.vocab) for i in range(n)],
+    ids = torch.tensor([prompt_ids(i, prompt, plan.shape.vocab) for i in range(n)],
                        device=plan.device)
-    stamps = _Stamps(plan.device)
-    _sync(plan.device)
+    stamps = Stamps(plan.device)
+    sync(plan.device)
     t0 = time.perf_counter()
     out = generate_production(model, ids, new, stamps, compiled=compiled)
-    _sync(plan.device)
+    sync(plan.device)
     wall = time.perf_counter() - t0
     return stamps.t[0] - t0, wall, (out.shape[1] - prompt) * n
-
-
-def generate_production(model: Any, ids: torch.Tensor, new: int, stamps: _Stamps,
-                        cache: str = "static", compiled: bool = False) -> torch.Tensor:
-    """`model.generate` with the production sampling, exactly `new` tokens per row, through
-    transformers' own SDPA (the anchor of every engine benchmark); `stamps` times the steps."""
-    kw: dict[str, Any] = {"cache_implementation": "static"} if cache == "static" else {}
-    with plain_attention(model):
-        return model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-            min_new_tokens=new, do_sample=True, temperature=PRODUCTION.temperature,
-            top_p=PRODUCTION.top_p, top_k=0, repetition_penalty=PRODUCTION.repetition_penalty,
-            disable_compile=not compiled, pad_token_id=0, eos_token_id=2,
-            logits_processor=LogitsProcessorList([stamps]), **kw)
 
 
 def _pct(xs: list[float], q: int) -> float:
@@ -288,7 +215,7 @@ async def measure(model: Any, plan: Plan, probe: Probe, rep: Report, clock: Any,
     bucketed passes, eager, and the same steps queued ahead), else plain eager steps."""
     local, anchor = Report.ENGINES
     s_kv = plan.shape.kv_bytes_per_token(plan.dtype)
-    async with LocalEngine(model, _Tok(), max_batch_size=max(plan.concurrency),
+    async with LocalEngine(model, Tok(), max_batch_size=max(plan.concurrency),
                            max_batch_tokens=10**9, max_len=MAX_LEN,
                            decode_graphs=fast, overlap=fast) as engine:
         engine.eos_ids = set()  # random weights: every request runs its full length

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from bench.cpu_llama import add_model_args, medians_of
-from bench.gpu_check import PRODUCTION, _prompt, _Stamps, _Tok, generate_production
+from bench.llama import PRODUCTION, Stamps, Tok, generate_production, prompt_ids
 from kullm_core.engine.base import GenerationRequest
 from kullm_core.engine.local import LocalEngine
 
@@ -45,7 +45,7 @@ def _gaps(times: list[float]) -> list[float]:
 async def engine_step(engine: LocalEngine, n: int, prompt: int, new: int, vocab: int) -> float:
     """Median gap of `n` requests' outputs after the last first token."""
     tag = time.perf_counter()
-    runs = await asyncio.gather(*(_times(engine, f"s{i}-{tag}", _prompt(i, prompt, vocab), new)
+    runs = await asyncio.gather(*(_times(engine, f"s{i}-{tag}", prompt_ids(i, prompt, vocab), new)
                                   for i in range(n)))
     start = max(t[0] for t in runs)
     return statistics.median(g for t in runs for a, g in zip(t, _gaps(t), strict=False)
@@ -55,11 +55,11 @@ async def engine_step(engine: LocalEngine, n: int, prompt: int, new: int, vocab:
 async def flat(engine: LocalEngine, n: int, prompt: int, vocab: int) -> dict[str, float]:
     """A long stream's gaps while the others leave one by one and new ones take their slots."""
     tag = time.perf_counter()
-    long = asyncio.create_task(_times(engine, f"long-{tag}", _prompt(0, prompt, vocab),
+    long = asyncio.create_task(_times(engine, f"long-{tag}", prompt_ids(0, prompt, vocab),
                                       8 * n + 60))
-    others = [_times(engine, f"o{i}-{tag}", _prompt(i + 1, 32, vocab), 8 + 8 * i)
+    others = [_times(engine, f"o{i}-{tag}", prompt_ids(i + 1, 32, vocab), 8 + 8 * i)
               for i in range(n - 1)]  # leave at staggered steps
-    joiners = [_times(engine, f"j{i}-{tag}", _prompt(100 + i, 32, vocab), 4 * n)
+    joiners = [_times(engine, f"j{i}-{tag}", prompt_ids(100 + i, 32, vocab), 4 * n)
                for i in range(n // 2)]  # wait for a free slot, join, leave later
     await asyncio.gather(*others, *joiners)
     gaps = _gaps(await long)
@@ -68,18 +68,18 @@ async def flat(engine: LocalEngine, n: int, prompt: int, vocab: int) -> dict[str
 
 
 def generate_step(model: Any, n: int, prompt: int, new: int, vocab: int, cache: str) -> float:
-    ids = torch.tensor([_prompt(i, prompt, vocab) for i in range(n)])
-    stamps = _Stamps("cpu")
+    ids = torch.tensor([prompt_ids(i, prompt, vocab) for i in range(n)])
+    stamps = Stamps("cpu")
     generate_production(model, ids, new, stamps, cache)
     return statistics.median(_gaps(stamps.t[1:]))
 
 
 async def run(a: argparse.Namespace, model: Any, vocab: int) -> dict[str, list[float]]:
     got: dict[str, list[float]] = {}
-    async with LocalEngine(model, _Tok(), max_batch_size=a.n,
+    async with LocalEngine(model, Tok(), max_batch_size=a.n,
                            max_batch_tokens=10**9, max_len=2048) as engine:
         engine.eos_ids = set()  # random weights: every request runs its full length
-        await _times(engine, "warm", _prompt(0, 16, vocab), 2)
+        await _times(engine, "warm", prompt_ids(0, 16, vocab), 2)
         for r in range(a.runs):
             got.setdefault("engine", []).append(
                 await engine_step(engine, a.n, a.prompt, a.new, vocab))

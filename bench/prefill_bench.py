@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from bench.cpu_llama import add_model_args, medians_of
-from bench.gpu_check import PRODUCTION, _prompt, _Stamps, _Tok, generate_production
+from bench.llama import PRODUCTION, Stamps, Tok, generate_production, prompt_ids
 from kullm_core.engine.base import GenerationRequest
 from kullm_core.engine.local import LocalEngine
 
@@ -64,7 +64,7 @@ async def arrivals(engine: LocalEngine, n: int, prompt: int, vocab: int) -> list
     """First-token seconds of `n` requests submitted at once."""
     streams = [Stream() for _ in range(n)]
     t0 = time.perf_counter()
-    await asyncio.gather(*(_consume(engine, f"a{i}-{t0}", _prompt(i, prompt, vocab), 2, s)
+    await asyncio.gather(*(_consume(engine, f"a{i}-{t0}", prompt_ids(i, prompt, vocab), 2, s)
                            for i, s in enumerate(streams)))
     return [s.times[0] - t0 for s in streams]
 
@@ -75,13 +75,13 @@ async def join(engine: LocalEngine, n: int, join_len: int, vocab: int,
     the plain steps' own max / median before the join)."""
     streams = [Stream() for _ in range(n)]
     tag = time.perf_counter()
-    tasks = [asyncio.create_task(_consume(engine, f"r{i}-{tag}", _prompt(i, 32, vocab), new, s))
+    tasks = [asyncio.create_task(_consume(engine, f"r{i}-{tag}", prompt_ids(i, 32, vocab), new, s))
              for i, s in enumerate(streams)]
     await asyncio.gather(*(s.settled.wait() for s in streams))
     before = engine.passes
     joiner = Stream()
     t_join = time.perf_counter()
-    await _consume(engine, f"j-{tag}", _prompt(99, join_len, vocab), 1, joiner)
+    await _consume(engine, f"j-{tag}", prompt_ids(99, join_len, vocab), 1, joiner)
     t_first = joiner.times[0]
     passes = engine.passes - before
     for t in tasks:
@@ -104,16 +104,16 @@ async def join(engine: LocalEngine, n: int, join_len: int, vocab: int,
 
 
 def generate_first(model: Any, n: int, prompt: int, vocab: int, cache: str) -> float:
-    ids = torch.tensor([_prompt(i, prompt, vocab) for i in range(n)])
-    stamps = _Stamps("cpu")
+    ids = torch.tensor([prompt_ids(i, prompt, vocab) for i in range(n)])
+    stamps = Stamps("cpu")
     t0 = time.perf_counter()
     generate_production(model, ids, 1, stamps, cache)
     return stamps.t[0] - t0
 
 
 def generate_step(model: Any, n: int, vocab: int, new: int, cache: str) -> float:
-    ids = torch.tensor([_prompt(i, 32, vocab) for i in range(n)])
-    stamps = _Stamps("cpu")
+    ids = torch.tensor([prompt_ids(i, 32, vocab) for i in range(n)])
+    stamps = Stamps("cpu")
     generate_production(model, ids, new, stamps, cache)
     return statistics.median(b - a for a, b in zip(stamps.t[1:], stamps.t[2:], strict=False))
 
@@ -124,7 +124,7 @@ async def run(a: argparse.Namespace, model: Any, vocab: int) -> dict[str, list[f
     def put(key: str, value: float) -> None:
         got.setdefault(key, []).append(value)
 
-    async with LocalEngine(model, _Tok(), max_batch_size=max(a.n, 16),
+    async with LocalEngine(model, Tok(), max_batch_size=max(a.n, 16),
                            max_batch_tokens=10**9) as engine:
         engine.eos_ids = set()  # random weights: every request runs its full length
         await arrivals(engine, 2, 16, vocab)  # warm up

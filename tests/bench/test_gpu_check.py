@@ -28,7 +28,7 @@ NOT_ON_THE_IMAGE = ("pydantic", "pydantic_core", "pydantic_settings", "httpx", "
 def test_gpu_check_samples_like_production() -> None:
     sys.path.insert(0, str(ROOT))
     try:
-        from bench.gpu_check import PRODUCTION
+        from bench.llama import PRODUCTION
     finally:
         sys.path.remove(str(ROOT))
     expected = SamplingParams.from_settings(GenerationSettings())
