@@ -210,12 +210,13 @@ def slot_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: t
 
 
 def _masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-            scaling: float | None) -> torch.Tensor:
+            scaling: float | None, folded: bool | None = None) -> torch.Tensor:
     """[H, L, D] attention of q [1, H, L, D] to one slot's k, v [Hkv, S, D] under mask [L, S].
-    On CUDA the query heads sharing a KV head go in the length axis (the memory-efficient
-    kernel takes a mask but not grouped heads); on the CPU its grouped-query path is faster."""
+    `folded` (None: on CUDA): the query heads sharing a KV head go in the length axis (the
+    memory-efficient kernel takes a mask but not grouped heads); on the CPU SDPA's own
+    grouped-query path is faster."""
     heads, length, dim = q.shape[1:]
-    if q.device.type != "cuda":
+    if not (q.device.type == "cuda" if folded is None else folded):
         return F.scaled_dot_product_attention(q, k.unsqueeze(0), v.unsqueeze(0),
                                               attn_mask=mask, scale=scaling,
                                               enable_gqa=True)[0]

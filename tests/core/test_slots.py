@@ -11,6 +11,7 @@ import torch
 from kullm_core.engine.slots import (
     Piece,
     SlotKV,
+    _masked,
     current_plan,
     kv_bytes_per_token,
     plain_attention,
@@ -103,3 +104,21 @@ def test_the_cache_is_sized_by_the_config() -> None:
     solar = LlamaConfig(num_hidden_layers=48, hidden_size=4096, num_attention_heads=32,
                         num_key_value_heads=8)
     assert kv_bytes_per_token(solar, torch.bfloat16) == 192 * 1024  # the README's 192 KiB
+
+
+@pytest.mark.parametrize("folded", [False, True], ids=["grouped-query", "heads-folded (CUDA)"])
+def test_a_later_chunk_attends_to_its_slot_alike_in_both_layouts(folded: bool) -> None:
+    """Both ways `_masked` lays out grouped-query heads (CUDA folds them into the length axis)
+    give repeat-the-KV-heads attention under the chunk's causal offset mask."""
+    torch.manual_seed(0)
+    heads, kv_heads, start, length, dim = 8, 2, 5, 3, 16
+    q = torch.randn(1, heads, length, dim)
+    k, v = torch.randn(kv_heads, start + length, dim), torch.randn(kv_heads, start + length, dim)
+    cols = torch.arange(start + length).view(1, -1)
+    mask = cols <= torch.arange(start, start + length).view(-1, 1)  # row i sees <= start + i
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(heads // kv_heads, 0).unsqueeze(0),
+        v.repeat_interleave(heads // kv_heads, 0).unsqueeze(0), attn_mask=mask)[0]
+    got = _masked(q, k, v, mask, None, folded=folded)
+    assert got.shape == (heads, length, dim)
+    torch.testing.assert_close(got, want)
