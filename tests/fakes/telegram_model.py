@@ -1,5 +1,5 @@
-"""What the fake Telegram holds: chats, users and messages as their members see them, and the
-flood limits it enforces."""
+"""What the fake Telegram holds: chats, users and messages as their members see them, the calls
+the bot made, and the flood limits it enforces."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 TOKEN = "123456:TEST-token"
 BOT_ID = 123456
 BOT_USERNAME = "kullm_test_bot"
+# Methods that put or change a message on screen: they count against the flood limits.
+COUNTED = frozenset({"sendMessage", "editMessageText", "sendMessageDraft"})
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,14 @@ class FakeLimits:
     group_period_s: float = 60.0
     global_limit: int = 30
     global_period_s: float = 1.0
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    at: float
+    error: str = ""
 
 
 @dataclass

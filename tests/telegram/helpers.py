@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from bots.telegram.render import final_pieces, plain_pieces
 from kullm_core.client import CoreClient
@@ -14,6 +15,13 @@ ALICE = User(1001, "Alice", "alice", "ko")
 BOB = User(1002, "Bob", "bob", "en")
 CAROL = User(1003, "Carol", "carol", "ko")
 GROUP = -100500
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a webhook listener)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def job_of(msg: Msg) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,17 +26,19 @@ from kullm_core.engine.scripted import ScriptedEngine
 from kullm_core.settings import Settings
 from tests.fakes.telegram_api import FakeTelegram, Msg, User
 from tests.telegram.conftest import MakeBot, with_telegram
-from tests.telegram.helpers import ALICE, BOB, CAROL, expected_texts, reply_texts, wait_reply
+from tests.telegram.helpers import (
+    ALICE,
+    BOB,
+    CAROL,
+    expected_texts,
+    free_port,
+    reply_texts,
+    wait_reply,
+)
 
 SECRET = "replica-secret"
 GROUPS = (-100701, -100702, -100703)
 DM_USERS = [User(2100 + i, f"DM{i}", f"dm{i}", "ko") for i in range(6)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager

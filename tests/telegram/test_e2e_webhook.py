@@ -3,7 +3,6 @@ balancer answer each update once."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from pydantic import SecretStr
@@ -12,15 +11,9 @@ from kullm_core.client import CoreClient
 from kullm_core.settings import Settings
 from tests.fakes.telegram_api import FakeTelegram
 from tests.telegram.conftest import MakeBot, with_telegram
-from tests.telegram.helpers import ALICE, BOB, reply_texts, wait_reply
+from tests.telegram.helpers import ALICE, BOB, free_port, reply_texts, wait_reply
 
 SECRET = "webhook-secret-123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def webhook_settings(settings: Settings) -> tuple[Settings, str]:
