@@ -140,6 +140,9 @@ class BatchingSettings(_Section):
     cuda_graphs: bool = True
     """On CUDA, replay the decode step as CUDA graphs (captured per batch/length bucket on first
     use; eager where capture fails). Off: every pass eager."""
+    overlap: bool = True
+    """On CUDA, queue the next decode step before reading the last one's tokens while the rows
+    stay the same (the GPU does not wait for the host). Off: each step waits for its tokens."""
 
 
 class QueueSettings(_Section):

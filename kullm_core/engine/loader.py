@@ -193,6 +193,7 @@ def build_engine(settings: Settings) -> tuple[Any, Any]:
         prefill_chunk_tokens=settings.batching.prefill_chunk_tokens,
         max_len=settings.generation.context_window,
         decode_graphs=None if settings.batching.cuda_graphs else False,
+        overlap=None if settings.batching.overlap else False,
     )
     if tiny:
         engine.name = "local (tiny random model)"
