@@ -103,16 +103,7 @@ class Inbound:
         bot = context.bot_user_id
         permitted = self._permitted(body, event, context)
         if event.get("channel_type") == "im":
-            if not permitted:
-                await self._forbidden(body, event, context, event.get("thread_ts") or "")
-                return
-            thread = event.get("thread_ts") or ""
-            conv = conversation(self._team(body, context), event["channel"], thread)
-            if not await self._answers(conv, event, dm=True):
-                return
-            if not await self._fresh(body, event, context):
-                return
-            await self._question(event, context, thread=thread, reply_thread=thread)
+            await self._direct(body, event, context, permitted, assistant=False)
             return
         if bot and f"<@{bot}>" in (event.get("text") or ""):
             return  # the app_mention event answers it
@@ -135,16 +126,23 @@ class Inbound:
                                    context: Any) -> None:
         if not is_from_person(event, context.bot_user_id):
             return
-        if not self._permitted(body, event, context):
-            await self._forbidden(body, event, context, event.get("thread_ts") or "")
-            return
+        await self._direct(body, event, context, self._permitted(body, event, context),
+                           assistant=True)
+
+    async def _direct(self, body: dict[str, Any], event: dict[str, Any], context: Any,
+                      permitted: bool, *, assistant: bool) -> None:
+        """A message in a DM or an assistant thread: every one is a question to the bot."""
         thread = event.get("thread_ts") or ""
+        if not permitted:
+            await self._forbidden(body, event, context, thread)
+            return
         conv = conversation(self._team(body, context), event["channel"], thread)
         if not await self._answers(conv, event, dm=True):
             return
         if not await self._fresh(body, event, context):
             return
-        await self._question(event, context, thread=thread, reply_thread=thread, assistant=True)
+        await self._question(event, context, thread=thread, reply_thread=thread,
+                             assistant=assistant)
 
     async def on_assistant_started(self, body: dict[str, Any], event: dict[str, Any],
                                    context: Any) -> None:
