@@ -221,7 +221,9 @@ def _masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
                                               attn_mask=mask, scale=scaling,
                                               enable_gqa=True)[0]
     group = heads // k.shape[0]
-    o = F.scaled_dot_product_attention(q[0].reshape(k.shape[0], group * length, dim), k, v,
+    # 4-D (batch 1): the fused kernels take only 4-D inputs (3-D ones run the math fallback)
+    o = F.scaled_dot_product_attention(q.reshape(1, k.shape[0], group * length, dim),
+                                       k.unsqueeze(0), v.unsqueeze(0),
                                        attn_mask=mask.repeat(group, 1), scale=scaling)
     return o.view(heads, length, dim)
 
