@@ -293,7 +293,8 @@ class LocalEngine(EngineBase):
         """Queue the next pass on the device (its tokens are read by `_finish`)."""
         assert self._kv is not None and self._sampler is not None and self._next is not None
         decode = sorted(self._decoding)
-        budget = self.pacer.budget() if decode else self.max_prefill_tokens
+        waiting = len(self._waiting) + (self._filling is not None)
+        budget = self.pacer.budget(waiting, len(decode)) if decode else self.max_prefill_tokens
         pieces = self._pieces(budget)
         if not decode and not pieces:
             return None

@@ -7,7 +7,9 @@ requests decode, prompt tokens ride in their decode step (the packed pass of
 gives the next fused step `share * step / c` tokens, and a running stream waits about
 `(1 + share)` steps for its next token while a long prompt joins. `share` is 0.4: fused steps
 scatter about 15 % around their target even on a quiet machine, and the goal is a gap of at
-most 2 steps.
+most 2 steps. When more requests wait for their first token than there are streams (a burst of
+arrivals larger than one prefill pass), the share grows by that ratio: every user's wait
+counts the same, whether for a first token or a next one.
 
 Both `step` and `c` come from noisy pass times (on a shared CPU single steps scatter by half
 their length, bench/prefill_bench.py), and an underestimate of `c` is what stalls streams: a
@@ -64,19 +66,23 @@ class Pacer:
         elif self._steps:
             self._fused.append((prompt_tokens, seconds))
 
-    def budget(self) -> int:
-        """Prompt tokens the next decode step may carry."""
+    def budget(self, waiting: int = 1, decoding: int = 1) -> int:
+        """Prompt tokens the next decode step may carry while `waiting` requests wait for
+        their first token behind `decoding` streams. Each waiting request weighs as much as
+        a stream: when more wait than stream, the prompts' share of the step grows by that
+        ratio (a burst of arrivals is not held to the pace meant for one joining prompt)."""
         step, per_token = self.step_s, self.token_s
         if not step:
             return self.cap
+        share = self.share * max(1.0, waiting / max(decoding, 1))
         if per_token:
-            n = self.share * step / per_token
+            n = share * step / per_token
         elif self._fused:  # measured as free (noise): only the growth bound holds
             n = float(self.cap)
         elif self.prefill_token_s:  # first guess from a pass of prompts alone: a large pass
             # runs more tokens a second than a small chunk does (about 1.6x in
             # bench/prefill_bench.py), hence half
-            n = 0.5 * self.share * step / self.prefill_token_s
+            n = 0.5 * share * step / self.prefill_token_s
         else:
             return self.cap
         if self._fused:

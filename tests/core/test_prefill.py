@@ -73,3 +73,21 @@ def test_the_budget_stays_within_its_bounds() -> None:
     fast.took(decoding=0, prompt_tokens=1000, seconds=0.001)
     fast.took(decoding=2, prompt_tokens=0, seconds=1.0)
     assert fast.budget() == 64
+
+
+def test_a_burst_of_waiting_requests_gets_a_larger_share_than_one_joining_prompt() -> None:
+    """Simulated: 100 ms steps plus 0.25 ms per prompt token; 48 requests wait behind 16
+    streams (one prefill pass could not take them all)."""
+    pacer = Pacer(4096)  # share 0.4
+    for _ in range(5):
+        pacer.took(decoding=16, prompt_tokens=0, seconds=0.1)
+    for n in (120, 150):
+        pacer.took(decoding=16, prompt_tokens=n, seconds=0.1 + n * 0.00025)
+    one = pacer.budget(waiting=1, decoding=16)
+    assert one == pacer.budget() == 160  # 0.4 of a step: a stream waits 1.4 steps
+    # three times as many wait as stream: three times the share, bounded by the growth rule
+    assert pacer.budget(waiting=48, decoding=16) == round(GROWTH * 150)
+    for n in (187, 234, 292, 365, 456):
+        pacer.took(decoding=16, prompt_tokens=n, seconds=0.1 + n * 0.00025)
+    assert pacer.budget(waiting=48, decoding=16) == 480  # 1.2 of a step
+    assert pacer.budget(waiting=16, decoding=16) == 160  # as many wait as stream: the base
