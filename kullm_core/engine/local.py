@@ -194,8 +194,11 @@ class LocalEngine(EngineBase):
                     run.emit(exc)
                 self._reset()
             flush(self._outbox)
-        if self._ahead is not None:
-            self._finish(self._ahead)
+        if self._ahead is not None:  # its tokens are the last its requests get
+            try:
+                self._finish(self._ahead)
+            except Exception:
+                log.exception("engine: the last queued step failed at stop")
         for run in self._pending():
             run.emit(EngineOutput("", 0, "cancelled"))
         flush(self._outbox)
