@@ -392,3 +392,38 @@ async def test_overlapped_steps_change_no_reply_and_drop_the_token_past_an_end(
     assert b == (_greedy(tiny_model, tiny_tokenizer, ids[1], k), k + 1, "stop")
     assert d == (_greedy(tiny_model, tiny_tokenizer, ids[2], 24), 24, "length")
     assert c[1:] == (16, "length")
+
+
+async def test_with_overlap_a_cancel_and_a_stop_end_the_streams_they_hit(
+    tiny_model: Any, tiny_tokenizer: Any
+) -> None:
+    """Overlap on (the CUDA default), on the CPU: a request cancelled mid-stream ends
+    "cancelled" within a few steps, and stopping the engine ends the one still running."""
+    ids = _prompt(tiny_tokenizer, "길게 설명해 주세요")
+    engine = LocalEngine(tiny_model, tiny_tokenizer, overlap=True, arrival_window_s=0.2)
+    await engine.start()
+    outs: dict[str, list[EngineOutput]] = {"a": [], "b": []}
+
+    async def consume(rid: str) -> None:
+        req = GenerationRequest(rid, ids, params=SamplingParams(max_new_tokens=400))
+        async for out in engine.generate(req):
+            outs[rid].append(out)
+
+    tasks = [asyncio.create_task(consume(r)) for r in outs]
+    async with asyncio.timeout(60):
+        while sum(o.tokens for o in outs["a"]) < 8:
+            await asyncio.sleep(0.01)
+        engine.cancel("a")
+        await tasks[0]
+        at_cancel = sum(o.tokens for o in outs["b"])
+        await engine.stop()
+        await tasks[1]
+    a_tokens = sum(o.tokens for o in outs["a"])
+    assert outs["a"][-1].finish_reason == "cancelled" and 8 <= a_tokens < 400
+    assert outs["b"][-1].finish_reason == "cancelled"
+    assert at_cancel <= sum(o.tokens for o in outs["b"]) < 400
+    assert engine.ahead > 0
+    # what each got is the start of its greedy reply: nothing of a dropped extra step leaked
+    full = _greedy(tiny_model, tiny_tokenizer, ids, 400)
+    for rid in outs:
+        assert full.startswith("".join(o.text for o in outs[rid]))
