@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from kullm_core.keys import Keys
+from kullm_core.redis_checks import raise_if_cancelling
 from kullm_core.redis_text import as_str
 from kullm_core.wire import TERMINAL, Event, parse_event
 
@@ -86,6 +87,7 @@ class ReplyStreams:
             try:
                 resp: Any = await self.redis.xread(streams, count=256, block=self.block_ms)
             except (RedisError, OSError) as exc:
+                raise_if_cancelling(exc)
                 if self._closing:
                     return
                 failures += 1
