@@ -98,10 +98,11 @@ class Outage:
 
 
 def raise_if_cancelling(exc: BaseException) -> None:
-    """Re-raise a cancel that redis-py turned into its own error.
+    """Re-raise a cancel that surfaced as Redis trouble.
 
-    A cancel (a job timeout's, a stop's) that lands during a read can come out of redis-py as
-    a connection error; a retry loop that caught it would swallow the cancel.
+    A cancel (a job timeout's, a stop's) that lands during a Redis call can come out of
+    redis-py as its own error, or as a `TimeoutError` (an `OSError`, so in `REDIS_TROUBLE`);
+    a loop that caught it as an outage would swallow the cancel.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():

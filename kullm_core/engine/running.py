@@ -112,7 +112,7 @@ class Launched:
     def read(self) -> list[int]:
         """The tokens (waits for the pass where it still runs)."""
         if self._ready is None:
-            return [int(t) for t in self.tokens.tolist()]
+            return list(self.tokens.tolist())
         self._ready.synchronize()
         assert self._host is not None
-        return [int(t) for t in self._host.tolist()]
+        return list(self._host.tolist())
