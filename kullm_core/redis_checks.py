@@ -97,12 +97,14 @@ class Outage:
             self.errors = 0
 
 
-def raise_if_cancelling(exc: BaseException) -> None:
-    """Re-raise a cancel that surfaced as Redis trouble.
+def raise_if_cancelling(exc: BaseException | None = None) -> None:
+    """Re-raise a cancel that surfaced as Redis trouble, or that a Redis call swallowed.
 
     A cancel (a job timeout's, a stop's) that lands during a Redis call can come out of
     redis-py as its own error, or as a `TimeoutError` (an `OSError`, so in `REDIS_TROUBLE`);
-    a loop that caught it as an outage would swallow the cancel.
+    a loop that caught it as an outage would swallow the cancel. A blocking read can even
+    return normally (seen with redis-py 8.1's XREADGROUP): loops that only end on a cancel
+    call this after each read too.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():
@@ -116,9 +118,11 @@ class RedisGuard:
     must not end (and re-open, and log again) an out-of-memory outage.
     """
 
-    def __init__(self, owner: str) -> None:
-        self.down = Outage("unavailable", owner)
-        self.full = Outage("out of memory (maxmemory reached with noeviction)", owner)
+    def __init__(self, owner: str, *, base_s: float = BACKOFF_MIN_S,
+                 cap_s: float = BACKOFF_MAX_S) -> None:
+        self.down = Outage("unavailable", owner, base_s=base_s, cap_s=cap_s)
+        self.full = Outage("out of memory (maxmemory reached with noeviction)", owner,
+                           base_s=base_s, cap_s=cap_s)
 
     def failed(self, exc: BaseException, doing: str, tries: int = 0) -> float:
         return (self.full if is_oom(exc) else self.down).failed(exc, doing, tries)

@@ -4,7 +4,8 @@ Several workers can share one Redis: they join the same consumer group.
 
 Redis trouble anywhere (read, start, heartbeat, takeover, commit) is transient: every loop
 backs off (bounded, jittered; `kullm_core.redis_checks`), one WARNING opens an outage and one
-INFO closes it, and the worker keeps running until it is told to stop. A reply being generated
+INFO closes it, and the worker keeps running until it is told to stop (a cancel that redis-py
+reports as its own error still stops it: `raise_if_cancelling`). A reply being generated
 keeps generating through a blip: deltas that cannot be written wait for the next one, and the
 commit is retried, so a blip neither restarts it nor costs an attempt. After an outage the
 worker waits `queue.reclaim_idle_s` before taking over other workers' jobs: during the outage
@@ -42,7 +43,13 @@ from kullm_core.keys import (
 )
 from kullm_core.prompt import PromptBuilder
 from kullm_core.queue import ClaimedJob, RedisJobQueue
-from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard, check_memory_policy, is_nogroup
+from kullm_core.redis_checks import (
+    REDIS_TROUBLE,
+    RedisGuard,
+    check_memory_policy,
+    is_nogroup,
+    raise_if_cancelling,
+)
 from kullm_core.redis_text import as_str, owner_id
 from kullm_core.session import JobSession
 from kullm_core.settings import Settings
@@ -144,6 +151,7 @@ class Worker:
                 await check_memory_policy(self.r, self.s.redis.allow_eviction, f"worker {self.id}")
                 await self.queue.ensure_group()
             except REDIS_TROUBLE as exc:
+                raise_if_cancelling(exc)
                 tries += 1
                 await _wait_any(stop, timeout=self.guard.failed(exc, "starting", tries))
                 continue
@@ -160,11 +168,13 @@ class Worker:
             try:
                 talked = await self._take_some(stop)
             except REDIS_TROUBLE as exc:
+                raise_if_cancelling(exc)
                 tries += 1
                 if is_nogroup(exc):
                     await self._recreate_group()
                 await _wait_any(stop, timeout=self.guard.failed(exc, "taking jobs", tries))
                 continue
+            raise_if_cancelling()  # a read can return normally from a cancel that hit it
             if talked:
                 tries = 0
                 self.guard.ok()
@@ -290,6 +300,7 @@ class Worker:
             try:
                 await self.heartbeat()
             except REDIS_TROUBLE as exc:
+                raise_if_cancelling(exc)
                 delay = self.guard.failed(exc, "heartbeating")
                 if is_nogroup(exc):
                     await self._recreate_group()
@@ -319,6 +330,7 @@ class Worker:
                 for d in await self.queue.reclaim(self.id, free):
                     self._accept(d)
             except REDIS_TROUBLE as exc:
+                raise_if_cancelling(exc)
                 self.guard.failed(exc, "taking over jobs")
 
     def _just_recovered(self) -> bool:
@@ -344,6 +356,7 @@ class Worker:
                         await self.queue.announce_position(job_id, position)
                 announced = dict(waiting)
             except REDIS_TROUBLE as exc:
+                raise_if_cancelling(exc)
                 self.guard.failed(exc, "announcing places in line")
 
     async def _cancel_listener(self, stop: asyncio.Event) -> None:
@@ -358,6 +371,7 @@ class Worker:
                         if msg and msg.get("type") == "message":
                             self._cancel(msg["data"])
             except REDIS_TROUBLE as exc:
+                raise_if_cancelling(exc)
                 tries += 1
                 delay = self.guard.failed(exc, "listening for cancels", tries)
                 await _wait_any(stop, timeout=delay)

@@ -7,6 +7,7 @@ tiny random-weight Llama loaded through the same code path as KULLM3.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -25,6 +26,16 @@ from kullm_core.worker import Worker
 # model's ops are too small to gain from more, and on a shared machine a thread pool waits at
 # every op for its thread on a busy core (answers twice as slow as on one thread).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Any:
+    """Tests that run `kullm`'s main in this process get its log handler on the root logger,
+    writing to that test's captured stderr: later tests would log into a closed file."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = saved
 
 
 @pytest.fixture(scope="session")

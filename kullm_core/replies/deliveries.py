@@ -23,9 +23,10 @@ from redis.exceptions import RedisError
 from kullm_core import logctx
 from kullm_core.client import CoreClient
 from kullm_core.limits import RefusalThrottle
+from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard, raise_if_cancelling
 from kullm_core.redis_text import owner_id
 from kullm_core.replies.registry import ReplyRegistry
-from kullm_core.replies.run import DeliveryContext, ReplyRun, retrying
+from kullm_core.replies.run import DeliveryContext, ReplyRun
 from kullm_core.replies.sink import ChatPlatform
 from kullm_core.replies.tuning import DeliveryTuning
 from kullm_core.wire import ConversationRef, ErrorEvent, ReplyRecord, UserRef
@@ -54,8 +55,10 @@ class Deliveries:
         self.refusals = RefusalThrottle(self.tuning.refusal_interval_s)
         """One refusal per chat per interval (key ``{platform}:{chat}``); an adapter's own
         refusals (not allowed, too many pending) share it."""
+        self.guard = RedisGuard(f"{platform.namespace} replies", base_s=0.05,
+                                cap_s=self.tuning.redis_retry_max_s)
         self._ctx = DeliveryContext(client, self.registry, self._streams, self.tuning,
-                                    self.refusals)
+                                    self.guard, self.refusals)
         self._running: dict[str, _Running] = {}
         self._stopping = asyncio.Event()
         self._maintainer: asyncio.Task[None] | None = None
@@ -164,9 +167,8 @@ class Deliveries:
                 del self._running[rec.job_id]
             if finished:
                 self.delivered += 1
-                await asyncio.shield(retrying("dropping the record", rec.job_id,
-                                              lambda: self.registry.finish(rec.job_id),
-                                              self.tuning.redis_retry_max_s))
+                await asyncio.shield(self.guard.call(lambda: self.registry.finish(rec.job_id),
+                                                     f"job {rec.job_id}: dropping the record"))
             elif not self._stopping.is_set() and not _cancelling():
                 await asyncio.shield(self._release_quietly([rec.job_id]))
 
@@ -210,8 +212,11 @@ class Deliveries:
                 if loop.time() >= next_scan:
                     next_scan = loop.time() + self.tuning.rescan_every_s
                     await self.adopt()
-            except (RedisError, OSError) as exc:
-                log.warning("reply leases: Redis unavailable (%s)", type(exc).__name__)
+            except REDIS_TROUBLE as exc:
+                raise_if_cancelling(exc)
+                self.guard.failed(exc, "renewing reply leases")  # logged once per outage
+                continue
+            self.guard.ok()
 
     async def _renew(self) -> None:
         lost = await self.registry.renew(list(self._running))

@@ -24,7 +24,7 @@ from kullm_core.helpdesk.actions import answer_actions
 from kullm_core.helpdesk.service import channel_of
 from kullm_core.helpdesk.store import asker_of
 from kullm_core.limits import RefusalThrottle
-from kullm_core.redis_checks import raise_if_cancelling
+from kullm_core.redis_checks import RedisGuard
 from kullm_core.replies.fold import Change, ReplyFold
 from kullm_core.replies.registry import ReplyRegistry
 from kullm_core.replies.sink import ReplySink, Save
@@ -46,22 +46,9 @@ class DeliveryContext:
     registry: ReplyRegistry
     streams: ReplyStreams
     tuning: DeliveryTuning
+    guard: RedisGuard
+    """One outage log (a warning, then one recovery line) for all of them."""
     refusals: RefusalThrottle = field(default_factory=lambda: RefusalThrottle(10.0))
-
-
-async def retrying(what: str, job_id: str, fn: Callable[[], Awaitable[T]],
-                   max_delay_s: float) -> T:
-    """`fn()`, repeated with bounded backoff while Redis is unreachable."""
-    delay = 0.05
-    while True:
-        try:
-            return await fn()
-        except (RedisError, OSError) as exc:
-            raise_if_cancelling(exc)
-            log.warning("job %s: %s failed (%s); retry in %.2f s", job_id, what,
-                        type(exc).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(max_delay_s, delay * 2)
 
 
 class _Pump:
@@ -145,8 +132,9 @@ class ReplyRun:
             "last_id": self.fold.last_id})
         await self._redis("saving the record", lambda: self.ctx.registry.save(self.rec))
 
-    async def _redis(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        return await retrying(what, self.job_id, fn, self.ctx.tuning.redis_retry_max_s)
+    async def _redis(self, what: str, fn: Callable[[], Awaitable[T]], wrote: bool = True) -> T:
+        """`fn()`, tried again with bounded backoff while Redis is in trouble."""
+        return await self.ctx.guard.call(fn, f"job {self.job_id}: {what}", wrote=wrote)
 
     async def run(self) -> None:
         try:
@@ -238,7 +226,8 @@ class ReplyRun:
         client = self.ctx.client
         if self.resumed:
             state = await self._redis("reading the job state",
-                                      lambda: client.job_state(self.job_id, self.rec.source_id))
+                                      lambda: client.job_state(self.job_id, self.rec.source_id),
+                                      wrote=False)
             if state != "live":
                 await self._without_stream(state)
                 return
@@ -277,7 +266,8 @@ class ReplyRun:
                 except TimeoutError:
                     silent += tuning.state_check_s
                     state = await self._redis("reading the job state", lambda: self.ctx.client
-                                              .job_state(self.job_id, self.rec.source_id))
+                                              .job_state(self.job_id, self.rec.source_id),
+                                              wrote=False)
                     if state != "live":
                         return state
                     if silent >= tuning.idle_timeout_s:
@@ -315,7 +305,8 @@ class ReplyRun:
                 await asyncio.wait_for(self.started.wait(), self.ctx.tuning.placeholder_delay_s)
         if self.started.is_set():
             return
-        warming = await self._redis("reading the warming flag", self.ctx.client.warming)
+        warming = await self._redis("reading the warming flag", self.ctx.client.warming,
+                                    wrote=False)
         async with self._lock:
             if self.started.is_set():
                 return
@@ -331,7 +322,8 @@ class ReplyRun:
         lang = self.fold.lang
         if state == "gone":
             turns = await self._redis("reading the history",
-                                      lambda: self.ctx.client.history(self.rec.conversation))
+                                      lambda: self.ctx.client.history(self.rec.conversation),
+                                      wrote=False)
             for turn in reversed(turns):
                 if turn.job_id == self.job_id:
                     self.fold.phase, self.fold.text = "done", turn.assistant

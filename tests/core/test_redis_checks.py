@@ -1,5 +1,6 @@
-"""RedisGuard.call and the delivery's `retrying`: they ride out Redis trouble, give up where
-told, and never swallow a cancel (real Redis, and a port where nothing listens)."""
+"""RedisGuard.call (the worker's and every reply delivery's retry loop): it rides out Redis
+trouble, gives up where told, and never swallows a cancel (real Redis, and a port where
+nothing listens)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from kullm_core.redis_checks import RedisGuard
-from kullm_core.replies.run import retrying
 
 
 def _dead_url() -> str:
@@ -75,15 +75,10 @@ def _turns_cancel_into_connection_error(redis: Redis) -> Callable[[], Awaitable[
     return op
 
 
-@pytest.mark.parametrize("how", ["guard", "retrying"])
-async def test_a_cancel_during_a_read_ends_the_call_instead_of_a_retry(
-    redis_url: str, how: str,
-) -> None:
+async def test_a_cancel_during_a_read_ends_the_call_instead_of_a_retry(redis_url: str) -> None:
     reader = Redis.from_url(redis_url)
     op = _turns_cancel_into_connection_error(reader)
-    call = (RedisGuard("test").call(op, "reading") if how == "guard"
-            else retrying("reading", "job-1", op, 0.05))
-    task = asyncio.create_task(call)
+    task = asyncio.create_task(RedisGuard("test").call(op, "reading"))
     await asyncio.sleep(0.2)  # the read is blocked in the server
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

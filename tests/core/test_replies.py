@@ -5,6 +5,8 @@ What is asserted is what the user sees in the chat (`tests.core.replies_chat`).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,10 +29,12 @@ from kullm_core.wire import (
     ReplyRecord,
     StartedEvent,
 )
+from kullm_core.worker import Worker
 from tests.conftest import test_settings_for
 from tests.core.helpers import CONV, USER, collect
 from tests.core.replies_chat import Chat, RecordingPlatform
 from tests.core.scripted_worker import spawn, worker_env
+from tests.core.valkey_proc import ValkeyProc
 
 ANSWER = "고려대학교는 서울 성북구에 있는 사립 대학교입니다. 1905년에 세워졌습니다."
 TUNING = DeliveryTuning(lease_s=1.0, renew_every_s=0.1, rescan_every_s=0.2, tick_s=0.02,
@@ -293,6 +297,39 @@ async def test_a_redis_blip_mid_reply_leaves_the_reply_complete(
     assert "fail" not in chat.kinds()
     assert any(r.name == "kullm_core.streams" and "failed" in r.getMessage()
                for r in caplog.records)  # the blip did cut the reply's reader
+
+
+async def test_an_outage_mid_reply_is_one_warning_one_recovery_line_and_the_whole_answer(
+    valkey: ValkeyProc, settings: Settings, tiny_tokenizer: Any, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kullm_core")
+    s = test_settings_for(valkey.url, Path(settings.model.path), tmp_path)
+    r = Redis.from_url(valkey.url)
+    chat, engine, stop = Chat(), _engine(delay_s=0.05), asyncio.Event()
+
+    def outage_lines() -> list[logging.LogRecord]:  # the deliveries' own guard ("test replies")
+        return [x for x in caplog.records if x.name == "kullm_core.redis_checks"
+                and x.getMessage().startswith("test replies:")]
+
+    async with engine, CoreClient(r, s) as client:
+        worker = asyncio.create_task(Worker(s, r, engine, tiny_tokenizer, "wo").run(stop))
+        async with _adapter(client, chat, "a") as a:
+            rec = _rec("r-20")
+            await a.deliver(rec)
+            await chat.until(_streamed(chat))
+            valkey.kill()
+            async with asyncio.timeout(30):
+                while not outage_lines():
+                    await asyncio.sleep(0.02)
+            valkey.start()
+            await a.wait(rec.job_id)
+        stop.set()
+        await worker
+    await r.aclose()
+    assert _one_message(chat) == ANSWER
+    assert [x.levelname for x in outage_lines()] == ["WARNING", "INFO"]
+    assert "recovered" in outage_lines()[1].getMessage()
 
 
 async def test_refusals_are_one_notice_and_leave_nothing_behind(client: CoreClient) -> None:

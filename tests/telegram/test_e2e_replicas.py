@@ -12,6 +12,7 @@ stay inside Telegram's per-chat, per-group and global limits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from kullm_core.client import CoreClient
 from kullm_core.engine.scripted import ScriptedEngine
 from kullm_core.settings import Settings
 from tests.fakes.telegram_api import FakeTelegram, Msg, User
-from tests.telegram.conftest import MakeBot, with_telegram
+from tests.telegram.conftest import TUNING, MakeBot, with_telegram
 from tests.telegram.helpers import (
     ALICE,
     BOB,
@@ -78,6 +79,11 @@ def replica(settings: Settings, public_url: str, port: int) -> Settings:
     })
 
 
+STEADY = dataclasses.replace(TUNING, delivery=dataclasses.replace(TUNING.delivery, lease_s=10.0))
+"""Leases that do not lapse on a loaded machine: a lapsed one hands its reply to the other
+replica (shown once: test_e2e_delivery) and counts it as delivered by both."""
+
+
 def engine() -> ScriptedEngine:
     """Answers of about 360 characters in parts of 24 (the test settings allow 24 tokens),
     so every reply streams through several drafts or edits."""
@@ -93,8 +99,8 @@ async def test_two_webhook_replicas_share_the_limits_and_answer_every_question_o
     ports = [free_port(), free_port()]
     hooks = [f"http://127.0.0.1:{p}/telegram/hook" for p in ports]
     async with balancer(hooks) as (public, sent), make_worker(engine=engine()), \
-            make_bot(settings=replica(tg_settings, public, ports[0])) as a, \
-            make_bot(settings=replica(tg_settings, public, ports[1])) as b:
+            make_bot(settings=replica(tg_settings, public, ports[0]), tuning=STEADY) as a, \
+            make_bot(settings=replica(tg_settings, public, ports[1]), tuning=STEADY) as b:
         assert tg.webhook == {"url": public, "secret_token": SECRET}
         asks: list[Msg] = []
         for group in GROUPS:
