@@ -6,7 +6,9 @@ A platform declares its limits as named `Bucket`s (a sliding window: at most `li
 a slot in each atomically (one Lua script, Redis's own clock), and `release` stamps the slot
 with the time the platform's response arrived, so the platform, which counts arrivals, never
 sees more than the limit inside one window, whichever replica sent. A slot in flight is
-scored in the future (now + `inflight_s`) so that a replica dying mid-call frees it alone.
+scored in the future (now + `inflight_s`) and its holder pushes that on while the call lasts,
+so a replica dying mid-call frees its slots `inflight_s` later, alone (a fixed bound as long
+as the longest call would hold the chats it was writing to silent that long).
 
 A 429 pauses exactly the scope the platform paused (`pause`; `*.on_429` says which): every
 replica's next acquire on a paused bucket waits out the Retry-After, checked inside the same
@@ -42,7 +44,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from kullm_core.keys import Keys
-from kullm_core.redis_checks import RedisGuard
+from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard, raise_if_cancelling
 from kullm_core.settings import SlackSettings, TelegramSettings
 
 _US = 1_000_000
@@ -121,6 +123,22 @@ for i, key in ipairs(KEYS) do redis.call('ZADD', key, 'XX', now, ARGV[1]) end
 return now
 """
 
+# KEYS: window zsets; ARGV[1]: inflight_us, then per key: token, key TTL (ms). A call still in
+# flight (scored in the future) counts until now + inflight_us; a released one is left alone.
+_EXTEND_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i, key in ipairs(KEYS) do
+  local token, ttl = ARGV[2*i], tonumber(ARGV[2*i+1])
+  local score = redis.call('ZSCORE', key, token)
+  if score and tonumber(score) > now then
+    redis.call('ZADD', key, 'XX', now + tonumber(ARGV[1]), token)
+    if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+  end
+end
+return now
+"""
+
 # KEYS: pause keys; ARGV[1]: ms. Extends (never shortens) each pause. Returns Redis now (us).
 _PAUSE_LUA = """
 local t = redis.call('TIME')
@@ -166,7 +184,7 @@ _REASONS = {1: "full", 2: "paused", 3: "turn"}
 class SendBudget:
     """Named sliding-window buckets of one platform account, in Redis (see module doc)."""
 
-    def __init__(self, redis: Redis, keys: Keys, namespace: str, *, inflight_s: float = 15.0,
+    def __init__(self, redis: Redis, keys: Keys, namespace: str, *, inflight_s: float = 5.0,
                  poll_s: float = 0.02, stale_s: float = 2.0) -> None:
         """`namespace`: one account's budget (e.g. ``tg:<bot id>``, ``slack:<app id>``)."""
         self.r = redis
@@ -179,6 +197,10 @@ class SendBudget:
         self._release = redis.register_script(_RELEASE_LUA)
         self._guard = RedisGuard(f"send budget {namespace}")
         self._pause = redis.register_script(_PAUSE_LUA)
+        self._extend = redis.register_script(_EXTEND_LUA)
+        self._inflight: dict[str, Grant] = {}
+        """This process's calls in flight (granted, neither released nor cancelled)."""
+        self._keeper: asyncio.Task[None] | None = None
 
     def key(self, bucket: Bucket) -> str:
         return self.keys.budget(self.namespace, bucket.name)
@@ -195,7 +217,7 @@ class SendBudget:
             args += [b.limit, int(b.period_s * _US), b.reserve]
         wait_us, by, why, now = (int(x) for x in await self._acquire(keys=keys, args=args))
         if wait_us <= 0:
-            return Grant(str(args[2]), tuple(buckets), now)
+            return self._hold(Grant(str(args[2]), tuple(buckets), now))
         return Refusal(wait_us / _US, buckets[by - 1], _REASONS.get(why, "full"))
 
     async def acquire(self, buckets: Sequence[Bucket], *, reply: str = "",
@@ -216,16 +238,54 @@ class SendBudget:
         (the chat held silent that long after the blip), so it is tried again for up to
         `_RELEASE_RETRY_S`; stamped later than the response, the slots count a little longer,
         never shorter."""
+        self._drop(grant)
         keys = [self.key(b) for b in grant.buckets]
         return int(await self._guard.call(lambda: self._release(keys=keys, args=[grant.token]),
                                           "releasing a send slot", budget_s=_RELEASE_RETRY_S))
 
     async def cancel(self, grant: Grant) -> None:
         """Nothing was sent after all: the slots are free again."""
+        self._drop(grant)
         async with self.r.pipeline(transaction=False) as pipe:
             for b in grant.buckets:
                 pipe.zrem(self.key(b), grant.token)
             await pipe.execute()
+
+    def _hold(self, grant: Grant) -> Grant:
+        self._inflight[grant.token] = grant
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.create_task(self._keep_in_flight(),
+                                               name=f"send-budget-{self.namespace}")
+        return grant
+
+    def _drop(self, grant: Grant) -> None:
+        self._inflight.pop(grant.token, None)
+        if not self._inflight and self._keeper is not None:
+            self._keeper.cancel()  # nothing left to keep: no task sleeping on
+            self._keeper = None
+
+    async def _keep_in_flight(self) -> None:
+        """While calls are in flight, push their slots' end on (every third of `inflight_s`)."""
+        tries = 0
+        while self._inflight:
+            await asyncio.sleep(self.inflight_us / _US / 3)
+            keys: list[str] = []
+            args: list[int | str] = [self.inflight_us]
+            for grant in list(self._inflight.values()):
+                for b in grant.buckets:
+                    keys.append(self.key(b))
+                    args += [grant.token, (2 * int(b.period_s * _US) + self.inflight_us) // 1000]
+            if not keys:
+                return
+            try:
+                await self._extend(keys=keys, args=args)
+            except REDIS_TROUBLE as exc:  # the slots lapse meanwhile: counted as sent then
+                raise_if_cancelling(exc)
+                tries += 1
+                self._guard.failed(exc, "keeping send slots in flight", tries)
+                continue
+            tries = 0
+            self._guard.ok()
 
     async def pause(self, buckets: Sequence[Bucket], seconds: float) -> int:
         """The platform said 429 with Retry-After `seconds`: no replica sends in these

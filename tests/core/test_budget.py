@@ -137,6 +137,38 @@ async def test_a_release_lost_to_a_redis_blip_is_retried(redis: Redis, redis_url
     await flaky.aclose()
 
 
+async def _redis_now_us(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1_000_000 + int(micros)
+
+
+async def test_a_long_call_stays_in_flight_and_a_dead_replicas_slot_lapses_alone(
+    redis: Redis,
+) -> None:
+    """A call lasting longer than `inflight_s` keeps its slot while its replica lives; once
+    the replica is gone (no release, nothing renews) the slot counts until at most
+    `inflight_s` after the last renewal, not for the longest call there could be."""
+    inflight_us = 600_000
+    a, b = _replicas(redis, inflight_s=inflight_us / 1_000_000)
+    bucket = Bucket("chat:4", 1, 60.0)
+    slow = await a.try_acquire([bucket], urgent=True)
+    assert isinstance(slow, Grant)
+    for _ in range(8):  # 4 × inflight_s: renewed all along
+        await asyncio.sleep(0.3)
+        refused = await b.try_acquire([bucket], urgent=True)
+        assert isinstance(refused, Refusal) and refused.reason == "full"
+    assert await redis.zscore(a.key(bucket), slow.token) > await _redis_now_us(redis)
+    dying = await a.try_acquire([Bucket("chat:5", 1, 60.0)], urgent=True)
+    assert isinstance(dying, Grant)
+    await a.release(slow)
+    assert a._keeper is not None
+    a._keeper.cancel()  # the replica dies with `dying` in flight
+    died_at = await _redis_now_us(redis)
+    lapses_at = await redis.zscore(a.key(dying.buckets[0]), dying.token)
+    assert lapses_at <= died_at + inflight_us
+    assert await redis.zscore(a.key(bucket), slow.token) <= died_at  # released: counts as sent
+
+
 def test_scopes_follow_the_settings() -> None:
     from kullm_core.settings import load_settings
 

@@ -146,7 +146,7 @@ async def test_group_signal_mid_reply_exits_0_and_the_reply_is_finished_once_aft
     sig: int, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     data = tmp_path / "d"
-    env = {"KULLM_GENERATION__MAX_NEW_TOKENS": "1000", "KULLM_GENERATION__TEMPERATURE": "0",
+    env = {"KULLM_GENERATION__MAX_NEW_TOKENS": "300", "KULLM_GENERATION__TEMPERATURE": "0",
            "KULLM_QUEUE__SHUTDOWN_GRACE_S": "0", "KULLM_QUEUE__HEARTBEAT_S": "0.2",
            "KULLM_QUEUE__RECLAIM_IDLE_S": "1.0"}
     async with _serve(data, tiny_model_dir, **env) as (serve, client):
