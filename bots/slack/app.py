@@ -25,10 +25,11 @@ from bots.slack.reply import SlackShared
 from bots.slack.scheduler import Scheduler, api_error
 from bots.slack.sink import SlackPlatform
 from bots.slack.store import SlackStore
-from kullm_core.budget import SendBudget, SlackScopes
+from kullm_core.budget import SendBudget
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError
 from kullm_core.replies import Deliveries, DeliveryTuning, owner_id
+from kullm_core.scopes import SlackScopes
 from kullm_core.settings import Settings
 
 log = logging.getLogger(__name__)

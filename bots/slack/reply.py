@@ -28,7 +28,7 @@ from bots.slack.config import SlackTuning
 from bots.slack.render import Segment, as_chunk, neutralize, split
 from bots.slack.scheduler import SlackCall
 from bots.slack.target import Target
-from kullm_core.budget import SlackScopes
+from kullm_core.scopes import SlackScopes
 
 log = logging.getLogger(__name__)
 

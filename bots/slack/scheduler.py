@@ -36,7 +36,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from kullm_core import metrics
-from kullm_core.budget import Bucket, Grant, SendBudget, SlackScopes
+from kullm_core.budget import Bucket, Grant, SendBudget
+from kullm_core.scopes import SlackScopes
 
 log = logging.getLogger(__name__)
 

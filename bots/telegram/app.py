@@ -21,10 +21,11 @@ from bots.telegram.outbox import Outbox
 from bots.telegram.sink import TelegramPlatform
 from bots.telegram.texts import COMMANDS, t
 from bots.telegram.tuning import Tuning
-from kullm_core.budget import SendBudget, TelegramScopes
+from kullm_core.budget import SendBudget
 from kullm_core.client import CoreClient
 from kullm_core.errors import ConfigError
 from kullm_core.replies import Deliveries
+from kullm_core.scopes import TelegramScopes
 from kullm_core.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from telegram import Bot
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 
 from kullm_core import logctx, metrics
-from kullm_core.budget import Grant, SendBudget, TelegramScopes
+from kullm_core.budget import Grant, SendBudget
+from kullm_core.scopes import TelegramScopes
 
 log = logging.getLogger(__name__)
 

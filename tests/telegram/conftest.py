@@ -16,9 +16,9 @@ import pytest
 from pydantic import SecretStr
 
 from bots.telegram import TelegramBot, Tuning
-from kullm_core.budget import TelegramScopes
 from kullm_core.client import CoreClient
 from kullm_core.replies import DeliveryTuning
+from kullm_core.scopes import TelegramScopes
 from kullm_core.settings import Settings
 from tests.fakes.telegram_api import TOKEN, FakeLimits, FakeTelegram
 
