@@ -102,9 +102,10 @@ def raise_if_cancelling(exc: BaseException | None = None) -> None:
 
     A cancel (a job timeout's, a stop's) that lands during a Redis call can come out of
     redis-py as its own error, or as a `TimeoutError` (an `OSError`, so in `REDIS_TROUBLE`);
-    a loop that caught it as an outage would swallow the cancel. A blocking read can even
-    return normally (seen with redis-py 8.1's XREADGROUP): loops that only end on a cancel
-    call this after each read too.
+    a loop that caught it as an outage would swallow the cancel. A cancel can also be lost
+    with no error at all (seen with redis-py 8.1: the worker's XREADGROUP went on returning
+    normally, its task still cancelling): loops that only end on a cancel call this after
+    each read too.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():

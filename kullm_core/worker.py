@@ -174,7 +174,7 @@ class Worker:
                     await self._recreate_group()
                 await _wait_any(stop, timeout=self.guard.failed(exc, "taking jobs", tries))
                 continue
-            raise_if_cancelling()  # a read can return normally from a cancel that hit it
+            raise_if_cancelling()  # a cancel redis-py lost without an error
             if talked:
                 tries = 0
                 self.guard.ok()
