@@ -3,9 +3,9 @@ rot between the rare lent GPUs.
 
 The image has torch and transformers only (no pydantic, httpx or redis, the project not
 installed). `KULLM_GPU_IMAGE_PYTHON` names such an interpreter (e.g. a venv with only
-`torch==2.13.0 transformers==5.17.0`, as `.ci/run` builds); without it the project's python runs the dry run with
-those packages blocked (None in `sys.modules`: both `import` and `find_spec` see them absent).
-"""
+`torch==2.13.0 transformers==5.17.0`, as `.ci/run` builds); without it the project's python
+runs the dry run with those packages blocked (None in `sys.modules`: both `import` and
+`find_spec` see them absent)."""
 
 from __future__ import annotations
 
