@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from kullm_core.keys import Keys
-from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard, raise_if_cancelling
+from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard
 
 _US = 1_000_000
 _RELEASE_RETRY_S = 5.0
@@ -278,7 +278,6 @@ class SendBudget:
             try:
                 await self._extend(keys=keys, args=args)
             except REDIS_TROUBLE as exc:  # the slots lapse meanwhile: counted as sent then
-                raise_if_cancelling(exc)
                 tries += 1
                 self._guard.failed(exc, "keeping send slots in flight", tries)
                 continue

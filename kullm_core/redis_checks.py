@@ -126,6 +126,9 @@ class RedisGuard:
                            base_s=base_s, cap_s=cap_s)
 
     def failed(self, exc: BaseException, doing: str, tries: int = 0) -> float:
+        """Record `exc`; the delay before the caller tries again. An `exc` that was the
+        caller's own cancel (`raise_if_cancelling`) is raised as that cancel instead."""
+        raise_if_cancelling(exc)
         return (self.full if is_oom(exc) else self.down).failed(exc, doing, tries)
 
     def ok(self, wrote: bool = False) -> None:
@@ -151,7 +154,6 @@ class RedisGuard:
             try:
                 result = await op()
             except REDIS_TROUBLE as exc:
-                raise_if_cancelling(exc)
                 tries += 1
                 delay = self.failed(exc, doing, tries)
                 if give_up() or (deadline is not None and time.monotonic() + delay > deadline):

@@ -18,7 +18,7 @@ from kullm_core.engine.base import Engine, GenerationRequest, SamplingParams
 from kullm_core.errors import UserFacingError
 from kullm_core.prompt import PromptBuilder
 from kullm_core.queue import ClaimedJob, RedisJobQueue
-from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard, raise_if_cancelling
+from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard
 from kullm_core.settings import Settings
 from kullm_core.store import RedisConversationStore
 from kullm_core.wire import DeltaEvent, DoneEvent, ErrorEvent, StartedEvent, Timings, Turn
@@ -186,7 +186,6 @@ class JobSession:
         try:
             await self.queue.emit(self.job.id, DeltaEvent(text=piece, attempt=self.d.attempt))
         except REDIS_TROUBLE as exc:
-            raise_if_cancelling(exc)  # the job's timeout or cancel, not an outage
             self._delta_tries += 1
             delay = self.guard.failed(exc, f"job {self.job.id}: streaming", self._delta_tries)
             self._delta_retry_at = time.monotonic() + delay

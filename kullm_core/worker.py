@@ -151,7 +151,6 @@ class Worker:
                 await check_memory_policy(self.r, self.s.redis.allow_eviction, f"worker {self.id}")
                 await self.queue.ensure_group()
             except REDIS_TROUBLE as exc:
-                raise_if_cancelling(exc)
                 tries += 1
                 await _wait_any(stop, timeout=self.guard.failed(exc, "starting", tries))
                 continue
@@ -168,7 +167,6 @@ class Worker:
             try:
                 talked = await self._take_some(stop)
             except REDIS_TROUBLE as exc:
-                raise_if_cancelling(exc)
                 tries += 1
                 if is_nogroup(exc):
                     await self._recreate_group()
@@ -300,7 +298,6 @@ class Worker:
             try:
                 await self.heartbeat()
             except REDIS_TROUBLE as exc:
-                raise_if_cancelling(exc)
                 delay = self.guard.failed(exc, "heartbeating")
                 if is_nogroup(exc):
                     await self._recreate_group()
@@ -330,7 +327,6 @@ class Worker:
                 for d in await self.queue.reclaim(self.id, free):
                     self._accept(d)
             except REDIS_TROUBLE as exc:
-                raise_if_cancelling(exc)
                 self.guard.failed(exc, "taking over jobs")
 
     def _just_recovered(self) -> bool:
@@ -356,7 +352,6 @@ class Worker:
                         await self.queue.announce_position(job_id, position)
                 announced = dict(waiting)
             except REDIS_TROUBLE as exc:
-                raise_if_cancelling(exc)
                 self.guard.failed(exc, "announcing places in line")
 
     async def _cancel_listener(self, stop: asyncio.Event) -> None:
@@ -371,7 +366,6 @@ class Worker:
                         if msg and msg.get("type") == "message":
                             self._cancel(msg["data"])
             except REDIS_TROUBLE as exc:
-                raise_if_cancelling(exc)
                 tries += 1
                 delay = self.guard.failed(exc, "listening for cancels", tries)
                 await _wait_any(stop, timeout=delay)

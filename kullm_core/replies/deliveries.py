@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from kullm_core import logctx
 from kullm_core.client import CoreClient
 from kullm_core.limits import RefusalThrottle
-from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard, raise_if_cancelling
+from kullm_core.redis_checks import REDIS_TROUBLE, RedisGuard
 from kullm_core.redis_text import owner_id
 from kullm_core.replies.registry import ReplyRegistry
 from kullm_core.replies.run import DeliveryContext, ReplyRun
@@ -213,7 +213,6 @@ class Deliveries:
                     next_scan = loop.time() + self.tuning.rescan_every_s
                     await self.adopt()
             except REDIS_TROUBLE as exc:
-                raise_if_cancelling(exc)
                 self.guard.failed(exc, "renewing reply leases")  # logged once per outage
                 continue
             self.guard.ok()
